@@ -1,0 +1,83 @@
+"""``exchange envelope``: seal a dossier into a signed envelope, and verify one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from exchange import dossier
+from exchange.commands import agency_arg, procedure_arg, read_input
+from exchange.envelope import Header, Kind, VerifiedEnvelope
+from exchange.errors import InvalidDossier, InvalidEnvelope
+from exchange.files import write_atomic
+from exchange.sealing import Opener, Signer
+from exchange.trust import TrustStore
+
+STEP_HELP = "the step of the procedure's route this transfer is for (e.g. police)"
+
+
+def register(commands: Any) -> None:
+    group = commands.add_parser("envelope", help="seal and verify signed envelopes")
+    sub = group.add_subparsers(dest="envelope_command", metavar="ACTION", required=True)
+
+    seal = sub.add_parser("seal", help="sign a dossier into a transfer envelope")
+    seal.add_argument("--cert", type=Path, required=True, metavar="C")
+    seal.add_argument("--key", type=Path, required=True, metavar="K")
+    seal.add_argument("--to", type=agency_arg, required=True, metavar="CODE")
+    seal.add_argument("--procedure", type=procedure_arg, required=True, metavar="CODE")
+    seal.add_argument("--step", required=True, metavar="STEP", help=STEP_HELP)
+    seal.add_argument("dossier", type=Path, metavar="DOSSIER")
+    seal.add_argument("--out", type=Path, required=True, metavar="FILE")
+    seal.set_defaults(handler=_seal)
+
+    verify = sub.add_parser("verify", help="verify an envelope against the trusted CA")
+    verify.add_argument("--trust", type=Path, required=True, metavar="CA",
+                        help="the CA certificate (PEM file) or a CA directory")
+    verify.add_argument("--crl", type=Path, metavar="CRL")
+    verify.add_argument("file", type=Path, metavar="FILE")
+    verify.set_defaults(handler=_verify)
+
+
+def _seal(args: argparse.Namespace) -> int:
+    signer = Signer.load(args.cert, args.key)
+    root, info = dossier.load(read_input(args.dossier), str(args.dossier))
+    if info.procedure != args.procedure:
+        raise InvalidDossier(f"{args.dossier}: the dossier is for procedure {info.procedure}, "
+                             f"not {args.procedure}")
+    header = Header(kind=Kind.TRANSFER, sender=signer.agency, recipient=args.to,
+                    dossier=info.code, procedure=args.procedure, step=args.step)
+    data = signer.seal(header, root)
+    write_atomic(args.out, data)
+    print(f"sealed {info.code} step {args.step}: {signer.agency} -> {args.to}, "
+          f"message {header.message_id}, {len(data)} bytes -> {args.out}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    opener = Opener(TrustStore.load(args.trust, args.crl))
+    try:
+        env = opener.open(read_input(args.file), source=str(args.file))
+    except InvalidEnvelope as exc:
+        print(f"refused: {exc.reason_code}: {exc.message}", file=sys.stderr)
+        return 1
+    print(summary(env))
+    return 0
+
+
+def summary(env: VerifiedEnvelope) -> str:
+    h = env.header
+    lines = [
+        f"verified {h.kind} {h.message_id}",
+        f"  from      {h.sender} (signed, certificate sha256 {env.signer_fingerprint[:16]}…)",
+        f"  to        {h.recipient}",
+    ]
+    if h.dossier:
+        lines.append(f"  dossier   {h.dossier} procedure {h.procedure} step {h.step}")
+    lines += [
+        f"  created   {h.created:%Y-%m-%d %H:%M:%S}Z, expires {h.expiry:%Y-%m-%d %H:%M:%S}Z",
+        f"  payload   sha256 {env.payload_digest}",
+        f"  envelope  sha256 {env.envelope_digest}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Dossier documents: reading one from an agency system, checked before it travels."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from lxml import etree
+
+from exchange import safexml, schemas
+from exchange.codes import AgencyCode, DossierCode, ProcedureCode
+from exchange.envelope import DOSSIER_NS, parse_time, q
+from exchange.errors import InvalidDossier, InvalidEnvelope
+
+
+def d(name: str) -> str:
+    return q(name, DOSSIER_NS)
+
+
+@dataclass(frozen=True, slots=True)
+class DossierInfo:
+    """What routing needs from a dossier, read once from its validated XML."""
+
+    code: DossierCode
+    procedure: ProcedureCode
+    receiving_agency: AgencyCode
+    applicant: str
+    received_at: dt.datetime
+    due_date: dt.date
+
+    @classmethod
+    def of(cls, root: etree._Element) -> DossierInfo:
+        def text(name: str) -> str:
+            return root.findtext(d(name)) or ""
+
+        return cls(
+            code=DossierCode(text("Code")),
+            procedure=ProcedureCode(text("Procedure")),
+            receiving_agency=AgencyCode(text("ReceivingAgency")),
+            applicant=root.findtext(f"{d('Applicant')}/{d('FullName')}") or "",
+            received_at=parse_time(text("ReceivedAt")),
+            due_date=dt.date.fromisoformat(text("DueDate")),
+        )
+
+
+def load(data: bytes, source: str = "dossier") -> tuple[etree._Element, DossierInfo]:
+    """Parse, validate and check a dossier; InvalidDossier lists every problem with its line."""
+    try:
+        root = safexml.parse(data, source=source)
+    except InvalidEnvelope as exc:
+        raise InvalidDossier(exc.message) from None
+    if root.tag != d("Dossier"):
+        raise InvalidDossier(f"{source}:{root.sourceline}: the root is {root.tag}, "
+                             f"expected {d('Dossier')}")
+    problems = schemas.problems(schemas.DOSSIER, root, source) or attachment_problems(root, source)
+    if problems:
+        raise InvalidDossier("\n".join(problems))
+    return root, DossierInfo.of(root)
+
+
+def attachment_problems(root: etree._Element, source: str) -> list[str]:
+    """Each attachment whose declared SHA-256 does not match its content."""
+    found = []
+    for attachment in root.iter(d("Attachment")):
+        name = attachment.findtext(d("FileName"))
+        declared = attachment.findtext(d("Sha256"))
+        try:
+            content = base64.b64decode(attachment.findtext(d("Content")) or "", validate=False)
+        except binascii.Error as exc:
+            found.append(f"{source}:{attachment.sourceline}: attachment {name!r}: {exc}")
+            continue
+        actual = hashlib.sha256(content).hexdigest()
+        if actual != declared:
+            found.append(f"{source}:{attachment.sourceline}: attachment {name!r}: Sha256 is "
+                         f"{declared} but the content hashes to {actual}")
+    return found

@@ -1,0 +1,182 @@
+"""Envelope value objects and their XML form (namespaces, building and reading the header).
+
+Signing and verification live in ``sealing``; this module only knows the shape.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from lxml import etree
+
+from exchange.codes import AgencyCode, DossierCode, ProcedureCode
+
+ENV_NS = "urn:vn-exchange:envelope:1"
+DOSSIER_NS = "urn:vn-exchange:dossier:1"
+RECEIPT_NS = "urn:vn-exchange:receipt:1"
+STATUS_NS = "urn:vn-exchange:status:1"
+DS_NS = "http://www.w3.org/2000/09/xmldsig#"
+SHA256_URI = "http://www.w3.org/2001/04/xmlenc#sha256"
+VERSION = "1"
+
+DEFAULT_TTL = dt.timedelta(days=30)
+"""A transfer that has not been delivered within a month needs a person, not a retry."""
+
+
+def q(name: str, ns: str = ENV_NS) -> str:
+    """Clark notation for an element of namespace ``ns``."""
+    return f"{{{ns}}}{name}"
+
+
+class Kind(StrEnum):
+    TRANSFER = "transfer"
+    RECEIPT = "receipt"
+    STATUS = "status"
+
+
+PAYLOAD_OF_KIND = {
+    Kind.TRANSFER: q("Dossier", DOSSIER_NS),
+    Kind.RECEIPT: q("Receipt", RECEIPT_NS),
+    Kind.STATUS: q("Status", STATUS_NS),
+}
+
+
+def utc(moment: dt.datetime) -> str:
+    """An XML dateTime in UTC with millisecond precision."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def payload_digest(payload: etree._Element) -> str:
+    """SHA-256 of the exclusive canonical form of the payload element, in hex."""
+    return hashlib.sha256(canonical(payload)).hexdigest()
+
+
+def canonical(element: etree._Element) -> bytes:
+    return etree.tostring(element, method="c14n", exclusive=True, with_comments=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One node the envelope passed through, and when."""
+
+    agency: AgencyCode
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """Everything a node needs to route, authorize and audit an envelope."""
+
+    kind: Kind
+    sender: AgencyCode
+    recipient: AgencyCode
+    dossier: DossierCode | None = None
+    procedure: ProcedureCode | None = None
+    step: str | None = None
+    message_id: str = field(default_factory=new_message_id)
+    created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    expires: dt.datetime | None = None
+    trace: tuple[Hop, ...] = ()
+    in_reply_to: str | None = None
+
+    @property
+    def expiry(self) -> dt.datetime:
+        return self.expires or self.created + DEFAULT_TTL
+
+
+def _sub(parent: etree._Element, name: str, text: str | None) -> None:
+    if text is not None:
+        etree.SubElement(parent, q(name)).text = text
+
+
+def header_element(header: Header, digest: str) -> etree._Element:
+    """The ``Header`` element, in the order the schema fixes."""
+    el = etree.Element(q("Header"))
+    _sub(el, "MessageId", header.message_id)
+    _sub(el, "Kind", header.kind.value)
+    _sub(el, "From", str(header.sender))
+    _sub(el, "To", str(header.recipient))
+    _sub(el, "DossierCode", str(header.dossier) if header.dossier else None)
+    _sub(el, "Procedure", str(header.procedure) if header.procedure else None)
+    _sub(el, "Step", header.step)
+    _sub(el, "Created", utc(header.created))
+    _sub(el, "Expires", utc(header.expiry))
+    trace = etree.SubElement(el, q("Trace"))
+    for hop in header.trace:
+        etree.SubElement(trace, q("Hop"), agency=str(hop.agency), at=utc(hop.at))
+    _sub(el, "InReplyTo", header.in_reply_to)
+    etree.SubElement(el, q("PayloadDigest"), algorithm=SHA256_URI).text = digest
+    return el
+
+
+def envelope_element(header: Header, payload: etree._Element) -> etree._Element:
+    """An unsigned envelope around ``payload``; ``sealing.Signer`` adds the signature."""
+    root = etree.Element(q("Envelope"), nsmap={None: ENV_NS},  # type: ignore[dict-item]
+                         version=VERSION)
+    root.append(header_element(header, payload_digest(payload)))
+    body = etree.SubElement(root, q("Body"))
+    body.append(payload)
+    return root
+
+
+def _text(el: etree._Element, name: str) -> str | None:
+    child = el.find(q(name))
+    return child.text if child is not None else None
+
+
+def read_header(el: etree._Element) -> tuple[Header, str]:
+    """The header value and the declared payload digest, from a schema-valid ``Header``."""
+    def opt(name: str) -> str | None:
+        return _text(el, name)
+
+    def req(name: str) -> str:
+        value = opt(name)
+        assert value is not None, name  # the schema requires it
+        return value
+
+    dossier, procedure = opt("DossierCode"), opt("Procedure")
+    hops = tuple(Hop(AgencyCode(h.get("agency", "")), parse_time(h.get("at", "")))
+                 for h in el.iterfind(f"{q('Trace')}/{q('Hop')}"))
+    header = Header(
+        kind=Kind(req("Kind")),
+        sender=AgencyCode(req("From")),
+        recipient=AgencyCode(req("To")),
+        dossier=DossierCode(dossier) if dossier else None,
+        procedure=ProcedureCode(procedure) if procedure else None,
+        step=opt("Step"),
+        message_id=req("MessageId"),
+        created=parse_time(req("Created")),
+        expires=parse_time(req("Expires")),
+        trace=hops,
+        in_reply_to=opt("InReplyTo"),
+    )
+    return header, req("PayloadDigest")
+
+
+@dataclass(frozen=True)
+class VerifiedEnvelope:
+    """An envelope whose signature, signer and payload digest were verified.
+
+    Every field comes from the tree that signxml returned as signed. ``payload`` is that tree's
+    body element: read it, never change it.
+    """
+
+    header: Header
+    payload: etree._Element
+    payload_digest: str
+    signer: AgencyCode
+    signer_fingerprint: str
+    envelope_digest: str
+    """SHA-256 of the envelope bytes as received; receipts and the audit log name it."""

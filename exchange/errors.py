@@ -1,0 +1,137 @@
+"""The one error tree of the project.
+
+Bad input is kept apart from infrastructure faults, and each refusal of an
+envelope has a stable reason code, because signed receipts carry that code::
+
+    ExchangeError
+    ├── InvalidInput                 bad input from a person, a file or a peer
+    │   ├── InvalidCode              an agency, dossier or procedure code
+    │   ├── InvalidDossier           a dossier file that is not a valid dossier
+    │   ├── ConfigError              a missing or malformed file or setting
+    │   └── InvalidEnvelope          an envelope refused; ``reason_code`` says why
+    │       ├── TooLarge                 too-large
+    │       ├── MalformedXml             malformed-xml
+    │       ├── SchemaViolation          schema-violation
+    │       ├── BadSignature             bad-signature
+    │       ├── UntrustedSigner          untrusted-signer
+    │       ├── Revoked                  revoked
+    │       ├── Expired                  expired
+    │       ├── SenderMismatch           sender-mismatch
+    │       ├── DigestMismatch           digest-mismatch
+    │       └── EnvelopeExpired          envelope-expired
+    └── PkiError                     the local PKI could not do what was asked
+"""
+
+from __future__ import annotations
+
+
+class ExchangeError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class InvalidInput(ExchangeError):
+    """Input that is wrong; retrying it unchanged will fail the same way."""
+
+
+class InvalidCode(InvalidInput, ValueError):
+    """An identifier that does not have the form its standard requires."""
+
+
+class InvalidDossier(InvalidInput):
+    """A dossier document that is not well-formed or not valid."""
+
+
+class ConfigError(InvalidInput):
+    """A configuration file or setting that is missing or malformed."""
+
+
+class PkiError(ExchangeError):
+    """The local certificate authority could not perform an operation."""
+
+
+class InvalidEnvelope(InvalidInput):
+    """An envelope that this node refuses; subclasses carry the reason code."""
+
+    reason_code = "invalid-envelope"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason_code}: {self.message}"
+
+
+class TooLarge(InvalidEnvelope):
+    """The input exceeds the byte-size cap; it was not parsed."""
+
+    reason_code = "too-large"
+
+
+class MalformedXml(InvalidEnvelope):
+    """The input is not well-formed XML, or uses forbidden XML features."""
+
+    reason_code = "malformed-xml"
+
+
+class SchemaViolation(InvalidEnvelope):
+    """The document is well-formed but does not match its schema."""
+
+    reason_code = "schema-violation"
+
+
+class BadSignature(InvalidEnvelope):
+    """The XML signature is missing, malformed, misplaced or does not verify."""
+
+    reason_code = "bad-signature"
+
+
+class UntrustedSigner(InvalidEnvelope):
+    """The signing certificate does not chain to the configured trust store."""
+
+    reason_code = "untrusted-signer"
+
+
+class Revoked(InvalidEnvelope):
+    """The signing certificate is on the trusted CA's revocation list."""
+
+    reason_code = "revoked"
+
+
+class Expired(InvalidEnvelope):
+    """The signing certificate was not valid at signing time or is not valid now."""
+
+    reason_code = "expired"
+
+
+class SenderMismatch(InvalidEnvelope):
+    """The certificate's agency code differs from the envelope's sender."""
+
+    reason_code = "sender-mismatch"
+
+
+class DigestMismatch(InvalidEnvelope):
+    """The signed payload digest in the header does not match the body, or the kinds disagree."""
+
+    reason_code = "digest-mismatch"
+
+
+class EnvelopeExpired(InvalidEnvelope):
+    """The envelope's own expiry time has passed."""
+
+    reason_code = "envelope-expired"
+
+
+REFUSALS: tuple[type[InvalidEnvelope], ...] = (
+    TooLarge,
+    MalformedXml,
+    SchemaViolation,
+    BadSignature,
+    UntrustedSigner,
+    Revoked,
+    Expired,
+    SenderMismatch,
+    DigestMismatch,
+    EnvelopeExpired,
+)
+"""Every refusal class, so receipts can map a reason code back to its meaning."""
