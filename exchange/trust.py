@@ -43,6 +43,8 @@ class TrustStore:
     crls: tuple[x509.CertificateRevocationList, ...] = ()
     _cache: OrderedDict[bytes, TrustedSigner | UntrustedSigner] = field(
         default_factory=OrderedDict, repr=False)
+    chain_checks: int = 0
+    """How many certificate chains were verified rather than found in the cache."""
 
     @classmethod
     def load(cls, trust: Path, crl: Path | None = None) -> TrustStore:
@@ -72,6 +74,7 @@ class TrustStore:
         fingerprint = cert.fingerprint(hashes.SHA256())
         cached = self._cache.get(fingerprint)
         if cached is None:
+            self.chain_checks += 1
             cached = self._verify_chain(cert, fingerprint.hex())
             self._cache[fingerprint] = cached
             if len(self._cache) > CACHE_SIZE:

@@ -1,0 +1,129 @@
+"""Receipt and status payloads: the two kinds of envelope that answer a transfer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+
+from lxml import etree
+
+from exchange.codes import AgencyCode, DossierCode
+from exchange.envelope import RECEIPT_NS, STATUS_NS, q, utc
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+
+
+class ExchangeStatus(StrEnum):
+    """QCVN 102:2016 document-exchange status codes a receiver sends back."""
+
+    ARRIVED = "01"
+    REFUSED = "02"
+    ACCEPTED = "03"
+    ASSIGNED = "04"
+    PROCESSING = "05"
+    DONE = "06"
+
+
+class DossierStatus(IntEnum):
+    """National public-service portal dossier status (TrangThaiHoSo)."""
+
+    REGISTERED = 1
+    ACCEPTED = 2
+    NOT_ACCEPTED = 3
+    PROCESSING = 4
+    SUPPLEMENT_REQUESTED = 5
+    FINANCIAL_OBLIGATION = 6
+    WITHDRAWN = 7
+    STOPPED = 8
+    PROCESSED = 9
+    RESULT_RETURNED = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """One envelope accepted or refused, named by message id and the digest of its bytes."""
+
+    message_id: str
+    envelope_digest: str
+    outcome: Outcome
+    reason_code: str | None = None
+    reason_text: str | None = None
+    received_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+def _sub(parent: etree._Element, ns: str, name: str, text: str | None) -> None:
+    if text is not None:
+        etree.SubElement(parent, q(name, ns)).text = text
+
+
+def receipt_element(acks: tuple[Ack, ...], checkpoint: str | None = None) -> etree._Element:
+    root = etree.Element(q("Receipt", RECEIPT_NS), nsmap={None: RECEIPT_NS},  # type: ignore[dict-item]
+                         version="1")
+    for ack in acks:
+        el = etree.SubElement(root, q("Ack", RECEIPT_NS))
+        _sub(el, RECEIPT_NS, "MessageId", ack.message_id)
+        _sub(el, RECEIPT_NS, "EnvelopeDigest", ack.envelope_digest)
+        _sub(el, RECEIPT_NS, "Outcome", ack.outcome.value)
+        _sub(el, RECEIPT_NS, "ReasonCode", ack.reason_code)
+        _sub(el, RECEIPT_NS, "ReasonText", ack.reason_text)
+        _sub(el, RECEIPT_NS, "ReceivedAt", utc(ack.received_at))
+    _sub(root, RECEIPT_NS, "Checkpoint", checkpoint)
+    return root
+
+
+def read_acks(receipt: etree._Element) -> tuple[Ack, ...]:
+    """The acknowledgements of a verified ``Receipt`` payload."""
+    def text(el: etree._Element, name: str) -> str | None:
+        return el.findtext(q(name, RECEIPT_NS))
+
+    return tuple(
+        Ack(
+            message_id=text(el, "MessageId") or "",
+            envelope_digest=text(el, "EnvelopeDigest") or "",
+            outcome=Outcome(text(el, "Outcome") or ""),
+            reason_code=text(el, "ReasonCode"),
+            reason_text=text(el, "ReasonText"),
+            received_at=dt.datetime.fromisoformat((text(el, "ReceivedAt") or "").replace("Z", "+00:00")),
+        )
+        for el in receipt.iterfind(q("Ack", RECEIPT_NS))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """Where a dossier stands, told by the agency handling it to the agency that sent it."""
+
+    dossier: DossierCode
+    sender: AgencyCode
+    exchange_status: ExchangeStatus
+    dossier_status: DossierStatus
+    step: str | None = None
+    response_for: str | None = None
+    description: str | None = None
+    staff: str | None = None
+    timestamp: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    apology: str | None = None
+    new_due_date: dt.date | None = None
+
+
+def status_element(update: StatusUpdate) -> etree._Element:
+    ns = STATUS_NS
+    root = etree.Element(q("Status", ns), nsmap={None: ns}, version="1")  # type: ignore[dict-item]
+    _sub(root, ns, "DossierCode", str(update.dossier))
+    _sub(root, ns, "ResponseFor", update.response_for)
+    _sub(root, ns, "From", str(update.sender))
+    _sub(root, ns, "Step", update.step)
+    _sub(root, ns, "ExchangeStatus", update.exchange_status.value)
+    _sub(root, ns, "DossierStatus", str(update.dossier_status.value))
+    _sub(root, ns, "Description", update.description)
+    _sub(root, ns, "Timestamp", utc(update.timestamp))
+    _sub(root, ns, "StaffInfo", update.staff)
+    if update.apology is not None and update.new_due_date is not None:
+        late = etree.SubElement(root, q("Late", ns))
+        _sub(late, ns, "Apology", update.apology)
+        _sub(late, ns, "NewDueDate", update.new_due_date.isoformat())
+    return root

@@ -1,0 +1,97 @@
+"""Shared fixtures: a provincial CA with agency identities, sample dossiers, sealed envelopes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from exchange import pki, samples
+from exchange.codes import AgencyCode, DossierCode, ProcedureCode
+from exchange.envelope import Header, Kind
+from exchange.sealing import Opener, Signer
+from exchange.trust import TrustStore
+
+COMMUNE = AgencyCode("000.01.10.H49")
+POLICE = AgencyCode("000.30.10.H49")
+INSURANCE = AgencyCode("000.31.10.H49")
+BIRTH = ProcedureCode("2.000986")
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A CA directory and the agency identities issued from it, all on disk."""
+
+    root: Path
+    ca: pki.CertificateAuthority
+
+    def agency_dir(self, agency: AgencyCode) -> Path:
+        return self.root / "agencies" / str(agency)
+
+    def signer(self, agency: AgencyCode) -> Signer:
+        directory = self.agency_dir(agency)
+        if not (directory / pki.AGENCY_KEY).exists():
+            pki.issue_agency(self.ca, agency, directory)
+        return Signer.load(directory / pki.AGENCY_CERT, directory / pki.AGENCY_KEY)
+
+    def opener(self, **kwargs: object) -> Opener:
+        return Opener(TrustStore.load(self.root / "ca"), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def pki_env(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    return Pki(root, pki.init_ca(root / "ca", "Quang Ninh Test CA"))
+
+
+@pytest.fixture(scope="session")
+def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A second CA that nobody trusts, issuing the same agency codes."""
+    root = tmp_path_factory.mktemp("rogue")
+    return Pki(root, pki.init_ca(root / "ca", "Rogue CA"))
+
+
+def make_dossier(size_kb: int = 10, sequence: int = 1, agency: AgencyCode = COMMUNE) -> etree._Element:
+    return samples.sample_dossier(samples.SampleSpec(agency, BIRTH, size_kb=size_kb, sequence=sequence))
+
+
+def transfer_header(dossier: etree._Element, sender: AgencyCode = COMMUNE,
+                    recipient: AgencyCode = POLICE, **kwargs: object) -> Header:
+    code = dossier.findtext("{urn:vn-exchange:dossier:1}Code") or ""
+    return Header(kind=Kind.TRANSFER, sender=sender, recipient=recipient, dossier=DossierCode(code),
+                  procedure=BIRTH, step="police", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def sealed(pki_env: Pki) -> bytes:
+    """A valid 10 KiB transfer from the commune to the police, signed by the commune."""
+    dossier = make_dossier()
+    return pki_env.signer(COMMUNE).seal(transfer_header(dossier), dossier)
+
+
+@pytest.fixture
+def opener(pki_env: Pki) -> Opener:
+    return pki_env.opener()
+
+
+def require_tool(name: str) -> str:
+    """The path of an outside tool; in CI its absence fails the test instead of skipping it."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; .ci/run must install it")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture
+def past() -> Callable[[int], dt.datetime]:
+    def days_ago(days: int) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    return days_ago
