@@ -108,7 +108,8 @@ def test_any_header_field_edit_is_refused(sealed: bytes, opener: Opener, field: 
     """Changing any header field to another valid value breaks the signature."""
     root = _tree(sealed)
     el = root.find(f"{q('Header')}/{q(field)}")
-    assert el is not None and el.text != HEADER_EDITS[field]
+    assert el is not None
+    assert el.text != HEADER_EDITS[field]
     el.text = HEADER_EDITS[field]
     with pytest.raises(BadSignature):
         opener.open(_bytes(root))
@@ -140,7 +141,8 @@ def test_signature_value_edit_is_refused(sealed: bytes, opener: Opener) -> None:
     """A changed signature value does not verify."""
     root = _tree(sealed)
     value = root.find(f"{{{DS_NS}}}Signature/{{{DS_NS}}}SignatureValue")
-    assert value is not None and value.text
+    assert value is not None
+    assert value.text
     value.text = ("A" if value.text[0] != "A" else "B") + value.text[1:]
     with pytest.raises(BadSignature):
         opener.open(_bytes(root))
@@ -398,5 +400,5 @@ def test_verified_payload_comes_from_signed_tree(sealed: bytes, opener: Opener) 
     body = env.payload.getparent()
     assert body is not None
     assert not any(isinstance(n, etree._Comment) for n in body.iter())
-    assert env.payload.tag == f"{{urn:vn-exchange:dossier:1}}Dossier"
+    assert env.payload.tag == "{urn:vn-exchange:dossier:1}Dossier"
     assert ENV_NS in body.tag
