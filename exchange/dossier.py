@@ -55,25 +55,42 @@ def load(data: bytes, source: str = "dossier") -> tuple[etree._Element, DossierI
     if root.tag != d("Dossier"):
         raise InvalidDossier(f"{source}:{root.sourceline}: the root is {root.tag}, "
                              f"expected {d('Dossier')}")
-    problems = schemas.problems(schemas.DOSSIER, root, source) or attachment_problems(root, source)
+    problems = schemas.problems(schemas.DOSSIER, root, source, base64_checked_by_caller=True)
+    if not problems:
+        problems = [str(p) for p in attachment_problems(root, source)]
     if problems:
         raise InvalidDossier("\n".join(problems))
     return root, DossierInfo.of(root)
 
 
-def attachment_problems(root: etree._Element, source: str) -> list[str]:
-    """Each attachment whose declared SHA-256 does not match its content."""
+@dataclass(frozen=True, slots=True)
+class AttachmentProblem:
+    """An attachment whose content is not base64, or does not hash to its declared SHA-256."""
+
+    where: str
+    name: str
+    text: str
+    undecodable: bool
+
+    def __str__(self) -> str:
+        return f"{self.where}: attachment {self.name!r}: {self.text}"
+
+
+def attachment_problems(root: etree._Element, source: str) -> list[AttachmentProblem]:
+    """Each attachment that is not strict base64 or whose SHA-256 does not match its content."""
     found = []
     for attachment in root.iter(d("Attachment")):
-        name = attachment.findtext(d("FileName"))
+        where = f"{source}:{attachment.sourceline}" if attachment.sourceline else source
+        name = attachment.findtext(d("FileName")) or ""
         declared = attachment.findtext(d("Sha256"))
         try:
-            content = base64.b64decode(attachment.findtext(d("Content")) or "", validate=False)
+            text = "".join((attachment.findtext(d("Content")) or "").split())
+            content = base64.b64decode(text, validate=True)
         except binascii.Error as exc:
-            found.append(f"{source}:{attachment.sourceline}: attachment {name!r}: {exc}")
+            found.append(AttachmentProblem(where, name, f"Content is not base64 ({exc})", True))
             continue
         actual = hashlib.sha256(content).hexdigest()
         if actual != declared:
-            found.append(f"{source}:{attachment.sourceline}: attachment {name!r}: Sha256 is "
-                         f"{declared} but the content hashes to {actual}")
+            found.append(AttachmentProblem(
+                where, name, f"Sha256 is {declared} but the content hashes to {actual}", False))
     return found

@@ -131,24 +131,26 @@ def envelope_element(header: Header, payload: etree._Element) -> etree._Element:
     return root
 
 
-def _text(el: etree._Element, name: str) -> str | None:
-    child = el.find(q(name))
-    return child.text if child is not None else None
+_PREFIX = len(ENV_NS) + 2
 
 
 def read_header(el: etree._Element) -> tuple[Header, str]:
     """The header value and the declared payload digest, from a schema-valid ``Header``."""
+    fields = {child.tag[_PREFIX:]: child for child in el}
+
     def opt(name: str) -> str | None:
-        return _text(el, name)
+        child = fields.get(name)
+        return child.text if child is not None else None
 
     def req(name: str) -> str:
         value = opt(name)
-        assert value is not None, name  # the schema requires it
+        if value is None:  # the schema requires it; reaching here is a bug, not bad input
+            raise AssertionError(f"schema-valid header without {name}")
         return value
 
     dossier, procedure = opt("DossierCode"), opt("Procedure")
     hops = tuple(Hop(AgencyCode(h.get("agency", "")), parse_time(h.get("at", "")))
-                 for h in el.iterfind(f"{q('Trace')}/{q('Hop')}"))
+                 for h in fields["Trace"])
     header = Header(
         kind=Kind(req("Kind")),
         sender=AgencyCode(req("From")),

@@ -402,3 +402,46 @@ def test_verified_payload_comes_from_signed_tree(sealed: bytes, opener: Opener) 
     assert not any(isinstance(n, etree._Comment) for n in body.iter())
     assert env.payload.tag == "{urn:vn-exchange:dossier:1}Dossier"
     assert ENV_NS in body.tag
+
+
+def test_lean_verifier_agrees_with_stock_signxml(pki_env: Pki, sealed: bytes) -> None:
+    """Our copy-saving verifier returns exactly the signed bytes stock signxml returns."""
+    from signxml.verifier import XMLVerifier
+
+    from exchange.sealing import _EXPECT, _signing_cert, _verify
+
+    root = _tree(sealed)
+    signer = pki_env.opener().trust.check_encoded(_signing_cert(root[-1]))
+    ours, _ = _verify(root, signer.cert, dt.datetime.now(dt.UTC))
+    stock = XMLVerifier().verify(sealed, x509_cert=signer.cert, expect_config=_EXPECT)
+    assert ours == stock.signed_data  # type: ignore[union-attr]
+
+
+def test_lean_verifier_refuses_what_stock_signxml_refuses(sealed: bytes, opener: Opener) -> None:
+    """A digest mismatch in the signed reference is refused by our verifier too."""
+    root = _tree(sealed)
+    digest = root[-1].find(f"{{{DS_NS}}}SignedInfo/{{{DS_NS}}}Reference/{{{DS_NS}}}DigestValue")
+    assert digest is not None
+    digest.text = "AAAA" + (digest.text or "")[4:]
+    with pytest.raises(BadSignature):
+        opener.open(_bytes(root))
+
+
+def test_attachment_that_is_not_base64_is_refused(pki_env: Pki, opener: Opener) -> None:
+    """Base64 content left to the decoder on the hot path is still checked strictly."""
+    dossier = make_dossier()
+    content = dossier.find(".//{urn:vn-exchange:dossier:1}Content")
+    assert content is not None
+    content.text = "!!!!" + (content.text or "")[4:]
+    with pytest.raises(SchemaViolation, match="not base64"):
+        opener.open(pki_env.signer(COMMUNE).seal(transfer_header(dossier), dossier))
+
+
+def test_attachment_hash_mismatch_is_refused(pki_env: Pki, opener: Opener) -> None:
+    """A signed dossier whose attachment does not hash to its declared Sha256 is refused."""
+    dossier = make_dossier()
+    sha = dossier.find(".//{urn:vn-exchange:dossier:1}Sha256")
+    assert sha is not None
+    sha.text = "0" * 64
+    with pytest.raises(DigestMismatch, match="hashes to"):
+        opener.open(pki_env.signer(COMMUNE).seal(transfer_header(dossier), dossier))

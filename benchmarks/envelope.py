@@ -1,0 +1,95 @@
+"""Seal and open throughput against the raw primitive, measured in the same run.
+
+    python benchmarks/envelope.py [--rounds 7] [--seconds 0.5]
+
+For each dossier size: seal/s and open/s (median of rounds), and the baseline the issue names:
+raw ECDSA P-256 sign and verify of the same SHA-256 digest plus exclusive c14n of the same
+envelope bytes. The ratio open / (verify + c14n) is the figure to watch (aim: at most 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from lxml import etree
+
+from exchange import pki, samples
+from exchange.codes import AgencyCode, DossierCode, ProcedureCode
+from exchange.envelope import Header, Kind
+from exchange.sealing import Opener, Signer
+from exchange.trust import TrustStore
+
+COMMUNE = AgencyCode("000.01.10.H49")
+POLICE = AgencyCode("000.30.10.H49")
+BIRTH = ProcedureCode("2.000986")
+
+
+def per_call(fn: Callable[[], object], seconds: float, rounds: int) -> float:
+    """Median seconds per call over ``rounds`` rounds of about ``seconds`` each."""
+    fn()
+    results = []
+    for _ in range(rounds):
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            fn()
+            count += 1
+        results.append(elapsed / count)
+    return statistics.median(results)
+
+
+def bench_size(size_kb: int, signer: Signer, opener: Opener, seconds: float, rounds: int) -> None:
+    dossier = samples.sample_dossier(samples.SampleSpec(COMMUNE, BIRTH, size_kb=size_kb))
+    header = Header(kind=Kind.TRANSFER, sender=COMMUNE, recipient=POLICE, procedure=BIRTH,
+                    dossier=DossierCode(dossier.findtext("{urn:vn-exchange:dossier:1}Code") or ""),
+                    step="police")
+    data = signer.seal(header, dossier)
+    opener.open(data)
+    tree = etree.fromstring(data)
+    digest = hashlib.sha256(data).digest()
+    key = signer.key
+    signature = key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    public = key.public_key()
+    algorithm = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+
+    seal = per_call(lambda: signer.seal(header, dossier), seconds, rounds)
+    open_ = per_call(lambda: opener.open(data), seconds, rounds)
+    raw_sign = per_call(lambda: key.sign(digest, algorithm), seconds, rounds)
+    raw_verify = per_call(lambda: public.verify(signature, digest, algorithm), seconds, rounds)
+    c14n = per_call(lambda: etree.tostring(tree, method="c14n", exclusive=True), seconds, rounds)
+
+    print(f"\n{size_kb} KiB dossier, envelope {len(data):,} bytes")
+    print(f"  seal   {1 / seal:9,.0f}/s  {seal * 1e6:8.0f} us")
+    print(f"  open   {1 / open_:9,.0f}/s  {open_ * 1e6:8.0f} us")
+    print(f"  raw ECDSA sign {raw_sign * 1e6:6.0f} us, verify {raw_verify * 1e6:6.0f} us, "
+          f"exc-c14n {c14n * 1e6:6.0f} us")
+    print(f"  ratio seal / (sign + c14n)   {seal / (raw_sign + c14n):5.1f}x")
+    print(f"  ratio open / (verify + c14n) {open_ / (raw_verify + c14n):5.1f}x  (aim <= 5x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ca = pki.init_ca(root / "ca", "Bench CA")
+        pki.issue_agency(ca, COMMUNE, root / "commune")
+        signer = Signer.load(root / "commune/cert.pem", root / "commune/key.pem")
+        opener = Opener(TrustStore.load(root / "ca"))
+        print(f"medians of {args.rounds} rounds of {args.seconds}s each")
+        for size in args.sizes:
+            bench_size(size, signer, opener, args.seconds, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
