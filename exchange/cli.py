@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from exchange.commands import dossier, envelope, pki
+from exchange.commands import dossier, envelope, pki, rules
 from exchange.errors import ExchangeError
 
 EXIT_OK = 0
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Signed, audited dossier exchange between agencies (một cửa liên thông).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (pki, dossier, envelope):
+    for module in (pki, dossier, envelope, rules):
         module.register(commands)
     return parser
 

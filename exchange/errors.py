@@ -8,6 +8,8 @@ envelope has a stable reason code, because signed receipts carry that code::
     │   ├── InvalidCode              an agency, dossier or procedure code
     │   ├── InvalidDossier           a dossier file that is not a valid dossier
     │   ├── ConfigError              a missing or malformed file or setting
+    │   ├── RuleError                routing rules that do not load; ``problems`` lists each
+    │   ├── RoutingError             a question the rules cannot answer (unknown procedure...)
     │   └── InvalidEnvelope          an envelope refused; ``reason_code`` says why
     │       ├── TooLarge                 too-large
     │       ├── MalformedXml             malformed-xml
@@ -18,11 +20,14 @@ envelope has a stable reason code, because signed receipts carry that code::
     │       ├── Expired                  expired
     │       ├── SenderMismatch           sender-mismatch
     │       ├── DigestMismatch           digest-mismatch
+    │       ├── NotAuthorized            not-authorized
     │       └── EnvelopeExpired          envelope-expired
     └── PkiError                     the local PKI could not do what was asked
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class ExchangeError(Exception):
@@ -43,6 +48,31 @@ class InvalidDossier(InvalidInput):
 
 class ConfigError(InvalidInput):
     """A configuration file or setting that is missing or malformed."""
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One problem in a rule file, where an editor can jump to it."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class RuleError(InvalidInput):
+    """Routing rules that cannot be loaded; every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = tuple(sorted(problems))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class RoutingError(InvalidInput):
+    """A routing question the rules cannot answer: an unknown procedure, origin or step."""
 
 
 class PkiError(ExchangeError):
@@ -72,6 +102,11 @@ class MalformedXml(InvalidEnvelope):
     """The input is not well-formed XML, or uses forbidden XML features."""
 
     reason_code = "malformed-xml"
+
+    def __init__(self, message: str, line: int = 1, column: int = 1) -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
 
 
 class SchemaViolation(InvalidEnvelope):
@@ -116,6 +151,12 @@ class DigestMismatch(InvalidEnvelope):
     reason_code = "digest-mismatch"
 
 
+class NotAuthorized(InvalidEnvelope):
+    """A valid envelope from an agency that the routing rules do not name for that step."""
+
+    reason_code = "not-authorized"
+
+
 class EnvelopeExpired(InvalidEnvelope):
     """The envelope's own expiry time has passed."""
 
@@ -132,6 +173,7 @@ REFUSALS: tuple[type[InvalidEnvelope], ...] = (
     Expired,
     SenderMismatch,
     DigestMismatch,
+    NotAuthorized,
     EnvelopeExpired,
 )
 """Every refusal class, so receipts can map a reason code back to its meaning."""

@@ -46,7 +46,8 @@ class SafeParser:
         try:
             root = etree.fromstring(data, parser=_PARSER)
         except etree.XMLSyntaxError as exc:
-            raise MalformedXml(f"{self.source}: {_describe(exc)}") from None
+            line, column = exc.position
+            raise MalformedXml(f"{self.source}: {_describe(exc)}", line, column) from None
         _refuse_dtd_and_entities(root, self.source)
         return root
 

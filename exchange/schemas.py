@@ -20,6 +20,7 @@ ENVELOPE = "envelope.xsd"
 DOSSIER = "dossier.xsd"
 RECEIPT = "receipt.xsd"
 STATUS = "status.xsd"
+ROUTING_RULES = "routing-rules.xsd"
 
 MAX_REPORTED = 20
 """A broken document can have thousands of errors; people read the first few."""
@@ -57,6 +58,11 @@ def _compiled(name: str, relax_base64: bool) -> etree.XMLSchema:
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
     parser.resolvers.add(_PackageResolver(relax_base64))
     return etree.XMLSchema(etree.parse(str(schema_dir() / name), parser))
+
+
+def compiled(name: str) -> etree.XMLSchema:
+    """The strict libxml2 validator of schema ``name`` (its error log has lines and columns)."""
+    return _compiled(name, False)
 
 
 @functools.cache
