@@ -212,12 +212,12 @@ class RuleSet:
 
 def _refusal(proc: Procedure, step: str, sender: AgencyCode, receiver: AgencyCode,
              pairs: Pairs) -> str:
+    if not proc.step(step).after:
+        return f"step {step!r} of {proc.code} is the first step: the desk receives it, nobody hands it over"
     receivers = sorted({str(r) for _, r in pairs})
     if str(receiver) not in receivers:
         return (f"step {step!r} of {proc.code} is performed by {' or '.join(receivers) or 'nobody'}, "
                 f"not {receiver}")
     senders = sorted({str(s) for s, r in pairs if r == receiver})
-    if not senders:
-        return f"step {step!r} of {proc.code} is the first step: nobody hands it over"
     return (f"{sender} does not perform a step before {step!r} of {proc.code}; "
             f"it may come from {' or '.join(senders)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -101,17 +102,29 @@ def _read(path: Path, report: _Report) -> _Source | None:
     except TooLarge as exc:
         report.add((str(path), 1, 1), exc.message)
         return None
+    lines = data.decode("utf-8", errors="replace").splitlines()
     validator = schemas.compiled(SCHEMA)
     if not validator.validate(root):
         log: Any = validator.error_log
         for entry in log:
-            report.add((str(path), entry.line, entry.column + 1), _schema_message(entry.message))
+            message = entry.message.replace(f"{{{RULES_NS}}}", "")
+            report.add((str(path), entry.line, _column(lines, entry.line, message)), message)
         return None
-    return _Source(str(path), data.decode("utf-8", errors="replace").splitlines(), root)
+    return _Source(str(path), lines, root)
 
 
-def _schema_message(message: str) -> str:
-    return message.replace(f"{{{RULES_NS}}}", "")
+_ATTRIBUTE = re.compile(r"attribute '([\w:-]+)'")
+_ELEMENT = re.compile(r"Element '([\w:-]+)'")
+
+
+def _column(lines: list[str], line: int, message: str) -> int:
+    """libxml2 gives schema errors no column: point at the attribute or element it names."""
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    for pattern, template in ((_ATTRIBUTE, '{}="'), (_ELEMENT, "<{}")):
+        match = pattern.search(message)
+        if match and (index := text.find(template.format(match.group(1)))) >= 0:
+            return index + 1
+    return len(text) - len(text.lstrip()) + 1
 
 
 class _Builder:
