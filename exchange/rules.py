@@ -72,6 +72,11 @@ class Procedure:
     origins: tuple[str, ...]
     steps: tuple[Step, ...]
     """In an order where every step comes after its prerequisites."""
+    requires: tuple[tuple[Step, frozenset[str]], ...] = field(init=False, repr=False, compare=False)
+    """Each step with its prerequisites as a set, for the hot path of ``next_steps``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "requires", tuple((s, frozenset(s.after)) for s in self.steps))
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:
@@ -153,12 +158,13 @@ class RuleSet:
         """
         proc = self.procedure(procedure)
         route = self.route(procedure, origin)
-        unknown = set(done) - set(route)
+        unknown = done.keys() - route.keys()
         if unknown:
             raise RoutingError(f"procedure {procedure} has no step {sorted(unknown)[0]!r}")
         ready = []
-        for step in proc.steps:
-            if step.id in done or any(p not in done for p in step.after):
+        finished = done.keys()
+        for step, requires in proc.requires:
+            if step.id in done or not requires <= finished:
                 continue
             start = max((done[p] for p in step.after), default=received_at)
             due = None if step.paused else self.calendar.due(start, step.budget)

@@ -34,24 +34,30 @@ class WorkingCalendar:
     cutoff: dt.time = dt.time(15, 0)
     timezone: dt.tzinfo = dt.timezone(dt.timedelta(hours=7))
     _days: tuple[dt.date, ...] = field(init=False, repr=False, compare=False)
+    _next: dict[dt.date, int] = field(init=False, repr=False, compare=False)
+    """For every covered day, the index in ``_days`` of that day or the next working day."""
 
     def __post_init__(self) -> None:
-        days = tuple(d for d in _all_days(self.years) if self._works(d))
+        every = _all_days(self.years)
+        days = tuple(d for d in every if self._works(d))
         object.__setattr__(self, "_days", days)
+        object.__setattr__(self, "_next", {d: bisect.bisect_left(days, d) for d in every})
 
     def _works(self, day: dt.date) -> bool:
         if day in self.makeup_days:
             return True
         return day.weekday() not in self.weekend and day not in self.holidays
 
-    def _covers(self, day: dt.date) -> None:
-        if not self.years or not self.years[0] <= day.year <= self.years[-1]:
+    def _index(self, day: dt.date) -> int:
+        index = self._next.get(day)
+        if index is None:
             span = f"{self.years[0]}–{self.years[-1]}" if self.years else "no year"
             raise RoutingError(f"the working calendar covers {span}, not {day.isoformat()}: "
                                f"add the public holidays of {day.year} to the rules")
+        return index
 
     def is_working_day(self, day: dt.date) -> bool:
-        self._covers(day)
+        self._index(day)
         return self._works(day)
 
     def local(self, moment: dt.datetime) -> dt.datetime:
@@ -63,17 +69,14 @@ class WorkingCalendar:
         """The working day from which a deadline counts, for something received at ``moment``."""
         local = self.local(moment)
         day = local.date()
-        self._covers(day)
-        index = bisect.bisect_left(self._days, day)  # that day if it works, else the next one
+        index = self._index(day)  # that day if it works, else the next one
         if index < len(self._days) and self._days[index] == day and local.time() >= self.cutoff:
             index += 1
         return self._at(index, day)
 
     def add(self, day: dt.date, working_days: int) -> dt.date:
         """The ``working_days``-th working day after working day ``day`` (or the next one)."""
-        self._covers(day)
-        index = bisect.bisect_left(self._days, day)
-        return self._at(index + working_days, day)
+        return self._at(self._index(day) + working_days, day)
 
     def due(self, moment: dt.datetime, working_days: int) -> dt.date:
         """The due date of something received at ``moment`` with a budget of ``working_days``."""
@@ -81,8 +84,8 @@ class WorkingCalendar:
 
     def working_days_between(self, start: dt.date, end: dt.date) -> int:
         """How many working days lie after ``start`` up to and including ``end`` (may be < 0)."""
-        self._covers(start)
-        self._covers(end)
+        self._index(start)
+        self._index(end)
         return bisect.bisect_right(self._days, end) - bisect.bisect_right(self._days, start)
 
     def _at(self, index: int, asked: dt.date) -> dt.date:
