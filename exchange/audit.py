@@ -163,6 +163,14 @@ def create_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA + _append_only_triggers())
 
 
+def stored_subtree(conn: sqlite3.Connection, level: int, index: int) -> bytes:
+    """The stored hash of a complete subtree; AuditError if it is missing (a damaged database)."""
+    row = conn.execute("SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, index)).fetchone()
+    if row is None:
+        raise AuditError(f"the tree has no subtree at level {level} index {index}: damaged")
+    return bytes(row[0])
+
+
 class AuditLog:
     """The audit tree of one node, over a connection the caller owns (and commits)."""
 
@@ -173,11 +181,7 @@ class AuditLog:
         self.tree = merkle.SubtreeHashes(self._perfect)
 
     def _perfect(self, level: int, index: int) -> bytes:
-        row = self.conn.execute("SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?",
-                                (level, index)).fetchone()
-        if row is None:
-            raise AuditError(f"the tree has no subtree at level {level} index {index}: damaged")
-        return bytes(row[0])
+        return stored_subtree(self.conn, level, index)
 
     @property
     def size(self) -> int:

@@ -62,7 +62,7 @@ class Verifier:
     @classmethod
     def parse(cls, text: str) -> Verifier:
         try:
-            name, hash_hex, key_b64 = text.strip().rsplit("+", 2)
+            name, hash_hex, key_b64 = text.strip().split("+", 2)  # names never hold "+"
             raw = base64.b64decode(key_b64, validate=True)
         except (ValueError, binascii.Error):
             raise AuditError(f"not a verifier key (name+hash+key): {text.strip()[:80]!r}") from None

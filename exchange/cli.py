@@ -7,10 +7,11 @@ Exit codes are a contract: 0 success, 1 refused or invalid input (the reason on 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from exchange.commands import dossier, envelope, pki, rules
+from exchange.commands import audit, dossier, envelope, pki, rules
 from exchange.errors import ExchangeError
 
 EXIT_OK = 0
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Signed, audited dossier exchange between agencies (một cửa liên thông).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (pki, dossier, envelope, rules):
+    for module in (pki, dossier, envelope, rules, audit):
         module.register(commands)
     return parser
 
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `exchange ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     return result
 
 
