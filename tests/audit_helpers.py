@@ -1,0 +1,82 @@
+"""Building audit logs for tests: a node database with attested checkpoint keys and entries."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from exchange import db, pki
+from exchange.audit import AuditLog, Entry, Event
+from exchange.checkpoints import Checkpointer, NoteSigner, attest, origin_for, register_key
+from exchange.codes import AgencyCode
+
+
+@dataclass
+class Node:
+    """A node's audit side: database, log, checkpoint signer and the files an auditor gets."""
+
+    directory: Path
+    agency: str
+    conn: sqlite3.Connection
+    log: AuditLog
+    signer: NoteSigner
+    checkpointer: Checkpointer
+
+    @property
+    def database(self) -> Path:
+        return self.directory / "node.db"
+
+    @property
+    def key_file(self) -> Path:
+        return self.directory / "checkpoint-key.pub"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.directory / "agency" / pki.AGENCY_CERT
+
+    def add(self, *entries: Entry) -> None:
+        with self.conn:
+            self.log.append_many(entries)
+
+    def checkpoint(self) -> None:
+        assert self.checkpointer.make() is not None
+
+
+def make_node(directory: Path, ca: pki.CertificateAuthority, agency: str = "000.04.10.H49") -> Node:
+    directory.mkdir(parents=True, exist_ok=True)
+    pki.issue_agency(ca, AgencyCode(agency), directory / "agency", force=True)
+    agency_key = pki.load_key(directory / "agency" / pki.AGENCY_KEY)
+    conn = db.connect(directory / "node.db")
+    log = AuditLog(conn, agency)
+    signer = NoteSigner.generate(origin_for(agency))
+    signer.save(directory / "checkpoint-key.pem")
+    with conn:
+        register_key(log, signer.verifier, attest(signer.verifier, agency_key),
+                     (directory / "agency" / pki.AGENCY_CERT).read_text())
+    return Node(directory, agency, conn, log, signer, Checkpointer(log, signer, every_entries=10))
+
+
+def transfer(node: str, event: Event, message: str, counterpart: str, dossier: str = "000.04.10.H49-261129-0001",
+             envelope: str = "ab" * 32, **detail: str) -> Entry:
+    return Entry(event, node, dossier=dossier, procedure="2.000986", step="residence", message_id=message,
+                 counterpart=counterpart, envelope_sha256=envelope, detail=detail)
+
+
+def filled(node: Node, count: int, checkpoint_every: int = 10) -> Node:
+    """Append ``count`` entries (after the key entry), checkpointing every few, and at the end."""
+    for i in range(count):
+        node.add(transfer(node.agency, Event.PUBLISHED, f"m{i}", "000.30.10.H49",
+                          dossier=f"000.04.10.H49-261129-{i % 5 + 1:04d}"))
+        if (i + 1) % checkpoint_every == 0:
+            node.checkpoint()
+    node.checkpoint()
+    return node
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    """A connection that may tamper: the append-only triggers dropped, as an attacker would."""
+    conn = sqlite3.connect(str(path))
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f'DROP TRIGGER "{name}"')
+    return conn
