@@ -60,7 +60,16 @@ def _sub(parent: etree._Element, ns: str, name: str, text: str | None) -> None:
         etree.SubElement(parent, q(name, ns)).text = text
 
 
-def receipt_element(acks: tuple[Ack, ...], checkpoint: str | None = None) -> etree._Element:
+@dataclass(frozen=True, slots=True)
+class Witnessed:
+    """The receiver's checkpoint a receipt carries, with a proof from the one it sent before."""
+
+    note: str
+    from_size: int | None = None
+    proof: tuple[bytes, ...] = ()
+
+
+def receipt_element(acks: tuple[Ack, ...], witnessed: Witnessed | None = None) -> etree._Element:
     root = etree.Element(q("Receipt", RECEIPT_NS), nsmap={None: RECEIPT_NS},  # type: ignore[dict-item]
                          version="1")
     for ack in acks:
@@ -71,8 +80,26 @@ def receipt_element(acks: tuple[Ack, ...], checkpoint: str | None = None) -> etr
         _sub(el, RECEIPT_NS, "ReasonCode", ack.reason_code)
         _sub(el, RECEIPT_NS, "ReasonText", ack.reason_text)
         _sub(el, RECEIPT_NS, "ReceivedAt", utc(ack.received_at))
-    _sub(root, RECEIPT_NS, "Checkpoint", checkpoint)
+    if witnessed is not None:
+        _sub(root, RECEIPT_NS, "Checkpoint", witnessed.note)
+        if witnessed.from_size:
+            proof = etree.SubElement(root, q("ConsistencyProof", RECEIPT_NS),
+                                     fromSize=str(witnessed.from_size))
+            for value in witnessed.proof:
+                _sub(proof, RECEIPT_NS, "Hash", value.hex())
     return root
+
+
+def read_witnessed(receipt: etree._Element) -> Witnessed | None:
+    """The checkpoint and proof a verified ``Receipt`` carries, if any."""
+    note = receipt.findtext(q("Checkpoint", RECEIPT_NS))
+    if note is None:
+        return None
+    proof_el = receipt.find(q("ConsistencyProof", RECEIPT_NS))
+    if proof_el is None:
+        return Witnessed(note)
+    hashes = tuple(bytes.fromhex(h.text or "") for h in proof_el.iterfind(q("Hash", RECEIPT_NS)))
+    return Witnessed(note, int(proof_el.get("fromSize", "0")), hashes)
 
 
 def read_acks(receipt: etree._Element) -> tuple[Ack, ...]:

@@ -445,3 +445,15 @@ def test_attachment_hash_mismatch_is_refused(pki_env: Pki, opener: Opener) -> No
     sha.text = "0" * 64
     with pytest.raises(DigestMismatch, match="hashes to"):
         opener.open(pki_env.signer(COMMUNE).seal(transfer_header(dossier), dossier))
+
+
+def test_receipt_carries_checkpoint_and_consistency_proof(pki_env: Pki, opener: Opener) -> None:
+    """A receipt's witnessed checkpoint and proof survive sealing and opening byte for byte."""
+    from exchange.messages import Witnessed, read_witnessed
+
+    note = "vn-exchange/audit/000.30.10.H49\n12\n" + "A" * 43 + "=\n\n\u2014 vn-exchange/audit/000.30.10.H49 abc=\n"
+    witnessed = Witnessed(note, 9, (b"\x01" * 32, b"\x02" * 32))
+    ack = Ack("00000000-0000-4000-8000-000000000001", "a" * 64, Outcome.ACCEPTED)
+    sealed = pki_env.signer(POLICE).seal(Header(kind=Kind.RECEIPT, sender=POLICE, recipient=COMMUNE),
+                                         receipt_element((ack,), witnessed))
+    assert read_witnessed(opener.open(sealed).payload) == witnessed
