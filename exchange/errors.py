@@ -22,7 +22,13 @@ envelope has a stable reason code, because signed receipts carry that code::
     │       ├── DigestMismatch           digest-mismatch
     │       ├── NotAuthorized            not-authorized
     │       └── EnvelopeExpired          envelope-expired
-    └── PkiError                     the local PKI could not do what was asked
+    ├── PkiError                     the local PKI could not do what was asked
+    └── TransportError               the transport could not do what was asked (retry later)
+        ├── Unroutable                   no queue for that recipient: nobody would get it
+        ├── PublishRejected              the broker refused the message (nack)
+        ├── TransportUnavailable         not connected, and not within the time allowed
+        ├── StaleDelivery                an ack for a delivery from before a reconnect
+        └── AccessRefused                the broker refused these credentials or permissions
 """
 
 from __future__ import annotations
@@ -177,3 +183,27 @@ REFUSALS: tuple[type[InvalidEnvelope], ...] = (
     EnvelopeExpired,
 )
 """Every refusal class, so receipts can map a reason code back to its meaning."""
+
+
+class TransportError(ExchangeError):
+    """The transport failed to do what was asked; the message may be retried."""
+
+
+class Unroutable(TransportError):
+    """No queue is bound for the recipient: publishing would lose the message, so it was refused."""
+
+
+class PublishRejected(TransportError):
+    """The broker negatively acknowledged the message (nack)."""
+
+
+class TransportUnavailable(TransportError):
+    """The transport is not connected and did not reconnect in the time allowed."""
+
+
+class StaleDelivery(TransportError):
+    """An ack or nack for a delivery received before a reconnect; the broker redelivers it."""
+
+
+class AccessRefused(TransportError):
+    """The broker refused the credentials, or the user may not touch that exchange or queue."""

@@ -79,10 +79,7 @@ def dot(rules: RuleSet, procedure: ProcedureCode, origin: AgencyCode | None = No
 
 
 def _node(rules: RuleSet, step: Step, route: Mapping[str, AgencyCode] | None) -> str:
-    if route is not None:
-        who = f"{route[step.id]}\\n{_esc(rules.agency(route[step.id]).name)}"
-    else:
-        who = _esc(str(step.by))
+    who = f"{route[step.id]}\\n{_esc(rules.agency(route[step.id]).name)}" if route is not None else _esc(str(step.by))
     budget = "clock paused: applicant pays" if step.paused else f"{step.budget} working days"
     style = ', style="rounded,dashed,filled", fillcolor="#fff4e0"' if step.paused else ""
     return f'label="{step.id}: {step.action}\\n{who}\\n{budget}"{style}'

@@ -1,0 +1,608 @@
+"""RabbitMQ through pika: the production transport.
+
+Topology (declared idempotently, and again after every reconnect):
+
+- ``exchange.envelopes``: a durable topic exchange; routing key = the recipient's agency code;
+- ``exchange.agency.<code>``: one durable quorum queue per agency (a classic durable queue if the
+  broker cannot make a quorum one), bound with its code; ``….dead`` beside it for dead letters;
+- ``exchange.delay.<ms>``: for each delay bucket a fanout exchange and a classic queue whose
+  ``x-message-ttl`` dead-letters messages back to ``exchange.envelopes`` with their routing key.
+  No plugin needed.
+
+One I/O thread owns an asynchronous pika connection: publishes are pipelined with publisher
+confirms and ``mandatory`` (a return means no queue: ``Unroutable``), deliveries are buffered
+for the application thread, and acks cross back with ``add_callback_threadsafe``, so heartbeats
+keep flowing however long the application works. When the connection drops the epoch advances:
+pending publishes fail (the caller's outbox retries them), buffered deliveries are discarded
+(the broker redelivers them) and acks of the old epoch raise ``StaleDelivery``. The thread
+reconnects with bounded exponential backoff and jitter (tenacity) and declares the topology
+again. Short administrative work (declaring, reading dead letters) uses a short blocking
+connection from the caller's thread. pika's exceptions never leave this module.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions as px
+import structlog
+import tenacity
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+
+from exchange.codes import AgencyCode
+from exchange.errors import (
+    AccessRefused,
+    PublishRejected,
+    StaleDelivery,
+    TransportError,
+    TransportUnavailable,
+    Unroutable,
+)
+from exchange.transport import DEFAULT_PREFETCH, DeadLetter, Delivery, Message
+
+log = structlog.get_logger(__name__)
+
+EXCHANGE = "exchange.envelopes"
+QUEUE_PREFIX = "exchange.agency."
+DEAD_SUFFIX = ".dead"
+DELAY_PREFIX = "exchange.delay."
+DELAY_BUCKETS_MS = (1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 60_000, 120_000, 300_000, 600_000,
+                    1_800_000, 3_600_000, 21_600_000, 86_400_000)
+"""Delays round up to one of these, so retries with jitter share a few queues, not thousands."""
+
+HEARTBEAT_S = 30
+BLOCKED_TIMEOUT_S = 60
+CONNECT_TIMEOUT_S = 10.0
+PUBLISH_TIMEOUT_S = 30.0
+RECONNECT_FOR_S = 600.0
+"""How long the I/O thread keeps reconnecting before the transport reports itself failed."""
+RECONNECT_WAIT = tenacity.wait_exponential_jitter(initial=0.2, max=15.0, jitter=1.0)
+
+
+def queue_name(agency: AgencyCode | str) -> str:
+    return f"{QUEUE_PREFIX}{agency}"
+
+
+def dead_queue_name(agency: AgencyCode | str) -> str:
+    return queue_name(agency) + DEAD_SUFFIX
+
+
+def delay_bucket(delay: float) -> int:
+    """The delay bucket in milliseconds that ``delay`` seconds rounds up to."""
+    wanted = int(delay * 1000)
+    index = bisect.bisect_left(DELAY_BUCKETS_MS, wanted)
+    return DELAY_BUCKETS_MS[min(index, len(DELAY_BUCKETS_MS) - 1)]
+
+
+class _ConnectionLost(Exception):
+    """Internal: the I/O loop ended without being asked to."""
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Map pika's exceptions to the project's, most specific first."""
+    try:
+        yield
+    except (px.ProbableAuthenticationError, px.ProbableAccessDeniedError, px.AuthenticationError) as exc:
+        raise AccessRefused(f"the broker refused the login: {exc}") from None
+    except px.ChannelClosedByBroker as exc:
+        if exc.reply_code == 403:
+            raise AccessRefused(f"the broker refused access: {exc.reply_text}") from None
+        if exc.reply_code == 404:
+            raise Unroutable(f"not found on the broker: {exc.reply_text}") from None
+        raise TransportError(f"the broker closed the channel: {exc.reply_code} {exc.reply_text}") from None
+    except (px.AMQPConnectionError, px.StreamLostError, px.ConnectionClosed) as exc:
+        raise TransportUnavailable(f"cannot reach the broker: {exc!r}") from None
+    except px.AMQPError as exc:
+        raise TransportError(f"broker error: {exc!r}") from None
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    url: str
+    ca_file: str | None = None
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    publish_timeout: float = PUBLISH_TIMEOUT_S
+    reconnect_for: float = RECONNECT_FOR_S
+
+    def parameters(self) -> pika.URLParameters:
+        params = pika.URLParameters(self.url)
+        params.heartbeat = HEARTBEAT_S
+        params.blocked_connection_timeout = BLOCKED_TIMEOUT_S
+        params.connection_attempts = 1
+        params.socket_timeout = self.connect_timeout
+        if self.url.startswith("amqps://"):
+            context = ssl.create_default_context(cafile=self.ca_file)
+            params.ssl_options = pika.SSLOptions(context, params.host)
+        return params
+
+
+class AmqpTransport:
+    """The Transport port over RabbitMQ."""
+
+    def __init__(self, url: str, *, ca_file: str | None = None, connect_timeout: float = CONNECT_TIMEOUT_S,
+                 publish_timeout: float = PUBLISH_TIMEOUT_S, reconnect_for: float = RECONNECT_FOR_S) -> None:
+        self.settings = BrokerSettings(url, ca_file, connect_timeout, publish_timeout, reconnect_for)
+        self.params = self.settings.parameters()
+        self._agencies: set[str] = set()
+        self._delays: set[int] = set()
+        self._ready = threading.Event()
+        self._closing = False
+        self._failed: str | None = None
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._conn: pika.SelectConnection | None = None
+        self._channel: Channel | None = None
+        self._next_tag = 1
+        self._pending: dict[int, tuple[Future[None], str]] = {}
+        self._by_id: dict[str, Future[None]] = {}
+        self._consumers: list[AmqpConsumer] = []
+        self._thread = threading.Thread(target=self._run, name="amqp-io", daemon=True)
+        self._thread.start()
+        self._wait_ready(connect_timeout)
+
+    # The I/O thread ---------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _run(self) -> None:
+        retrying = tenacity.Retrying(
+            wait=RECONNECT_WAIT, stop=tenacity.stop_after_delay(self.settings.reconnect_for),
+            retry=tenacity.retry_if_exception_type((_ConnectionLost, TransportError)),
+            before_sleep=lambda state: log.warning("amqp.reconnect", attempt=state.attempt_number,
+                                                   error=repr(state.outcome.exception() if state.outcome else None)),
+            reraise=True)
+        while not self._closing:
+            try:
+                retrying(self._session)
+            except (_ConnectionLost, TransportError) as exc:
+                self._failed = f"gave up reconnecting after {self.settings.reconnect_for:.0f}s: {exc!r}"
+                log.error("amqp.failed", error=self._failed)
+                return
+
+    def _session(self) -> None:
+        """Declare the topology, then run one connection until it closes."""
+        if self._closing:
+            return
+        self.declare_all(self._agencies, self._delays)
+        lost: list[BaseException] = []
+
+        def open_failed(conn: pika.SelectConnection, error: BaseException) -> None:
+            lost.append(error)
+            conn.ioloop.stop()
+
+        conn = pika.SelectConnection(
+            self.params, on_open_callback=self._on_open, on_open_error_callback=open_failed,
+            on_close_callback=lambda c, e: self._on_closed(c, e, lost))
+        self._conn = conn
+        conn.ioloop.start()
+        if not self._closing:
+            raise _ConnectionLost(repr(lost[0]) if lost else "connection closed")
+
+    def _on_open(self, conn: pika.SelectConnection) -> None:
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_channel(self, channel: Channel) -> None:
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._channel_ready(channel))
+
+    def _channel_ready(self, channel: Channel) -> None:
+        self._channel = channel
+        self._next_tag = 1
+        for consumer in list(self._consumers):
+            consumer._open(channel.connection)
+        log.info("amqp.connected", host=self.params.host, epoch=self._epoch)
+        self._ready.set()
+
+    def _on_closed(self, conn: pika.SelectConnection, reason: BaseException, lost: list[BaseException]) -> None:
+        self._ready.clear()
+        self._channel = None
+        with self._lock:
+            self._epoch += 1
+        self._fail_pending(TransportUnavailable(f"connection lost before the broker confirmed: {reason!r}"))
+        for consumer in list(self._consumers):
+            consumer._reset()
+        if not self._closing:
+            log.warning("amqp.connection_lost", reason=repr(reason))
+            lost.append(reason)
+        conn.ioloop.stop()
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        self._fail_pending(TransportError(f"the publishing channel closed: {reason!r}"))
+        conn = self._conn
+        if not self._closing and conn is not None and conn.is_open:
+            self._ready.clear()
+            conn.channel(on_open_callback=self._on_channel)
+
+    def _fail_pending(self, error: TransportError) -> None:
+        pending, self._pending, self._by_id = self._pending, {}, {}
+        for future, _ in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def _on_return(self, channel: Channel, method: Basic.Return, props: BasicProperties, body: bytes) -> None:
+        future = self._by_id.get(props.message_id or "")
+        if future is not None and not future.done():
+            future.set_exception(Unroutable(f"no queue for agency {method.routing_key}: message "
+                                            f"{props.message_id} was returned ({method.reply_text})"))
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tags = ([t for t in self._pending if t <= method.delivery_tag] if method.multiple
+                else [method.delivery_tag])
+        for tag in tags:
+            entry = self._pending.pop(tag, None)
+            if entry is None:
+                continue
+            future, message_id = entry
+            self._by_id.pop(message_id, None)
+            if future.done():
+                continue
+            if isinstance(method, Basic.Ack):
+                future.set_result(None)
+            else:
+                future.set_exception(PublishRejected(f"the broker refused message {message_id} (nack)"))
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise TransportUnavailable("not connected to the broker")
+        with translated():
+            conn.ioloop.add_callback_threadsafe(fn)
+
+    def _wait_ready(self, timeout: float) -> None:
+        if self._failed:
+            raise TransportUnavailable(self._failed)
+        if not self._ready.wait(timeout):
+            raise TransportUnavailable(f"not connected to the broker at {self.params.host}:"
+                                       f"{self.params.port} within {timeout:.0f}s")
+
+    # Publishing ---------------------------------------------------------------------------
+
+    def publish(self, message: Message, delay: float = 0.0) -> None:
+        self._publish([message], delay)
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        self._publish(messages, 0.0)
+
+    def _publish(self, messages: Sequence[Message], delay: float) -> None:
+        if not messages:
+            return
+        exchange = EXCHANGE
+        if delay > 0:
+            exchange = self._delay_exchange(delay, {str(m.recipient) for m in messages})
+        self._wait_ready(self.settings.connect_timeout)
+        futures: list[Future[None]] = [Future() for _ in messages]
+        self._call_soon(lambda: self._send(exchange, messages, futures))
+        deadline = time.monotonic() + self.settings.publish_timeout
+        for future in futures:
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                raise TransportUnavailable(f"no confirm from the broker within "
+                                           f"{self.settings.publish_timeout:.0f}s") from None
+
+    def _send(self, exchange: str, messages: Sequence[Message], futures: list[Future[None]]) -> None:
+        channel = self._channel
+        for message, future in zip(messages, futures, strict=True):
+            if channel is None or not channel.is_open:
+                future.set_exception(TransportUnavailable("the publishing channel is not open"))
+                continue
+            tag = self._next_tag
+            self._next_tag += 1
+            self._pending[tag] = (future, message.message_id)
+            self._by_id[message.message_id] = future
+            properties = BasicProperties(delivery_mode=2, message_id=message.message_id,
+                                         headers=dict(message.headers), content_type="application/xml")
+            try:
+                channel.basic_publish(exchange, str(message.recipient), message.body, properties, mandatory=True)
+            except px.AMQPError as exc:
+                self._pending.pop(tag, None)
+                future.set_exception(TransportUnavailable(f"publish failed: {exc!r}"))
+
+    def _delay_exchange(self, delay: float, recipients: set[str]) -> str:
+        """The delay bucket's exchange, after making sure every recipient has a queue: a delayed
+        message to nobody would be dropped silently when its delay ends."""
+        bucket = delay_bucket(delay)
+        missing = recipients - self._agencies
+        if missing:
+            self._check_queues(missing)
+        if bucket not in self._delays:
+            self.declare_all(set(), {bucket})
+            self._delays.add(bucket)
+        return f"{DELAY_PREFIX}{bucket}"
+
+    # Topology and administration over a short blocking connection ----------------------
+
+    @contextlib.contextmanager
+    def _admin(self) -> Iterator[BlockingChannel]:
+        with translated():
+            conn = pika.BlockingConnection(self.params)
+            try:
+                yield conn.channel()
+            finally:
+                if conn.is_open:
+                    conn.close()
+
+    def declare(self, agency: AgencyCode) -> None:
+        self.declare_all({str(agency)}, set())
+        self._agencies.add(str(agency))
+
+    def declare_all(self, agencies: set[str], delays: set[int]) -> None:
+        with self._admin() as channel:
+            channel = _declare_exchange(self, channel, EXCHANGE, "topic")
+            for agency in sorted(agencies):
+                channel = _declare_queue(self, channel, queue_name(agency), quorum=True)
+                channel.queue_bind(queue_name(agency), EXCHANGE, routing_key=agency)
+                channel = _declare_queue(self, channel, dead_queue_name(agency), quorum=True)
+            for bucket in sorted(delays):
+                name = f"{DELAY_PREFIX}{bucket}"
+                channel = _declare_exchange(self, channel, name, "fanout")
+                channel = _declare_queue(self, channel, name, quorum=False, arguments={
+                    "x-message-ttl": bucket, "x-dead-letter-exchange": EXCHANGE})
+                channel.queue_bind(name, name, routing_key="")
+
+    def _check_queues(self, agencies: set[str]) -> None:
+        with self._admin() as channel:
+            for agency in agencies:
+                try:
+                    channel.queue_declare(queue_name(agency), passive=True)
+                except px.ChannelClosedByBroker:
+                    raise Unroutable(f"no queue for agency {agency}: the delayed message was not "
+                                     "published") from None
+        self._agencies |= agencies
+
+    def dead_letters(self, agency: AgencyCode) -> list[DeadLetter]:
+        letters = []
+        with self._admin() as channel:
+            for method, props, body in _drain(channel, dead_queue_name(agency)):
+                letters.append(_dead_letter(agency, props, body))
+                channel.basic_nack(method.delivery_tag, requeue=True)
+        return letters
+
+    def replay(self, agency: AgencyCode, key: str) -> Message:
+        with self._admin() as channel:
+            channel.confirm_delivery()
+            found = None
+            for method, props, body in _drain(channel, dead_queue_name(agency)):
+                if found is None and props.message_id == key:
+                    found = _dead_letter(agency, props, body).message
+                    channel.basic_publish(EXCHANGE, str(agency), body, _properties(found), mandatory=True)
+                    channel.basic_ack(method.delivery_tag)
+                else:
+                    channel.basic_nack(method.delivery_tag, requeue=True)
+        if found is None:
+            raise TransportError(f"no dead letter {key} for agency {agency}")
+        return found
+
+    def depth(self, agency: AgencyCode) -> int:
+        with self._admin() as channel:
+            frame = channel.queue_declare(queue_name(agency), passive=True)
+        return int(frame.method.message_count)
+
+    # Consuming and closing ---------------------------------------------------------------
+
+    def consume(self, agency: AgencyCode, prefetch: int = DEFAULT_PREFETCH) -> AmqpConsumer:
+        self.declare(agency)
+        self._wait_ready(self.settings.connect_timeout)
+        consumer = AmqpConsumer(self, queue_name(agency), AgencyCode(str(agency)), prefetch)
+        self._consumers.append(consumer)
+        conn = self._conn
+        if conn is not None:
+            self._call_soon(lambda: consumer._open(conn))
+        consumer._started.wait(self.settings.connect_timeout)
+        return consumer
+
+    def _forget(self, consumer: AmqpConsumer) -> None:
+        with contextlib.suppress(ValueError):
+            self._consumers.remove(consumer)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        for consumer in list(self._consumers):
+            consumer.close()
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing a connection that is already gone
+                conn.ioloop.add_callback_threadsafe(lambda: conn.close() if conn.is_open else conn.ioloop.stop())
+        self._thread.join(timeout=10)
+
+
+def _declare_exchange(transport: AmqpTransport, channel: BlockingChannel, name: str,
+                      kind: str) -> BlockingChannel:
+    try:
+        channel.exchange_declare(name, exchange_type=kind, durable=True)
+    except px.ChannelClosedByBroker as exc:
+        if exc.reply_code != 403:
+            raise
+        channel = channel.connection.channel()  # no configure permission: it must exist already
+        channel.exchange_declare(name, passive=True)
+    return channel
+
+
+def _declare_queue(transport: AmqpTransport, channel: BlockingChannel, name: str, *, quorum: bool,
+                   arguments: dict[str, Any] | None = None) -> BlockingChannel:
+    args = dict(arguments or {})
+    if quorum:
+        args["x-queue-type"] = "quorum"
+    try:
+        channel.queue_declare(name, durable=True, arguments=args)
+    except px.ChannelClosedByBroker as exc:
+        if exc.reply_code not in (403, 406):
+            raise
+        # 406: it exists with other arguments (a classic queue made before); 403: this user may
+        # not configure queues. Either way use the queue as it is, if it is there.
+        channel = channel.connection.channel()
+        channel.queue_declare(name, passive=True)
+    return channel
+
+
+def _drain(channel: BlockingChannel, name: str) -> Iterator[tuple[Any, BasicProperties, bytes]]:
+    """Every message of a queue, fetched without acknowledging; the caller acks or nacks each."""
+    seen = 0
+    frame = channel.queue_declare(name, passive=True)
+    total = int(frame.method.message_count)
+    while seen < total:
+        method, props, body = channel.basic_get(name, auto_ack=False)
+        if method is None:
+            return
+        seen += 1
+        yield method, props, body
+
+
+def _properties(message: Message) -> BasicProperties:
+    return BasicProperties(delivery_mode=2, message_id=message.message_id, headers=dict(message.headers),
+                           content_type="application/xml")
+
+
+def _dead_letter(agency: AgencyCode, props: BasicProperties, body: bytes) -> DeadLetter:
+    headers = {k: str(v) for k, v in (props.headers or {}).items()}
+    reason = headers.pop("x-exchange-reason", "")
+    return DeadLetter(Message(agency, body, props.message_id or "", headers), reason, props.message_id or "")
+
+
+class AmqpConsumer:
+    """Deliveries from one agency queue, buffered by the I/O thread for the application thread."""
+
+    def __init__(self, transport: AmqpTransport, source: str, agency: AgencyCode, prefetch: int) -> None:
+        self.transport = transport
+        self.queue = source
+        self.agency = agency
+        self.prefetch = max(1, prefetch)
+        self._buffer: queue.Queue[Delivery] = queue.Queue()
+        self._outstanding: set[int] = set()
+        self._lock = threading.Lock()
+        self._channel: Channel | None = None
+        self._started = threading.Event()
+        self.closed = False
+
+    # I/O thread side
+    def _open(self, conn: pika.SelectConnection) -> None:
+        if not self.closed:
+            conn.channel(on_open_callback=self._on_channel)
+
+    def _on_channel(self, channel: Channel) -> None:
+        self._channel = channel
+        channel.basic_qos(prefetch_count=self.prefetch, callback=lambda _f: self._consume(channel))
+
+    def _consume(self, channel: Channel) -> None:
+        channel.basic_consume(self.queue, self._on_message, auto_ack=False,
+                              callback=lambda _f: self._started.set())
+
+    def _on_message(self, channel: Channel, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
+        headers = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in (props.headers or {}).items()}
+        message = Message(self.agency, body, props.message_id or "", headers)
+        with self._lock:
+            self._outstanding.add(method.delivery_tag)
+        self._buffer.put(Delivery(message, method.delivery_tag, self.transport.epoch, bool(method.redelivered)))
+
+    def _reset(self) -> None:
+        """The connection is gone: its deliveries come back from the broker, not from here."""
+        self._channel = None
+        self._started.clear()
+        with self._lock:
+            self._outstanding.clear()
+        while True:
+            try:
+                self._buffer.get_nowait()
+            except queue.Empty:
+                return
+
+    # Application thread side
+    def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+        found: list[Delivery] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < max_messages:
+            try:
+                wait = max(0.0, deadline - time.monotonic()) if not found else 0.0
+                delivery = self._buffer.get(timeout=wait) if wait else self._buffer.get_nowait()
+            except queue.Empty:
+                break
+            if delivery.epoch == self.transport.epoch:
+                found.append(delivery)
+        return found
+
+    def _check(self, deliveries: Sequence[Delivery]) -> list[int]:
+        epoch = self.transport.epoch
+        stale = [d for d in deliveries if d.epoch != epoch]
+        if stale:
+            raise StaleDelivery(f"{len(stale)} deliveries came before a reconnect; the broker "
+                                "will deliver them again")
+        return sorted(d.tag for d in deliveries)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        tags = self._check(deliveries)
+        if not tags:
+            return
+        with self._lock:
+            below = {t for t in self._outstanding if t <= tags[-1]}
+            multiple = below == set(tags)
+            self._outstanding -= set(tags)
+        channel = self._channel
+        if channel is None:
+            raise StaleDelivery("the consumer's channel is gone; the broker will redeliver")
+
+        def send() -> None:
+            if not channel.is_open:
+                return
+            if multiple:
+                channel.basic_ack(tags[-1], multiple=True)
+            else:
+                for tag in tags:
+                    channel.basic_ack(tag)
+
+        self.transport._call_soon(send)
+
+    def nack(self, deliveries: Sequence[Delivery]) -> None:
+        tags = self._check(deliveries)
+        with self._lock:
+            self._outstanding -= set(tags)
+        channel = self._channel
+        if channel is None:
+            return
+
+        def send() -> None:
+            if channel.is_open:
+                for tag in tags:
+                    channel.basic_nack(tag, requeue=True)
+
+        self.transport._call_soon(send)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._check([delivery])
+        message = delivery.message
+        headers = {**message.headers, "x-exchange-reason": reason[:1000]}
+        with self.transport._admin() as channel:
+            channel.confirm_delivery()
+            channel.basic_publish("", dead_queue_name(self.agency), message.body,
+                                  _properties(Message(message.recipient, message.body, message.message_id,
+                                                      headers)), mandatory=True)
+        self.ack([delivery])
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.transport._forget(self)
+        channel = self._channel
+        if channel is not None:
+            with contextlib.suppress(TransportError):
+                self.transport._call_soon(lambda: channel.close() if channel.is_open else None)
