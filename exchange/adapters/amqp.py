@@ -69,7 +69,7 @@ CONNECT_TIMEOUT_S = 10.0
 PUBLISH_TIMEOUT_S = 30.0
 RECONNECT_FOR_S = 600.0
 """How long the I/O thread keeps reconnecting before the transport reports itself failed."""
-RECONNECT_WAIT = tenacity.wait_exponential_jitter(initial=0.2, max=15.0, jitter=1.0)
+RECONNECT_WAIT = tenacity.wait_exponential(multiplier=0.2, max=15.0) + tenacity.wait_random(0, 1.0)
 
 
 def queue_name(agency: AgencyCode | str) -> str:
@@ -190,7 +190,11 @@ class AmqpTransport:
             self.params, on_open_callback=self._on_open, on_open_error_callback=open_failed,
             on_close_callback=lambda c, e: self._on_closed(c, e, lost))
         self._conn = conn
-        conn.ioloop.start()
+        try:
+            conn.ioloop.start()
+        finally:
+            self._conn = None
+            conn.ioloop.close()  # its wake-up socket pair, or it leaks with every reconnect
         if not self._closing:
             raise _ConnectionLost(repr(lost[0]) if lost else "connection closed")
 
@@ -263,8 +267,10 @@ class AmqpTransport:
         conn = self._conn
         if conn is None:
             raise TransportUnavailable("not connected to the broker")
-        with translated():
+        try:
             conn.ioloop.add_callback_threadsafe(fn)
+        except (px.AMQPError, OSError, AttributeError, RuntimeError) as exc:  # the loop closed meanwhile
+            raise TransportUnavailable(f"not connected to the broker: {exc!r}") from None
 
     def _wait_ready(self, timeout: float) -> None:
         if self._failed:
@@ -348,15 +354,17 @@ class AmqpTransport:
         with self._admin() as channel:
             channel = _declare_exchange(self, channel, EXCHANGE, "topic")
             for agency in sorted(agencies):
-                channel = _declare_queue(self, channel, queue_name(agency), quorum=True)
-                channel.queue_bind(queue_name(agency), EXCHANGE, routing_key=agency)
-                channel = _declare_queue(self, channel, dead_queue_name(agency), quorum=True)
+                channel, configured = _declare_queue(channel, queue_name(agency), quorum=True)
+                if configured:  # a least-privilege agency user finds its queue bound by the admin
+                    channel.queue_bind(queue_name(agency), EXCHANGE, routing_key=agency)
+                channel, _ = _declare_queue(channel, dead_queue_name(agency), quorum=True)
             for bucket in sorted(delays):
                 name = f"{DELAY_PREFIX}{bucket}"
                 channel = _declare_exchange(self, channel, name, "fanout")
-                channel = _declare_queue(self, channel, name, quorum=False, arguments={
+                channel, configured = _declare_queue(channel, name, quorum=False, arguments={
                     "x-message-ttl": bucket, "x-dead-letter-exchange": EXCHANGE})
-                channel.queue_bind(name, name, routing_key="")
+                if configured:
+                    channel.queue_bind(name, name, routing_key="")
 
     def _check_queues(self, agencies: set[str]) -> None:
         with self._admin() as channel:
@@ -407,6 +415,9 @@ class AmqpTransport:
         if conn is not None:
             self._call_soon(lambda: consumer._open(conn))
         consumer._started.wait(self.settings.connect_timeout)
+        if consumer._refused is not None:
+            consumer.close()
+            raise consumer._refused
         return consumer
 
     def _forget(self, consumer: AmqpConsumer) -> None:
@@ -438,8 +449,10 @@ def _declare_exchange(transport: AmqpTransport, channel: BlockingChannel, name: 
     return channel
 
 
-def _declare_queue(transport: AmqpTransport, channel: BlockingChannel, name: str, *, quorum: bool,
-                   arguments: dict[str, Any] | None = None) -> BlockingChannel:
+def _declare_queue(channel: BlockingChannel, name: str, *, quorum: bool,
+                   arguments: dict[str, Any] | None = None) -> tuple[BlockingChannel, bool]:
+    """Declare a durable queue; (channel, whether we configured it) — a refused configure or a
+    queue made earlier with other arguments falls back to using the existing queue."""
     args = dict(arguments or {})
     if quorum:
         args["x-queue-type"] = "quorum"
@@ -448,23 +461,22 @@ def _declare_queue(transport: AmqpTransport, channel: BlockingChannel, name: str
     except px.ChannelClosedByBroker as exc:
         if exc.reply_code not in (403, 406):
             raise
-        # 406: it exists with other arguments (a classic queue made before); 403: this user may
-        # not configure queues. Either way use the queue as it is, if it is there.
         channel = channel.connection.channel()
         channel.queue_declare(name, passive=True)
-    return channel
+        return channel, exc.reply_code == 406
+    return channel, True
 
 
 def _drain(channel: BlockingChannel, name: str) -> Iterator[tuple[Any, BasicProperties, bytes]]:
     """Every message of a queue, fetched without acknowledging; the caller acks or nacks each."""
-    seen = 0
     frame = channel.queue_declare(name, passive=True)
     total = int(frame.method.message_count)
-    while seen < total:
+    # Messages given back with a nack are got again, so stop at the count taken first; but always
+    # ask once, so that a user without read permission learns it even from an empty queue.
+    for _ in range(max(total, 1)):
         method, props, body = channel.basic_get(name, auto_ack=False)
         if method is None:
             return
-        seen += 1
         yield method, props, body
 
 
@@ -492,6 +504,7 @@ class AmqpConsumer:
         self._lock = threading.Lock()
         self._channel: Channel | None = None
         self._started = threading.Event()
+        self._refused: TransportError | None = None
         self.closed = False
 
     # I/O thread side
@@ -501,7 +514,18 @@ class AmqpConsumer:
 
     def _on_channel(self, channel: Channel) -> None:
         self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
         channel.basic_qos(prefetch_count=self.prefetch, callback=lambda _f: self._consume(channel))
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if self._channel is channel:
+            self._channel = None
+        if isinstance(reason, px.ChannelClosedByBroker):
+            code = reason.reply_code
+            error = AccessRefused if code == 403 else TransportError
+            self._refused = error(f"the broker stopped consumption of {self.queue}: {code} {reason.reply_text}")
+            log.error("amqp.consumer_closed", queue=self.queue, code=code, text=reason.reply_text)
+            self._started.set()
 
     def _consume(self, channel: Channel) -> None:
         channel.basic_consume(self.queue, self._on_message, auto_ack=False,

@@ -1,0 +1,142 @@
+"""What only the RabbitMQ adapter promises, on the real broker: surviving a broker restart,
+stale tags after a reconnect, errors translated, and least-privilege users per agency."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from exchange.adapters.amqp import AmqpTransport, delay_bucket
+from exchange.codes import AgencyCode
+from exchange.errors import AccessRefused, StaleDelivery, TransportUnavailable
+from exchange.transport import Message
+from tests.test_transport_contract import drain
+from tests.transport_helpers import (
+    BROKER,
+    delete_queues,
+    fresh_agency,
+    message,
+    rabbitmqctl,
+    require_broker,
+    wait_for_broker,
+)
+
+
+@pytest.fixture
+def transport() -> Iterator[AmqpTransport]:
+    require_broker()
+    transport = AmqpTransport(BROKER, reconnect_for=180)
+    yield transport
+    transport.close()
+
+
+@pytest.fixture
+def agency(transport: AmqpTransport) -> Iterator[AgencyCode]:
+    code = fresh_agency()
+    transport.declare(code)
+    yield code
+    wait_for_broker()
+    delete_queues(code)
+
+
+def publish_patiently(transport: AmqpTransport, item: Message, within: float = 90) -> None:
+    """What an outbox does: retry a publish the transport could not confirm, until it is confirmed."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            transport.publish(item)
+            return
+        except TransportUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_broker_restart_loses_nothing(transport: AmqpTransport, agency: AgencyCode) -> None:
+    """Messages published before, during and after `rabbitmqctl stop_app`/`start_app` all arrive,
+    the client reconnects by itself, and deliveries from before the restart cannot be acked."""
+    consumer = transport.consume(agency, prefetch=10)
+    before = [message(agency) for _ in range(20)]
+    transport.publish_many(before)
+    held = drain(consumer, 5)
+    assert rabbitmqctl("stop_app").returncode == 0
+    try:
+        during = message(agency)
+        time.sleep(1)
+    finally:
+        assert rabbitmqctl("start_app").returncode == 0
+    publish_patiently(transport, during)
+    after = [message(agency) for _ in range(20)]
+    for item in after:
+        publish_patiently(transport, item)
+    with pytest.raises(StaleDelivery):
+        consumer.ack(held)
+    expected = {m.message_id for m in [*before, during, *after]}
+    got: set[str] = set()
+    deadline = time.monotonic() + 60
+    while got < expected and time.monotonic() < deadline:
+        batch = consumer.fetch(10, 1.0)
+        got |= {d.message.message_id for d in batch}
+        if batch:
+            consumer.ack(batch)
+    assert got >= expected, f"lost {len(expected - got)} messages"
+
+
+def test_bad_credentials_are_access_refused() -> None:
+    """A wrong password is reported as AccessRefused, quickly, not retried forever."""
+    require_broker()
+    with pytest.raises((AccessRefused, TransportUnavailable)):
+        AmqpTransport("amqp://guest:wrong@127.0.0.1:5672/%2F", connect_timeout=5, reconnect_for=3)
+
+
+def test_delays_round_up_to_a_few_buckets() -> None:
+    """Delays with jitter share a handful of TTL queues."""
+    assert delay_bucket(0.3) == 1_000
+    assert delay_bucket(1.0) == 1_000
+    assert delay_bucket(7.5) == 10_000
+    assert delay_bucket(10 ** 7) == 86_400_000
+
+
+def permissions_for(agency: AgencyCode) -> list[str]:
+    """The least-privilege recipe of docs/rabbitmq.md: configure nothing, write to the envelope
+    and delay exchanges, read only the agency's own queue and dead letters."""
+    mine = re.escape(f"exchange.agency.{agency}")
+    return ["^$", r"^(exchange\.envelopes|exchange\.delay\..*|amq\.default)$", f"^{mine}(\\.dead)?$"]
+
+
+@pytest.fixture
+def agency_user(transport: AmqpTransport) -> Iterator[tuple[AgencyCode, AgencyCode, str]]:
+    """Two agencies' queues made by the administrator, and a broker user for the first one."""
+    mine, theirs = fresh_agency(), fresh_agency()
+    transport.declare(mine)
+    transport.declare(theirs)
+    user, password = f"agency-{mine}", secrets.token_hex(12)
+    assert rabbitmqctl("add_user", user, password).returncode == 0
+    assert rabbitmqctl("set_permissions", "-p", "/", user, *permissions_for(mine)).returncode == 0
+    yield mine, theirs, f"amqp://{user}:{password}@127.0.0.1:5672/%2F"
+    rabbitmqctl("delete_user", user)
+    delete_queues(mine, theirs)
+
+
+def test_agency_user_reads_only_its_own_queue(transport: AmqpTransport,
+                                              agency_user: tuple[AgencyCode, AgencyCode, str]) -> None:
+    """An agency's broker user may send to others and read its own queue, never another's."""
+    mine, theirs, url = agency_user
+    restricted = AmqpTransport(url, reconnect_for=5)
+    try:
+        restricted.publish(message(theirs))
+        transport.publish(message(mine))
+        own = restricted.consume(mine)
+        assert len(drain(own, 1)) == 1
+        with pytest.raises(AccessRefused):
+            restricted.consume(theirs)
+        with pytest.raises(AccessRefused):
+            restricted.dead_letters(theirs)
+    finally:
+        restricted.close()
+    other = transport.consume(theirs)
+    assert len(drain(other, 1)) == 1

@@ -1,0 +1,72 @@
+"""Transports for tests: the real local RabbitMQ (fail in CI when it is down) and embedded files."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import time
+import uuid
+
+import pika
+import pytest
+
+from exchange.adapters.amqp import dead_queue_name, queue_name
+from exchange.codes import AgencyCode
+from exchange.transport import Message
+
+BROKER = os.environ.get("EXCHANGE_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def broker_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_broker() -> None:
+    """RabbitMQ must be up: a failure in CI, a skip on a laptop without it."""
+    if broker_reachable():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("RabbitMQ is not reachable at 127.0.0.1:5672; .ci/run must start it")
+    pytest.skip("RabbitMQ is not running here")
+
+
+def fresh_agency() -> AgencyCode:
+    """An agency code no other test uses, so that queues never carry another test's messages."""
+    return AgencyCode(f"{random.randint(100, 999)}.{random.randint(10, 99)}.77.H49")
+
+
+def message(agency: AgencyCode, body: bytes = b"<Envelope/>", **headers: str) -> Message:
+    return Message(agency, body, str(uuid.uuid4()), headers)
+
+
+def delete_queues(*agencies: AgencyCode) -> None:
+    """Remove test queues from the broker."""
+    conn = pika.BlockingConnection(pika.URLParameters(BROKER))
+    try:
+        channel = conn.channel()
+        for agency in agencies:
+            for name in (queue_name(agency), dead_queue_name(agency)):
+                channel.queue_delete(name)
+    finally:
+        conn.close()
+
+
+def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def wait_for_broker(timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pika.BlockingConnection(pika.URLParameters(BROKER)).close()
+            return
+        except pika.exceptions.AMQPError:
+            time.sleep(0.5)
+    raise AssertionError("the broker did not come back")
