@@ -29,8 +29,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +89,23 @@ class _ConnectionLost(Exception):
     """Internal: the I/O loop ended without being asked to."""
 
 
+class _Batch:
+    """Confirms awaited for one publish call. Settled only on the I/O thread; waited on by the
+    caller. A return (no queue) records the error; the broker's ack that follows settles it."""
+
+    def __init__(self, size: int) -> None:
+        self.remaining = size
+        self.error: TransportError | None = None
+        self.done = threading.Event()
+
+    def settle(self, error: TransportError | None = None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.done.set()
+
+
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
     """Map pika's exceptions to the project's, most specific first."""
@@ -147,8 +162,8 @@ class AmqpTransport:
         self._conn: pika.SelectConnection | None = None
         self._channel: Channel | None = None
         self._next_tag = 1
-        self._pending: dict[int, tuple[Future[None], str]] = {}
-        self._by_id: dict[str, Future[None]] = {}
+        self._pending: dict[int, tuple[_Batch, str]] = {}
+        self._by_id: dict[str, _Batch] = {}
         self._consumers: list[AmqpConsumer] = []
         self._thread = threading.Thread(target=self._run, name="amqp-io", daemon=True)
         self._thread.start()
@@ -236,32 +251,27 @@ class AmqpTransport:
 
     def _fail_pending(self, error: TransportError) -> None:
         pending, self._pending, self._by_id = self._pending, {}, {}
-        for future, _ in pending.values():
-            if not future.done():
-                future.set_exception(error)
+        for batch, _ in pending.values():
+            batch.settle(error)
 
     def _on_return(self, channel: Channel, method: Basic.Return, props: BasicProperties, body: bytes) -> None:
-        future = self._by_id.get(props.message_id or "")
-        if future is not None and not future.done():
-            future.set_exception(Unroutable(f"no queue for agency {method.routing_key}: message "
-                                            f"{props.message_id} was returned ({method.reply_text})"))
+        batch = self._by_id.get(props.message_id or "")
+        if batch is not None and batch.error is None:
+            batch.error = Unroutable(f"no queue for agency {method.routing_key}: message "
+                                     f"{props.message_id} was returned ({method.reply_text})")
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         tags = ([t for t in self._pending if t <= method.delivery_tag] if method.multiple
                 else [method.delivery_tag])
+        acked = isinstance(method, Basic.Ack)
         for tag in tags:
             entry = self._pending.pop(tag, None)
             if entry is None:
                 continue
-            future, message_id = entry
+            batch, message_id = entry
             self._by_id.pop(message_id, None)
-            if future.done():
-                continue
-            if isinstance(method, Basic.Ack):
-                future.set_result(None)
-            else:
-                future.set_exception(PublishRejected(f"the broker refused message {message_id} (nack)"))
+            batch.settle(None if acked else PublishRejected(f"the broker refused message {message_id} (nack)"))
 
     def _call_soon(self, fn: Callable[[], None]) -> None:
         conn = self._conn
@@ -294,33 +304,29 @@ class AmqpTransport:
         if delay > 0:
             exchange = self._delay_exchange(delay, {str(m.recipient) for m in messages})
         self._wait_ready(self.settings.connect_timeout)
-        futures: list[Future[None]] = [Future() for _ in messages]
-        self._call_soon(lambda: self._send(exchange, messages, futures))
-        deadline = time.monotonic() + self.settings.publish_timeout
-        for future in futures:
-            try:
-                future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                raise TransportUnavailable(f"no confirm from the broker within "
-                                           f"{self.settings.publish_timeout:.0f}s") from None
+        batch = _Batch(len(messages))
+        self._call_soon(lambda: self._send(exchange, messages, batch))
+        if not batch.done.wait(self.settings.publish_timeout):
+            raise TransportUnavailable(f"no confirm from the broker within {self.settings.publish_timeout:.0f}s")
+        if batch.error is not None:
+            raise batch.error
 
-    def _send(self, exchange: str, messages: Sequence[Message], futures: list[Future[None]]) -> None:
+    def _send(self, exchange: str, messages: Sequence[Message], batch: _Batch) -> None:
         channel = self._channel
-        for message, future in zip(messages, futures, strict=True):
+        for message in messages:
             if channel is None or not channel.is_open:
-                future.set_exception(TransportUnavailable("the publishing channel is not open"))
+                batch.settle(TransportUnavailable("the publishing channel is not open"))
                 continue
             tag = self._next_tag
             self._next_tag += 1
-            self._pending[tag] = (future, message.message_id)
-            self._by_id[message.message_id] = future
-            properties = BasicProperties(delivery_mode=2, message_id=message.message_id,
-                                         headers=dict(message.headers), content_type="application/xml")
+            self._pending[tag] = (batch, message.message_id)
+            self._by_id[message.message_id] = batch
             try:
-                channel.basic_publish(exchange, str(message.recipient), message.body, properties, mandatory=True)
+                channel.basic_publish(exchange, str(message.recipient), message.body, _properties(message),
+                                      mandatory=True)
             except px.AMQPError as exc:
                 self._pending.pop(tag, None)
-                future.set_exception(TransportUnavailable(f"publish failed: {exc!r}"))
+                batch.settle(TransportUnavailable(f"publish failed: {exc!r}"))
 
     def _delay_exchange(self, delay: float, recipients: set[str]) -> str:
         """The delay bucket's exchange, after making sure every recipient has a queue: a delayed
