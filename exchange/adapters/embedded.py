@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS messages (
     deliveries INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, seq);
+CREATE INDEX IF NOT EXISTS messages_leased ON messages (consumer, lease_until) WHERE consumer IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
