@@ -431,7 +431,7 @@ def _by(entries: list[Entry], events: set[Event], counterpart: str) -> dict[str,
 def _match_direction(sender: str, receiver: str, sent: list[Entry],
                      got: list[Entry]) -> tuple[int, list[str]]:
     published = _by(sent, {Event.PUBLISHED}, receiver)
-    received = _by(got, {Event.RECEIVED, Event.REFUSED}, sender)
+    received = _by(got, {Event.RECEIVED, Event.STATUS_RECEIVED, Event.REFUSED}, sender)
     receipts_sent = _by(got, {Event.RECEIPT_SENT}, sender)
     receipts_got = _by(sent, {Event.RECEIPT_RECEIVED}, receiver)
     gaps, matched = [], 0
@@ -489,7 +489,9 @@ def _parties(entry: Entry) -> tuple[str, str]:
     other = entry.counterpart or ""
     if entry.event in (Event.RECEIVED, Event.REFUSED, Event.STATUS_RECEIVED, Event.RECEIPT_RECEIVED):
         return other, entry.node
-    if entry.event in (Event.SUBMITTED, Event.STEP_DONE, Event.DELIVERED):
+    if entry.event is Event.DELIVERED:
+        return entry.node, "agency system"
+    if entry.event in (Event.SUBMITTED, Event.STEP_DONE):
         return entry.node, other or entry.node
     return entry.node, other
 

@@ -33,6 +33,10 @@ class NodeConfig:
     rules: Path
     crl: Path | None = None
     broker: str = ""
+    embedded: Path | None = None
+    """The SQLite file the nodes of one host share when no broker is configured."""
+    delivery: Path | None = None
+    """The folder where the agency system takes incoming dossiers (default: state_dir/outbox)."""
     checkpoint_every_entries: int = 1000
     checkpoint_every_seconds: float = 60.0
     metrics_port: int = 0
@@ -41,6 +45,14 @@ class NodeConfig:
     @property
     def database(self) -> Path:
         return self.state_dir / "node.db"
+
+    @property
+    def embedded_transport(self) -> Path:
+        return self.embedded or self.state_dir.parent / "transport.db"
+
+    @property
+    def delivery_dir(self) -> Path:
+        return self.delivery or self.state_dir / "outbox"
 
     @property
     def checkpoint_verifier(self) -> Path:
@@ -65,9 +77,10 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "checkpoint_key": ("audit", "checkpoint_key"),
     "checkpoint_every_entries": ("audit", "checkpoint_every_entries"),
     "checkpoint_every_seconds": ("audit", "checkpoint_every_seconds"),
-    "rules": ("rules", "dir"), "broker": ("transport", "broker"),
+    "rules": ("rules", "dir"), "broker": ("transport", "broker"), "embedded": ("transport", "embedded"),
+    "delivery": ("agency_system", "outbox"),
 }
-_PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules"}
+_PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery"}
 
 
 def _overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:

@@ -1,0 +1,278 @@
+"""The node's commands: ``node init``, ``run``, ``submit``, ``done``, ``status``, ``dead``, ``check``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from exchange import logs, pki
+from exchange.adapters import open_transport
+from exchange.audit import Entry, Event
+from exchange.checkpoints import NoteSigner, attest, origin_for, register_key
+from exchange.codes import DossierCode
+from exchange.commands import agency_arg, read_input
+from exchange.config import NodeConfig
+from exchange.daemon import Daemon
+from exchange.errors import ConfigError, ExchangeError, InvalidCode
+from exchange.files import write_atomic
+from exchange.rules_load import load as load_rules
+from exchange.store import Store
+from exchange.transport import DeadLetter, Transport
+from exchange.workflow import NodeContext, complete, submit
+
+
+def register(commands: Any) -> None:
+    node = commands.add_parser("node", help="set up a node")
+    sub = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    init = sub.add_parser("init", help="a node directory ready for `exchange run --config DIR/node.toml`")
+    init.add_argument("--agency", type=agency_arg, required=True, metavar="CODE")
+    init.add_argument("--ca", type=Path, required=True, metavar="CA_DIR")
+    init.add_argument("--rules", type=Path, required=True, metavar="DIR")
+    init.add_argument("--broker", default="", metavar="URL")
+    init.add_argument("--metrics-port", type=int, default=0, metavar="PORT")
+    init.add_argument("--out", type=Path, required=True, metavar="DIR")
+    init.set_defaults(handler=_init)
+
+    run = commands.add_parser("run", help="run the node daemon")
+    _config(run)
+    run.set_defaults(handler=_run)
+
+    sub_ = commands.add_parser("submit", help="submit a dossier received at this node's desk")
+    _config(sub_)
+    sub_.add_argument("dossier", type=Path, metavar="DOSSIER")
+    sub_.set_defaults(handler=_submit)
+
+    done = commands.add_parser("done", help="the local agency finished a step of a dossier")
+    _config(done)
+    done.add_argument("--dossier", required=True, metavar="CODE")
+    done.add_argument("--step", required=True, metavar="STEP")
+    done.add_argument("--result", choices=("accepted", "refused"), default="accepted")
+    done.set_defaults(handler=_done)
+
+    status = commands.add_parser("status", help="where each dossier is")
+    _config(status)
+    status.add_argument("--dossier", metavar="CODE")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+
+    dead = commands.add_parser("dead", help="inspect and replay dead letters")
+    dead.add_argument("action", choices=("list", "show", "replay"))
+    _config(dead)
+    dead.add_argument("--id", metavar="ID", help="the dead letter (from `dead list`)")
+    dead.add_argument("--operator", default=getpass.getuser(), help="who replays, for the audit log")
+    dead.set_defaults(handler=_dead)
+
+    check = commands.add_parser("check", help="health check for a service manager (exit 0 healthy)")
+    _config(check)
+    check.set_defaults(handler=_check)
+
+
+def _config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, metavar="FILE")
+
+
+def _dossier_code(text: str) -> DossierCode:
+    try:
+        return DossierCode(text.strip())
+    except InvalidCode as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _init(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if (out / "node.toml").exists():
+        raise ConfigError(f"{out / 'node.toml'} exists: refusing to overwrite a node")
+    rules = load_rules(args.rules)
+    rules.agency(args.agency)  # the agency must be in the directory
+    ca = pki.CertificateAuthority.load(args.ca)
+    name = rules.agency(args.agency).name
+    pki.issue_agency(ca, args.agency, out, name=name)
+    shutil.copyfile(args.ca / pki.CA_CERT, out / "ca.pem")
+    signer = NoteSigner.generate(origin_for(str(args.agency)))
+    signer.save(out / "checkpoint-key.pem")
+    (out / "state").mkdir(parents=True, exist_ok=True)
+    toml = (f'# exchange node for {args.agency} ({name})\n'
+            f'[node]\nagency = "{args.agency}"\nstate_dir = "state"\nmetrics_port = {args.metrics_port}\n\n'
+            f'[pki]\nca = "ca.pem"\ncert = "{pki.AGENCY_CERT}"\nkey = "{pki.AGENCY_KEY}"\n\n'
+            f'[audit]\ncheckpoint_key = "checkpoint-key.pem"\ncheckpoint_every_entries = 1000\n'
+            f'checkpoint_every_seconds = 60\n\n'
+            f'[rules]\ndir = "{args.rules.resolve()}"\n\n'
+            f'[transport]\n# empty: the embedded transport shared by the nodes of this host\n'
+            f'broker = "{args.broker}"\nembedded = "../transport.db"\n')
+    write_atomic(out / "node.toml", toml.encode("utf-8"))
+    config = NodeConfig.load(out / "node.toml")
+    store = Store(config.database, str(args.agency))
+    with store.transaction():
+        register_key(store.audit, signer.verifier, attest(signer.verifier, pki.load_key(out / pki.AGENCY_KEY)),
+                     (out / pki.AGENCY_CERT).read_text())
+        store.record(Entry(Event.RULES_LOADED, str(args.agency), detail={"digest": rules.digest}))
+    store.close()
+    print(f"node {args.agency} ({name}) ready: exchange run --config {out / 'node.toml'}")
+    return 0
+
+
+def _open(args: argparse.Namespace) -> NodeContext:
+    return NodeContext.open(NodeConfig.load(args.config))
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config)
+    logs.configure(config.log_format)
+    ctx = NodeContext.open(config)
+    transport = open_transport(config.broker, embedded_path=config.embedded_transport,
+                               ca_file=str(config.ca) if config.broker.startswith("amqps") else None)
+    try:
+        return Daemon(ctx, transport).run()
+    finally:
+        ctx.close()
+
+
+def _submit(args: argparse.Namespace) -> int:
+    ctx = _open(args)
+    try:
+        code = submit(ctx, read_input(args.dossier), str(args.dossier))
+    finally:
+        ctx.close()
+    print(code)
+    return 0
+
+
+def _done(args: argparse.Namespace) -> int:
+    ctx = _open(args)
+    try:
+        sent = complete(ctx, _dossier_code(args.dossier), args.step, args.result)
+    finally:
+        ctx.close()
+    print(f"{args.dossier} step {args.step} done ({args.result})" + (f": {', '.join(sent)}" if sent else ""))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    ctx = _open(args)
+    try:
+        rows = _status_rows(ctx, args.dossier)
+    finally:
+        ctx.close()
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    if not rows:
+        print("no dossier at this node" if not args.dossier else f"no dossier {args.dossier} at this node")
+        return 0 if not args.dossier else 1
+    for item in rows:
+        print(f"{item['code']}  {item['procedure']}  {item['state']}")
+        for step in item["steps"]:
+            flag = "  OVERDUE" if step["overdue"] else ""
+            print(f"    {step['step']:<12} {step['agency']}  {step['state']:<8} due {step['due'] or '-':<10} "
+                  f"done {step['done_at'] or '-'}{flag}")
+    return 0
+
+
+def _status_rows(ctx: NodeContext, dossier: str | None) -> list[dict[str, Any]]:
+    conn = ctx.store.conn
+    query = "SELECT code, procedure, state FROM dossiers"
+    params: tuple[str, ...] = ()
+    if dossier:
+        query += " WHERE code = ?"
+        params = (dossier,)
+    today = dt.datetime.now(ctx.rules.calendar.timezone).date().isoformat()
+    result = []
+    for code, procedure, state in conn.execute(query + " ORDER BY code", params).fetchall():
+        steps = [{"step": s, "agency": a, "state": st, "due": due, "done_at": done,
+                  "overdue": bool(st == "ready" and due and due < today)}
+                 for s, a, st, due, done in conn.execute(
+                     "SELECT step, agency, state, due, done_at FROM steps WHERE dossier = ? ORDER BY rowid", (code,))]
+        pending_here = [s["step"] for s in steps if s["agency"] == str(ctx.agency) and s["state"] == "ready"]
+        result.append({"code": code, "procedure": procedure, "state": state, "pending_here": pending_here,
+                       "steps": steps})
+    return result
+
+
+def _dead(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config)
+    ctx = NodeContext.open(config)
+    try:
+        return _dead_action(args, ctx, config)
+    finally:
+        ctx.close()
+
+
+def _dead_action(args: argparse.Namespace, ctx: NodeContext, config: NodeConfig) -> int:
+    conn = ctx.store.conn
+    outgoing = conn.execute("SELECT message_id, recipient, kind, dossier, step, last_error FROM outbox "
+                            "WHERE state = 'dead' ORDER BY id").fetchall()
+    transport = open_transport(config.broker, embedded_path=config.embedded_transport)
+    try:
+        incoming = transport.dead_letters(config.agency)
+        if args.action == "list":
+            for mid, recipient, kind, dossier, step, error in outgoing:
+                print(f"out  {mid}  {kind} to {recipient}  dossier {dossier} step {step}: {error}")
+            for letter in incoming:
+                print(f"in   {letter.key}  message {letter.message.message_id}: {letter.reason}")
+            print(f"{len(outgoing)} outgoing, {len(incoming)} incoming dead letters")
+            return 0
+        if not args.id:
+            raise ConfigError("give --id (see `exchange dead list`)")
+        return _dead_one(args, ctx, transport, outgoing, incoming)
+    finally:
+        transport.close()
+
+
+def _dead_one(args: argparse.Namespace, ctx: NodeContext, transport: Transport, outgoing: list[Any],
+              incoming: list[DeadLetter]) -> int:
+    out = next((row for row in outgoing if row[0] == args.id), None)
+    letter = next((item for item in incoming if item.key == args.id), None)
+    if out is None and letter is None:
+        raise ConfigError(f"no dead letter {args.id}")
+    if args.action == "show":
+        if out is not None:
+            print(json.dumps(dict(zip(("message_id", "recipient", "kind", "dossier", "step", "error"), out,
+                                      strict=True)), ensure_ascii=False, indent=2))
+        elif letter is not None:
+            sys.stdout.write(letter.message.body.decode("utf-8", errors="replace") + f"\n<!-- {letter.reason} -->\n")
+        return 0
+    with ctx.store.transaction() as conn:
+        if out is not None:
+            conn.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt = 0 WHERE message_id = ?",
+                         (args.id,))
+        replayed = out[0] if out is not None else (letter.message.message_id if letter is not None else "")
+        ctx.store.record(ctx.entry(Event.REPLAYED, message_id=replayed,
+                                   dossier=out[3] if out else None, detail={"operator": args.operator,
+                                                                            "direction": "out" if out else "in"}))
+    if letter is not None and out is None:
+        transport.replay(ctx.agency, letter.key)
+    print(f"replayed {args.id} (audited as done by {args.operator})")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    problems = []
+    try:
+        config = NodeConfig.load(args.config)
+        ctx = NodeContext.open(config)
+    except ExchangeError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    try:
+        counts = ctx.store.counts()
+        if counts.get("outbox_dead"):
+            problems.append(f"{counts['outbox_dead']} outgoing transfer(s) dead-lettered")
+        transport = open_transport(config.broker, embedded_path=config.embedded_transport)
+        transport.declare(config.agency)
+        transport.close()
+    except ExchangeError as exc:
+        problems.append(str(exc))
+    finally:
+        ctx.close()
+    if problems:
+        print("unhealthy: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print(f"healthy: {config.agency}, {counts['audit_entries']} audit entries, "
+          f"{counts.get('outbox_pending', 0)} pending, {counts.get('outbox_published', 0)} awaiting receipts")
+    return 0

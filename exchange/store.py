@@ -1,0 +1,159 @@
+"""The node's state beside its audit log, in the same SQLite database: outbox, inbox (the
+de-duplication record), dossiers and their steps. Every change here commits in one transaction
+with the audit entry that records it (``Store.transaction``)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from exchange import db
+from exchange.audit import AuditLog, Entry
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL UNIQUE,
+    recipient TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    dossier TEXT,
+    step TEXT,
+    body BLOB NOT NULL,
+    envelope_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    created REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt);
+CREATE TABLE IF NOT EXISTS inbox (
+    message_id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    dossier TEXT,
+    step TEXT,
+    envelope_sha256 TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    receipt_id TEXT,
+    payload BLOB,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS inbox_undelivered ON inbox (delivered) WHERE delivered = 0;
+CREATE TABLE IF NOT EXISTS dossiers (
+    code TEXT PRIMARY KEY,
+    procedure TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    dossier TEXT NOT NULL,
+    step TEXT NOT NULL,
+    agency TEXT NOT NULL,
+    state TEXT NOT NULL,
+    due TEXT,
+    done_at TEXT,
+    result TEXT,
+    PRIMARY KEY (dossier, step)
+);
+CREATE TABLE IF NOT EXISTS statuses (
+    dossier TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    step TEXT,
+    exchange_status TEXT NOT NULL,
+    dossier_status INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    note TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    message_id: str
+    recipient: str
+    kind: str
+    dossier: str | None
+    step: str | None
+    body: bytes
+    envelope_sha256: str
+    state: str
+    attempts: int
+
+
+class Store:
+    """One node's database: its state tables and its audit log, on one connection."""
+
+    def __init__(self, path: Path, node: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn: sqlite3.Connection = db.connect(path)
+        self.conn.executescript(SCHEMA)
+        self.audit = AuditLog(self.conn, node)
+        self.node = node
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic change: state and its audit entries commit together or not at all."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
+
+    def record(self, *entries: Entry) -> None:
+        self.audit.append_many(entries)
+
+    # outbox
+
+    def enqueue(self, message_id: str, recipient: str, kind: str, dossier: str | None, step: str | None,
+                body: bytes, envelope_sha256: str) -> None:
+        now = time.time()
+        self.conn.execute(
+            "INSERT INTO outbox (message_id, recipient, kind, dossier, step, body, envelope_sha256, next_attempt, "
+            "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message_id, recipient, kind, dossier, step, body, envelope_sha256, now, now))
+
+    def due_outbox(self, limit: int) -> list[OutboxRow]:
+        rows = self.conn.execute(
+            "SELECT id, message_id, recipient, kind, dossier, step, body, envelope_sha256, state, attempts "
+            "FROM outbox WHERE state IN ('pending', 'published') AND next_attempt <= ? ORDER BY id LIMIT ?",
+            (time.time(), limit)).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
+    def outbox_by_message(self, message_id: str) -> OutboxRow | None:
+        row = self.conn.execute(
+            "SELECT id, message_id, recipient, kind, dossier, step, body, envelope_sha256, state, attempts "
+            "FROM outbox WHERE message_id = ?", (message_id,)).fetchone()
+        return OutboxRow(*row) if row else None
+
+    # inbox
+
+    def known(self, message_id: str) -> tuple[str, str | None] | None:
+        """(outcome, receipt message id) of a message already recorded, else None."""
+        row = self.conn.execute("SELECT outcome, receipt_id FROM inbox WHERE message_id = ?",
+                                (message_id,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def counts(self) -> dict[str, int]:
+        """Gauges for metrics and the health check."""
+        result = {f"outbox_{state}": n for state, n in
+                  self.conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")}
+        result["inbox_undelivered"] = self.conn.execute(
+            "SELECT COUNT(*) FROM inbox WHERE delivered = 0 AND outcome = 'accepted'").fetchone()[0]
+        result["audit_entries"] = self.audit.size
+        return result
+
+    def close(self) -> None:
+        self.conn.close()
