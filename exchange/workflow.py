@@ -388,6 +388,12 @@ def _take_receipt(ctx: NodeContext, env: VerifiedEnvelope) -> None:
         if row.envelope_sha256 != ack.envelope_digest:
             log.warning("receipt.digest_mismatch", message=ack.message_id)
         state = "acknowledged" if ack.outcome is Outcome.ACCEPTED else "refused"
+        if row.state == "pending":
+            # The node died after the broker confirmed and before it marked the row: the receipt
+            # proves the publication, which the audit log must still show.
+            ctx.store.record(ctx.entry(Event.PUBLISHED, dossier=row.dossier, step=row.step,
+                                       message_id=row.message_id, counterpart=row.recipient,
+                                       envelope_sha256=row.envelope_sha256, detail={"attempt": "recovered"}))
         conn.execute("UPDATE outbox SET state = ? WHERE id = ? AND state IN ('pending', 'published')",
                      (state, row.id))
         detail = {"outcome": ack.outcome.value, **({"reason": ack.reason_code} if ack.reason_code else {})}

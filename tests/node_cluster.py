@@ -1,0 +1,119 @@
+"""A district in a temporary folder: a CA, node directories, and node daemons as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exchange import samples
+from exchange.cli import main
+from exchange.codes import AgencyCode, ProcedureCode
+
+RULES = Path(__file__).resolve().parent.parent / "routing_rules"
+EXE = str(Path(sys.executable).parent / "exchange")
+COMMUNE = "000.04.10.H49"
+POLICE = "000.30.10.H49"
+INSURANCE = "000.31.10.H49"
+BIRTH = "2.000986"
+
+
+def cli(*argv: str | Path) -> int:
+    return main([str(a) for a in argv])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Cluster:
+    root: Path
+    broker: str = ""
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def config(self, agency: str) -> Path:
+        return self.root / "nodes" / agency / "node.toml"
+
+    def init(self, *agencies: str) -> None:
+        if not (self.root / "ca").exists():
+            assert cli("pki", "init-ca", "--out", self.root / "ca") == 0
+        for agency in agencies:
+            argv = ["node", "init", "--agency", agency, "--ca", self.root / "ca", "--rules", RULES,
+                    "--out", self.root / "nodes" / agency]
+            if self.broker:
+                argv += ["--broker", self.broker]
+            assert cli(*argv) == 0
+
+    def start(self, agency: str, fault: str | None = None) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env.pop("EXCHANGE_FAULT", None)
+        if fault:
+            env["EXCHANGE_FAULT"] = fault
+        log = (self.root / f"{agency}.log").open("ab")
+        process = subprocess.Popen([EXE, "run", "--config", str(self.config(agency))], stdout=log,
+                                   stderr=subprocess.STDOUT, env=env)
+        log.close()
+        self.processes[agency] = process
+        wait_until(lambda: b"node.started" in (self.root / f"{agency}.log").read_bytes()
+                   or process.poll() is not None, 60, f"{agency} to start")
+        return process
+
+    def stop(self, agency: str) -> int:
+        process = self.processes.pop(agency)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=60)
+
+    def stop_all(self) -> None:
+        for agency in list(self.processes):
+            process = self.processes.pop(agency)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+    def submit(self, sequence: int, procedure: str = BIRTH, agency: str = COMMUNE) -> str:
+        path = self.root / f"dossier-{sequence}.xml"
+        spec = samples.SampleSpec(AgencyCode(agency), ProcedureCode(procedure), size_kb=4, sequence=sequence)
+        path.write_bytes(samples.to_bytes(samples.sample_dossier(spec)))
+        result = subprocess.run([EXE, "submit", "--config", str(self.config(agency)), str(path)],
+                                capture_output=True, text=True, timeout=60, check=True)
+        return result.stdout.strip()
+
+    def status(self, agency: str) -> list[dict[str, Any]]:
+        result = subprocess.run([EXE, "status", "--config", str(self.config(agency)), "--json"],
+                                capture_output=True, text=True, timeout=60, check=True)
+        rows: list[dict[str, Any]] = json.loads(result.stdout)
+        return rows
+
+    def ready(self, agency: str, step: str) -> set[str]:
+        return {row["code"] for row in self.status(agency) if step in row["pending_here"]}
+
+    def done(self, agency: str, dossier: str, step: str, result: str = "accepted") -> None:
+        subprocess.run([EXE, "done", "--config", str(self.config(agency)), "--dossier", dossier, "--step", step,
+                        "--result", result], capture_output=True, text=True, timeout=60, check=True)
+
+    def delivered(self, agency: str) -> list[Path]:
+        return sorted((self.root / "nodes" / agency / "state" / "outbox").glob("*.xml"))
+
+    def verify_and_export(self, agency: str) -> Path:
+        assert cli("audit", "verify", "--config", self.config(agency)) == 0
+        bundle = self.root / f"{agency}.bundle"
+        assert cli("audit", "export", "--config", self.config(agency), "--out", bundle) == 0
+        return bundle

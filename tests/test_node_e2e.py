@@ -1,0 +1,157 @@
+"""Nodes as separate processes, on the embedded transport and on the real RabbitMQ: the birth
+route completes for many dossiers, an off-route sender is refused, and crashes at the worst
+moments lose nothing and deliver nothing twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exchange.adapters.amqp import AmqpTransport
+from exchange.adapters.embedded import EmbeddedTransport
+from exchange.codes import AgencyCode, DossierCode, ProcedureCode
+from exchange.envelope import Header, Kind
+from exchange.sealing import Signer
+from exchange.transport import Message, Transport
+from tests.node_cluster import BIRTH, COMMUNE, INSURANCE, POLICE, Cluster, cli, wait_until
+from tests.transport_helpers import BROKER, delete_queues, require_broker
+
+HAI_HA_POLICE = "000.30.11.H49"
+DOSSIERS = 6
+
+
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    broker = ""
+    if request.param == "rabbitmq":
+        require_broker()
+        broker = BROKER
+        delete_queues(*(AgencyCode(a) for a in (COMMUNE, POLICE, INSURANCE, HAI_HA_POLICE)))
+    district = Cluster(tmp_path, broker)
+    yield district
+    district.stop_all()
+
+
+def run_birth_route(cluster: Cluster, count: int) -> list[str]:
+    """Submit ``count`` birth dossiers, do every step where it is due, and return their codes."""
+    codes = [cluster.submit(i) for i in range(1, count + 1)]
+    for agency, step in ((POLICE, "residence"), (INSURANCE, "insurance")):
+        wait_until(lambda a=agency, s=step: cluster.ready(a, s) >= set(codes), 60, f"{step} at {agency}")
+        for code in codes:
+            cluster.done(agency, code, step)
+    wait_until(lambda: cluster.ready(COMMUNE, "return") >= set(codes), 60, "both branches back at the commune")
+    for code in codes:
+        cluster.done(COMMUNE, code, "return")
+    return codes
+
+
+def test_birth_route_completes_with_receipts_and_audit(cluster: Cluster) -> None:
+    """Commune → police and social insurance in parallel → back to the commune, for many dossiers;
+    every transfer is receipted, every log verifies and the two sides reconcile."""
+    cluster.init(COMMUNE, POLICE, INSURANCE)
+    for agency in (COMMUNE, POLICE, INSURANCE):
+        cluster.start(agency)
+    codes = run_birth_route(cluster, DOSSIERS)
+    assert {row["code"]: row["state"] for row in cluster.status(COMMUNE)} == dict.fromkeys(codes, "completed")
+    wait_until(lambda: len(cluster.delivered(COMMUNE)) == 4 * DOSSIERS, 30, "deliveries at the commune")
+    assert len(cluster.delivered(POLICE)) == DOSSIERS
+    assert len(cluster.delivered(INSURANCE)) == DOSSIERS
+    wait_until(lambda: _settled(cluster), 60, "every receipt")
+    for agency in (COMMUNE, POLICE, INSURANCE):
+        assert cluster.stop(agency) == 0
+    bundles = {agency: cluster.verify_and_export(agency) for agency in (COMMUNE, POLICE, INSURANCE)}
+    assert cli("audit", "reconcile", bundles[COMMUNE], bundles[POLICE]) == 0
+    assert cli("audit", "reconcile", bundles[COMMUNE], bundles[INSURANCE]) == 0
+
+
+def _settled(cluster: Cluster) -> bool:
+    import sqlite3
+
+    for agency in (COMMUNE, POLICE, INSURANCE):
+        db = cluster.root / "nodes" / agency / "state" / "node.db"
+        with sqlite3.connect(db) as conn:
+            if conn.execute("SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'published')").fetchone()[0]:
+                return False
+    return True
+
+
+def transport_for(cluster: Cluster) -> Transport:
+    if cluster.broker:
+        return AmqpTransport(cluster.broker)
+    return EmbeddedTransport(cluster.root / "nodes" / "transport.db")
+
+
+def test_off_route_sender_is_refused(cluster: Cluster) -> None:
+    """A valid envelope from another district's police, for a step it does not perform, is
+    refused with not-authorized, dead-lettered and audited; the node keeps running."""
+    cluster.init(COMMUNE, HAI_HA_POLICE)
+    cluster.start(COMMUNE)
+    code = cluster.submit(1)
+    signer = Signer.load(cluster.root / "nodes" / HAI_HA_POLICE / "cert.pem",
+                         cluster.root / "nodes" / HAI_HA_POLICE / "key.pem")
+    from exchange import dossier as dossiers
+
+    root, _ = dossiers.load((cluster.root / "dossier-1.xml").read_bytes())
+    header = Header(kind=Kind.TRANSFER, sender=AgencyCode(HAI_HA_POLICE), recipient=AgencyCode(COMMUNE),
+                    dossier=DossierCode(code), procedure=ProcedureCode(BIRTH), step="return")
+    transport = transport_for(cluster)
+    try:
+        transport.declare(AgencyCode(HAI_HA_POLICE))
+        transport.publish(Message(AgencyCode(COMMUNE), signer.seal(header, root), header.message_id))
+        wait_until(lambda: bool(transport.dead_letters(AgencyCode(COMMUNE))), 30, "the dead letter")
+        (letter,) = transport.dead_letters(AgencyCode(COMMUNE))
+        assert letter.reason.startswith("not-authorized")
+    finally:
+        transport.close()
+    assert cluster.processes[COMMUNE].poll() is None
+    assert cluster.stop(COMMUNE) == 0
+    bundle = cluster.verify_and_export(COMMUNE)
+    assert '\\"event\\":\\"refused\\"' in bundle.read_text("utf-8")
+    assert "not-authorized" in bundle.read_text("utf-8")
+
+
+@pytest.mark.parametrize("fault", ["after-commit-before-ack", "after-deliver-commit"])
+def test_receiver_killed_at_the_worst_moment(cluster: Cluster, fault: str) -> None:
+    """SIGKILL the police node after it committed a window and before it acked it (or after it
+    recorded a delivery and before the file appeared): after a restart every dossier arrives
+    exactly once at the agency system and every transfer has its receipt."""
+    cluster.init(COMMUNE, POLICE, INSURANCE)
+    cluster.start(COMMUNE)
+    cluster.start(INSURANCE)
+    victim = cluster.start(POLICE, fault=fault)
+    codes = [cluster.submit(i) for i in range(1, 4)]
+    victim.wait(timeout=60)
+    assert victim.returncode == -9
+    cluster.processes.pop(POLICE)
+    cluster.start(POLICE)
+    wait_until(lambda: cluster.ready(POLICE, "residence") >= set(codes), 60, "residence ready after restart")
+    wait_until(lambda: len(cluster.delivered(POLICE)) >= len(codes), 30, "deliveries")
+    assert len(cluster.delivered(POLICE)) == len(codes)
+    wait_until(lambda: _settled(cluster), 60, "every receipt")
+    for agency in (COMMUNE, POLICE, INSURANCE):
+        assert cluster.stop(agency) == 0
+    bundles = {agency: cluster.verify_and_export(agency) for agency in (COMMUNE, POLICE)}
+    assert cli("audit", "reconcile", bundles[COMMUNE], bundles[POLICE]) == 0
+
+
+def test_sender_killed_after_publish_before_mark(cluster: Cluster) -> None:
+    """SIGKILL the commune after the broker confirmed its transfers and before it marked them:
+    it publishes them again after a restart, and the police take each in exactly once."""
+    cluster.init(COMMUNE, POLICE, INSURANCE)
+    cluster.start(POLICE)
+    cluster.start(INSURANCE)
+    code = cluster.submit(1)
+    victim = cluster.start(COMMUNE, fault="after-publish-before-mark")
+    victim.wait(timeout=60)
+    assert victim.returncode == -9
+    cluster.processes.pop(COMMUNE)
+    cluster.start(COMMUNE)
+    wait_until(lambda: code in cluster.ready(POLICE, "residence"), 60, "residence ready")
+    wait_until(lambda: _settled(cluster), 60, "every receipt")
+    assert len(cluster.delivered(POLICE)) == 1
+    for agency in (COMMUNE, POLICE, INSURANCE):
+        assert cluster.stop(agency) == 0
+    bundles = {agency: cluster.verify_and_export(agency) for agency in (COMMUNE, POLICE)}
+    assert cli("audit", "reconcile", bundles[COMMUNE], bundles[POLICE]) == 0
