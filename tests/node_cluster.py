@@ -42,6 +42,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60, what: str = "
 class Cluster:
     root: Path
     broker: str = ""
+    rules: Path = RULES
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def config(self, agency: str) -> Path:
@@ -51,7 +52,7 @@ class Cluster:
         if not (self.root / "ca").exists():
             assert cli("pki", "init-ca", "--out", self.root / "ca") == 0
         for agency in agencies:
-            argv = ["node", "init", "--agency", agency, "--ca", self.root / "ca", "--rules", RULES,
+            argv = ["node", "init", "--agency", agency, "--ca", self.root / "ca", "--rules", self.rules,
                     "--out", self.root / "nodes" / agency]
             if self.broker:
                 argv += ["--broker", self.broker]

@@ -155,3 +155,75 @@ def test_sender_killed_after_publish_before_mark(cluster: Cluster) -> None:
         assert cluster.stop(agency) == 0
     bundles = {agency: cluster.verify_and_export(agency) for agency in (COMMUNE, POLICE)}
     assert cli("audit", "reconcile", bundles[COMMUNE], bundles[POLICE]) == 0
+
+
+def test_sighup_reloads_rules_and_keeps_them_on_a_bad_edit(tmp_path: Path) -> None:
+    """A bad edit is refused on SIGHUP and the node keeps running on the old rules; a good edit
+    is loaded, and each load's digest lands in the audit log."""
+    import shutil
+    import signal
+    import time
+
+    from tests.node_cluster import RULES
+
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    district = Cluster(tmp_path, rules=rules)
+    district.init(COMMUNE)
+    node = district.start(COMMUNE)
+    log = tmp_path / f"{COMMUNE}.log"
+    civil = rules / "civil-status.xml"
+    good = civil.read_text("utf-8")
+    try:
+        civil.write_text(good.replace('scope="cross-level" budget="3"', 'scope="cross-levle" budget="3"', 1), "utf-8")
+        node.send_signal(signal.SIGHUP)
+        wait_until(lambda: b"rules.reload_refused" in log.read_bytes(), 30, "the refusal")
+        assert b"cross-levle" in log.read_bytes()
+        assert node.poll() is None
+        civil.write_text(good.replace('<step id="residence" action="register-residence" budget="2"',
+                                      '<step id="residence" action="register-residence" budget="1"', 1), "utf-8")
+        node.send_signal(signal.SIGHUP)
+        wait_until(lambda: b"rules.reloaded" in log.read_bytes(), 30, "the reload")
+        time.sleep(0.5)
+    finally:
+        assert district.stop(COMMUNE) == 0
+    bundle = district.verify_and_export(COMMUNE).read_text("utf-8")
+    assert bundle.count('rules-loaded') == 2  # at init and after the good edit
+
+
+def test_second_sigterm_exits_at_once(tmp_path: Path) -> None:
+    """The first SIGTERM drains; a second one ends the process immediately."""
+    import signal
+
+    district = Cluster(tmp_path)
+    district.init(COMMUNE)
+    node = district.start(COMMUNE)
+    node.send_signal(signal.SIGTERM)
+    node.send_signal(signal.SIGTERM)
+    assert node.wait(timeout=30) in (0, 1)
+    district.processes.pop(COMMUNE)
+
+
+def test_check_and_metrics(tmp_path: Path) -> None:
+    """`exchange check` exits 0 for a healthy node, and the metrics endpoint serves counters."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    district = Cluster(tmp_path)
+    district.init(COMMUNE)
+    toml = district.config(COMMUNE)
+    toml.write_text(toml.read_text("utf-8").replace("metrics_port = 0", f"metrics_port = {port}"), "utf-8")
+    district.start(COMMUNE)
+    try:
+        assert cli("check", "--config", toml) == 0
+        def scrape() -> bytes:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+                return bytes(response.read())
+
+        wait_until(lambda: b"exchange_audit_entries" in scrape(), 30, "metrics")
+        assert b"exchange_healthy 1.0" in scrape()
+    finally:
+        district.stop_all()
