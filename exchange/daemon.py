@@ -39,6 +39,8 @@ RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 600.0
 MAX_ATTEMPTS = 10
 """About an hour and a half of retransmissions before a transfer is dead-lettered and alerted."""
+HOUSEKEEPING_S = 0.5
+"""Deliveries retried, checkpoints considered, gauges and the watchdog refreshed this often."""
 FAULT_ENV = "EXCHANGE_FAULT"
 """Test hook: the name of a point at which the process kills itself (crash tests)."""
 
@@ -85,6 +87,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.healthy = True
         self._terms = 0
+        self._housekept = 0.0
         self.consumer: Consumer | None = None
 
     # lifecycle
@@ -106,17 +109,21 @@ class Daemon:
             self._shutdown()
         return 0
 
-    def tick(self, wait: float = 0.2) -> None:
-        """One pass: inbound window, outbox, deliveries, checkpoint, watchdog."""
+    def tick(self, wait: float = 0.05) -> None:
+        """One pass: the outbox, an inbound window (waiting only when there is nothing to send),
+        the receipts it produced, deliveries, and every half second the housekeeping."""
         assert self.consumer is not None
-        worked = self.inbound(self.consumer, wait)
-        worked |= self.dispatch() > 0
-        self.deliver()
-        self._checkpoint()
-        self._gauges()
-        notify("WATCHDOG=1")
-        if not worked:
-            time.sleep(0.01)
+        sent = self.dispatch()
+        if self.inbound(self.consumer, 0.0 if sent else wait):
+            self.dispatch()
+            self.deliver()
+        now = time.monotonic()
+        if now - self._housekept >= HOUSEKEEPING_S:
+            self._housekept = now
+            self.deliver()
+            self._checkpoint()
+            self._gauges()
+            notify("WATCHDOG=1")
 
     def _shutdown(self) -> None:
         notify("STOPPING=1")
@@ -259,17 +266,24 @@ class Daemon:
         rows = self.ctx.store.conn.execute(
             "SELECT message_id, kind, dossier, step, payload, sender, envelope_sha256 FROM inbox "
             "WHERE delivered = 0 AND outcome = 'accepted' LIMIT ?", (limit,)).fetchall()
-        for message_id, kind, dossier, step, payload, sender, digest in rows:
-            name = f"{kind}-{dossier}-{step}-{message_id}.xml"
-            write_atomic(pending / name, bytes(payload))
-            with self.ctx.store.transaction() as conn:
+        if not rows:
+            return 0
+        names = []
+        for message_id, kind, dossier, step, payload, _, _ in rows:
+            names.append(f"{kind}-{dossier}-{step}-{message_id}.xml")
+            write_atomic(pending / names[-1], bytes(payload), sync=False)
+        os.sync()  # one flush for the window's files, before their delivery is recorded
+        with self.ctx.store.transaction() as conn:
+            for name, (message_id, _, dossier, step, _, sender, digest) in zip(names, rows, strict=True):
                 conn.execute("UPDATE inbox SET delivered = 1 WHERE message_id = ?", (message_id,))
                 self.ctx.store.record(self.ctx.entry(Event.DELIVERED, dossier=dossier, step=step,
                                                      message_id=message_id, counterpart=sender,
                                                      envelope_sha256=digest, detail={"file": name}))
-            fault("after-deliver-commit")
+        fault("after-deliver-commit")
+        for name in names:
             (pending / name).replace(target / name)
-            self.metrics.delivered.inc()
+        _sync_dir(target)
+        self.metrics.delivered.inc(len(names))
         return len(rows)
 
     def _recover_deliveries(self) -> None:
@@ -304,6 +318,15 @@ class Daemon:
         if port:
             start_http_server(port, addr="127.0.0.1", registry=self.metrics.registry)
             log.info("metrics.listening", port=port)
+
+
+def _sync_dir(path: Path) -> None:
+    """Make the renames durable: fsync the directory that holds them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def notify(state: str) -> None:
