@@ -99,6 +99,7 @@ class Daemon:
             self.ctx.store.record(self.ctx.entry(Event.NODE_STARTED, detail={"rules": self.ctx.rules.digest}))
         self.transport.declare(self.ctx.agency)
         self.consumer = self.transport.consume(self.ctx.agency, prefetch=self.window * 2)
+        self._gauges()
         self._serve_metrics()
         notify("READY=1")
         log.info("node.started", agency=str(self.ctx.agency), rules=self.ctx.rules.digest[:12])

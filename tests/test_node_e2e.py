@@ -223,7 +223,7 @@ def test_check_and_metrics(tmp_path: Path) -> None:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
                 return bytes(response.read())
 
-        wait_until(lambda: b"exchange_audit_entries" in scrape(), 30, "metrics")
-        assert b"exchange_healthy 1.0" in scrape()
+        wait_until(lambda: b"exchange_healthy 1.0" in scrape(), 30, "metrics")
+        assert b"exchange_audit_entries" in scrape()
     finally:
         district.stop_all()
