@@ -109,7 +109,9 @@ def submit(ctx: NodeContext, data: bytes, source: str = "dossier") -> DossierCod
         ctx.store.record(ctx.entry(Event.SUBMITTED, dossier=str(info.code), procedure=str(info.procedure),
                                    step=first.id, time=at,
                                    detail={"due": rules.due_date(info.procedure, info.received_at).isoformat()}))
-        _finish_step(ctx, info.code, first.id, at, "accepted", root)
+        # The first step (the desk receiving the dossier) was done when the desk received it: the
+        # deadlines of the steps after it count from then, however late it is entered here.
+        _finish_step(ctx, info.code, first.id, min(at, info.received_at), "accepted", root)
     return info.code
 
 
@@ -182,9 +184,11 @@ def _hand_off(ctx: NodeContext, code: DossierCode, done_step: str, at: dt.dateti
             _refresh_ready(ctx, code)
             sent.append(f"{step_id} (here)")
             continue
+        sealed = now()  # the signature's time, which certificates are checked at; ``at`` may be long past
         body = _with_control_row(payload, at, ctx.agency, agency, f"{done_step} done; hand-off for {step_id}")
         header = Header(kind=Kind.TRANSFER, sender=ctx.agency, recipient=agency, dossier=code,
-                        procedure=procedure_code, step=step_id, created=at, trace=(Hop(ctx.agency, at),))
+                        procedure=procedure_code, step=step_id, created=sealed,
+                        trace=(Hop(ctx.agency, at),))  # when this agency finished: the next deadline counts from it
         _enqueue(ctx, header, body, Event.SEALED)
         sent.append(f"{step_id} → {agency}")
     return sent
@@ -227,7 +231,7 @@ def _send_status(ctx: NodeContext, code: DossierCode, step_id: str, exchange_sta
     update = StatusUpdate(code, ctx.agency, exchange_status, dossier_status, step=step_id, description=note,
                           timestamp=at, apology=apology, new_due_date=new_date)
     header = Header(kind=Kind.STATUS, sender=ctx.agency, recipient=code.agency, dossier=code,
-                    procedure=ProcedureCode(_procedure_of(ctx, code)), step=step_id, created=at)
+                    procedure=ProcedureCode(_procedure_of(ctx, code)), step=step_id, created=now())
     _enqueue(ctx, header, status_element(update), Event.STATUS_SENT)
 
 
@@ -320,11 +324,12 @@ def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
                      (str(code), str(header.procedure), str(code.agency), utc(info.received_at), payload,
                       now().timestamp()))
     procedure = ctx.rules.procedure(header.procedure)
+    finished = next((hop.at for hop in reversed(header.trace) if hop.agency == header.sender), header.created)
     for before in procedure.step(header.step).after:
         if route[before] == header.sender:
             conn.execute("INSERT INTO steps (dossier, step, agency, state, done_at) VALUES (?, ?, ?, 'done', ?) "
                          "ON CONFLICT (dossier, step) DO UPDATE SET state = 'done', done_at = excluded.done_at",
-                         (str(code), before, str(header.sender), utc(header.created)))
+                         (str(code), before, str(header.sender), utc(min(finished, header.created))))
     conn.execute("INSERT OR IGNORE INTO steps (dossier, step, agency, state) VALUES (?, ?, ?, 'pending')",
                  (str(code), header.step, str(ctx.agency)))
     due = _refresh_ready(ctx, code)

@@ -15,12 +15,13 @@ from exchange import logs, pki
 from exchange.adapters import open_transport
 from exchange.audit import Entry, Event
 from exchange.checkpoints import NoteSigner, attest, origin_for, register_key
-from exchange.codes import DossierCode
+from exchange.codes import AgencyCode, DossierCode
 from exchange.commands import agency_arg, read_input
 from exchange.config import NodeConfig
 from exchange.daemon import Daemon
 from exchange.errors import ConfigError, ExchangeError, InvalidCode
 from exchange.files import write_atomic
+from exchange.rules import RuleSet
 from exchange.rules_load import load as load_rules
 from exchange.store import Store
 from exchange.transport import DeadLetter, Transport
@@ -85,36 +86,41 @@ def _dossier_code(text: str) -> DossierCode:
 
 
 def _init(args: argparse.Namespace) -> int:
-    out: Path = args.out
+    rules = load_rules(args.rules)
+    ca = pki.CertificateAuthority.load(args.ca)
+    path = init_node(args.agency, ca, args.rules, rules, args.broker, args.out, args.metrics_port)
+    print(f"node {args.agency} ({rules.agency(args.agency).name}) ready: exchange run --config {path}")
+    return 0
+
+
+def init_node(agency: AgencyCode, ca: pki.CertificateAuthority, rules_dir: Path, rules: RuleSet, broker: str,
+              out: Path, metrics_port: int = 0) -> Path:
+    """A node directory: key and certificate from the CA, checkpoint key, node.toml, database."""
     if (out / "node.toml").exists():
         raise ConfigError(f"{out / 'node.toml'} exists: refusing to overwrite a node")
-    rules = load_rules(args.rules)
-    rules.agency(args.agency)  # the agency must be in the directory
-    ca = pki.CertificateAuthority.load(args.ca)
-    name = rules.agency(args.agency).name
-    pki.issue_agency(ca, args.agency, out, name=name)
-    shutil.copyfile(args.ca / pki.CA_CERT, out / "ca.pem")
-    signer = NoteSigner.generate(origin_for(str(args.agency)))
+    name = rules.agency(agency).name  # the agency must be in the directory
+    pki.issue_agency(ca, agency, out, name=name)
+    shutil.copyfile(ca.directory / pki.CA_CERT, out / "ca.pem")
+    signer = NoteSigner.generate(origin_for(str(agency)))
     signer.save(out / "checkpoint-key.pem")
     (out / "state").mkdir(parents=True, exist_ok=True)
-    toml = (f'# exchange node for {args.agency} ({name})\n'
-            f'[node]\nagency = "{args.agency}"\nstate_dir = "state"\nmetrics_port = {args.metrics_port}\n\n'
+    toml = (f'# exchange node for {agency} ({name})\n'
+            f'[node]\nagency = "{agency}"\nstate_dir = "state"\nmetrics_port = {metrics_port}\n\n'
             f'[pki]\nca = "ca.pem"\ncert = "{pki.AGENCY_CERT}"\nkey = "{pki.AGENCY_KEY}"\n\n'
             f'[audit]\ncheckpoint_key = "checkpoint-key.pem"\ncheckpoint_every_entries = 1000\n'
             f'checkpoint_every_seconds = 60\n\n'
-            f'[rules]\ndir = "{args.rules.resolve()}"\n\n'
+            f'[rules]\ndir = "{rules_dir.resolve()}"\n\n'
             f'[transport]\n# empty: the embedded transport shared by the nodes of this host\n'
-            f'broker = "{args.broker}"\nembedded = "../transport.db"\n')
+            f'broker = "{broker}"\nembedded = "../transport.db"\n')
     write_atomic(out / "node.toml", toml.encode("utf-8"))
     config = NodeConfig.load(out / "node.toml")
-    store = Store(config.database, str(args.agency))
+    store = Store(config.database, str(agency))
     with store.transaction():
         register_key(store.audit, signer.verifier, attest(signer.verifier, pki.load_key(out / pki.AGENCY_KEY)),
                      (out / pki.AGENCY_CERT).read_text())
-        store.record(Entry(Event.RULES_LOADED, str(args.agency), detail={"digest": rules.digest}))
+        store.record(Entry(Event.RULES_LOADED, str(agency), detail={"digest": rules.digest}))
     store.close()
-    print(f"node {args.agency} ({name}) ready: exchange run --config {out / 'node.toml'}")
-    return 0
+    return out / "node.toml"
 
 
 def _open(args: argparse.Namespace) -> NodeContext:

@@ -1,0 +1,312 @@
+"""``exchange demo``: a district's nodes as real processes, a realistic mix of dossiers, a report.
+
+It sets up a provincial CA and nodes for Đầm Hà (communes, the district's Public Administration
+Centre, police, social insurance, the justice office, the land registry branch, the tax
+sub-department, the provincial Department of Natural Resources), starts each node as its own
+process, and plays the agency systems: it submits dossiers, completes each step where it becomes
+ready, lets one agency system be down for a while, enters one dossier received days ago (so its
+steps run late and the origin gets an apology with a new date), and sends one envelope from an
+agency off the route (refused, dead-lettered, audited). Then it stops the nodes, verifies every
+audit log, reconciles every pair of nodes that exchanged envelopes, and writes ``report.html``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import itertools
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exchange import audit_tools, pki, rules_tools, samples
+from exchange import dossier as dossiers
+from exchange.adapters import open_transport
+from exchange.audit import Entry
+from exchange.codes import AgencyCode, DossierCode, ProcedureCode
+from exchange.commands.node import init_node
+from exchange.config import NodeConfig
+from exchange.envelope import Header, Kind
+from exchange.errors import ExchangeError
+from exchange.rules_load import load as load_rules
+from exchange.sealing import Signer
+from exchange.transport import Message
+from exchange.workflow import NodeContext, complete, submit
+
+ICT = dt.timezone(dt.timedelta(hours=7))
+COMMUNES = ("000.01.10.H49", "000.02.10.H49", "000.04.10.H49", "000.05.10.H49")
+CENTRE = "000.20.10.H49"
+OTHERS = ("000.30.10.H49", "000.31.10.H49", "000.21.10.H49", "000.32.10.H49", "000.33.10.H49", "000.00.02.H49")
+INTRUDER = "000.30.11.H49"  # Hải Hà's police: valid certificate, not on Đầm Hà's routes
+SLOW_AGENCY = "000.31.10.H49"  # social insurance's system is down for a while
+SLOW_SECONDS = 6.0
+MIX = (("2.000986", COMMUNES), ("1.004194", COMMUNES), ("2.000635", COMMUNES), ("2.002622", COMMUNES),
+       ("1.012784", (CENTRE,)), ("1.012786", (CENTRE,)))
+DEADLINE_S = 90.0
+
+
+@dataclass
+class Demo:
+    out: Path
+    broker: str
+    count: int
+    say: Callable[[str], None] = print
+    rules_dir: Path = field(default_factory=lambda: Path(str(Path(__file__).parent / "routing_rules")))
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    contexts: dict[str, NodeContext] = field(default_factory=dict)
+    submitted: dict[str, tuple[str, str, float]] = field(default_factory=dict)
+    late_code: str = ""
+    started: float = 0.0
+
+    @property
+    def agencies(self) -> tuple[str, ...]:
+        return (*COMMUNES, CENTRE, *OTHERS, INTRUDER)
+
+    def config(self, agency: str) -> Path:
+        return self.out / "nodes" / agency / "node.toml"
+
+    # set up, start, stop -----------------------------------------------------------------
+
+    def setup(self) -> None:
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        (self.out / "dossiers").mkdir(parents=True)
+        ca = pki.init_ca(self.out / "ca", "Quang Ninh Province Exchange CA (demo)")
+        rules = load_rules(self.rules_dir)
+        for agency in self.agencies:
+            init_node(AgencyCode(agency), ca, self.rules_dir, rules, self.broker, self.out / "nodes" / agency)
+        self.say(f"set up a provincial CA and {len(self.agencies)} nodes in {self.out}")
+
+    def start(self) -> None:
+        for agency in self.agencies[:-1]:
+            log = (self.out / "nodes" / agency / "node.log").open("ab")
+            self.processes[agency] = subprocess.Popen(
+                [sys.executable, "-m", "exchange", "run", "--config", str(self.config(agency))],
+                stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+        deadline = time.monotonic() + 60
+        for agency in self.processes:
+            path = self.out / "nodes" / agency / "node.log"
+            while b"node.started" not in path.read_bytes():
+                if time.monotonic() > deadline or self.processes[agency].poll() is not None:
+                    raise ExchangeError(f"node {agency} did not start; see {path}")
+                time.sleep(0.1)
+        self.contexts = {a: NodeContext.open(NodeConfig.load(self.config(a))) for a in self.agencies[:-1]}
+        self.say(f"started {len(self.processes)} node processes "
+                 f"({'RabbitMQ at ' + self.broker.split('@')[-1] if self.broker else 'embedded transport'})")
+
+    def stop(self) -> None:
+        for ctx in self.contexts.values():
+            ctx.close()
+        self.contexts = {}
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for agency, process in self.processes.items():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                self.say(f"node {agency} did not stop in time: killed")
+        self.processes = {}
+
+    # the agency systems ---------------------------------------------------------------
+
+    def submit_all(self) -> None:
+        today = dt.datetime.now(ICT).replace(microsecond=0)
+        sequences = itertools.count(1)
+        mix = itertools.cycle(MIX)
+        for i in range(self.count):
+            procedure, desks = next(mix)
+            desk = desks[i % len(desks)]
+            received = today
+            if i == 1:  # received on paper a week ago, entered only now: its steps run late
+                received = today - dt.timedelta(days=9)
+            spec = samples.SampleSpec(AgencyCode(desk), ProcedureCode(procedure), size_kb=8,
+                                      sequence=next(sequences), received_at=received.astimezone(dt.UTC))
+            data = samples.to_bytes(samples.sample_dossier(spec))
+            path = self.out / "dossiers" / f"{desk}-{i + 1:03d}.xml"
+            path.write_bytes(data)
+            code = str(submit(self.contexts[desk], data, str(path)))
+            self.submitted[code] = (procedure, desk, time.monotonic())
+            if i == 1:
+                self.late_code = code
+        self.say(f"submitted {self.count} dossiers of {len(MIX)} procedures at {len(COMMUNES) + 1} desks")
+
+    def intrude(self) -> None:
+        """Hải Hà's police sends an envelope for a step it does not perform: it must be refused."""
+        code = next(c for c, (p, _, _) in self.submitted.items() if p == "2.000986")
+        desk = DossierCode(code).agency
+        root, _ = dossiers.load(next((self.out / "dossiers").glob(f"{desk}-*.xml")).read_bytes())
+        signer = Signer.load(self.out / "nodes" / INTRUDER / "cert.pem", self.out / "nodes" / INTRUDER / "key.pem")
+        header = Header(kind=Kind.TRANSFER, sender=AgencyCode(INTRUDER), recipient=desk,
+                        dossier=DossierCode(root.findtext("{urn:vn-exchange:dossier:1}Code") or code),
+                        procedure=ProcedureCode("2.000986"), step="return")
+        config = NodeConfig.load(self.config(INTRUDER))
+        transport = open_transport(self.broker, embedded_path=config.embedded_transport)
+        try:
+            transport.declare(AgencyCode(INTRUDER))
+            transport.publish(Message(desk, signer.seal(header, root), header.message_id))
+        finally:
+            transport.close()
+        self.say(f"an envelope from {INTRUDER} (another district's police) sent to {desk}, off the route")
+
+    def work(self) -> None:
+        """Complete every step where it is ready, until every dossier is completed."""
+        self.started = time.monotonic()
+        done: set[str] = set()
+        while len(done) < len(self.submitted):
+            if time.monotonic() - self.started > DEADLINE_S:
+                raise ExchangeError(f"only {len(done)} of {len(self.submitted)} dossiers completed in "
+                                    f"{DEADLINE_S:.0f}s; see the node logs in {self.out / 'nodes'}")
+            progressed = self._work_once(done)
+            if not progressed:
+                time.sleep(0.1)
+
+    def _work_once(self, done: set[str]) -> bool:
+        progressed = False
+        for agency, ctx in self.contexts.items():
+            if agency == SLOW_AGENCY and time.monotonic() - self.started < SLOW_SECONDS:
+                continue  # this agency's system is down for a while
+            rows = ctx.store.conn.execute("SELECT dossier, step FROM steps WHERE agency = ? AND state = 'ready'",
+                                          (agency,)).fetchall()
+            for code, step in rows:
+                complete(ctx, DossierCode(code), step)
+                progressed = True
+            for (code,) in ctx.store.conn.execute("SELECT code FROM dossiers WHERE state = 'completed'"):
+                if code in self.submitted and code not in done:
+                    done.add(code)
+                    procedure, desk, _ = self.submitted[code]
+                    self.say(f"  [{len(done):3d}/{len(self.submitted)}] {code}  {procedure}  completed at {desk}")
+        return progressed
+
+    # checks and report ---------------------------------------------------------------
+
+    def audit(self) -> tuple[list[str], list[str]]:
+        """Verify every node's log and reconcile every pair that exchanged envelopes."""
+        verified, gaps = [], []
+        bundles: dict[str, Path] = {}
+        for agency in self.agencies[:-1]:
+            config = NodeConfig.load(self.config(agency))
+            source = audit_tools.DatabaseSource(config.database)
+            report = audit_tools.verify(source, audit_tools.Trust.from_cert_file(config.cert))
+            verified.append(f"{agency}: {report.entries} entries, {report.checkpoints} checkpoints, "
+                            + ("holds" if report.holds else "FAILS: " + "; ".join(report.problems)))
+            bundles[agency] = self.out / "bundles" / f"{agency}.bundle"
+            bundles[agency].parent.mkdir(exist_ok=True)
+            audit_tools.export(source, bundles[agency])
+            source.conn.close()
+        entries = {a: [Entry.decode(d)[1] for _, d in audit_tools.BundleSource(b).entries()]
+                   for a, b in bundles.items()}
+        for a, b in itertools.combinations(bundles, 2):
+            if any(e.counterpart == b for e in entries[a]):
+                matched, found = audit_tools.reconcile(audit_tools.BundleSource(bundles[a]),
+                                                       audit_tools.BundleSource(bundles[b]))
+                gaps += found
+                verified.append(f"reconciled {a} ↔ {b}: {matched} transfers matched, {len(found)} gaps")
+        return verified, gaps
+
+
+def summary_counts(demo: Demo) -> dict[str, int]:
+    counts = {"transfers": 0, "retries": 0, "refusals": 0, "late": 0, "receipts": 0}
+    for agency in demo.agencies[:-1]:
+        config = NodeConfig.load(demo.config(agency))
+        source = audit_tools.DatabaseSource(config.database)
+        for _, data in source.entries():
+            entry = Entry.decode(data)[1]
+            event = entry.event.value
+            counts["transfers"] += event == "published"
+            counts["retries"] += event == "retransmitted"
+            counts["refusals"] += event == "refused"
+            counts["receipts"] += event == "receipt-received"
+            counts["late"] += event == "step-done" and entry.detail.get("late") == "yes"
+        source.conn.close()
+    return counts
+
+
+def write_report(demo: Demo, lines: list[str], verified: list[str], gaps: list[str]) -> Path:
+    rules = load_rules(demo.rules_dir)
+    parts = ["<!doctype html><html lang='vi'><meta charset='utf-8'><title>exchange demo report</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}.late{color:#b00;font-weight:bold}"
+             "h2{margin-top:2em}</style>",
+             "<h1>Đầm Hà district: one-stop inter-linked exchange, demo run</h1>",
+             "<h2>Summary</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>",
+             "<h2>Audit</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in verified + gaps) + "</ul>",
+             "<h2>Routes</h2>"]
+    for procedure, desks in MIX:
+        procedure_code = ProcedureCode(procedure)
+        parts.append(f"<h3>{procedure} {html.escape(rules.procedure(procedure_code).name)}</h3>")
+        parts.append(_picture(rules_tools.dot(rules, procedure_code, AgencyCode(desks[0]))))
+    parts.append("<h2>Timelines</h2>")
+    for dossier_code in sorted(demo.submitted):
+        parts.append(_timeline(demo, dossier_code))
+    path = demo.out / "report.html"
+    path.write_text("\n".join(parts) + "</html>\n", "utf-8")
+    return path
+
+
+def _picture(source: str) -> str:
+    tool = shutil.which("dot")
+    if tool:
+        result = subprocess.run([tool, "-Tsvg"], input=source.encode(), capture_output=True, timeout=60, check=False)
+        if result.returncode == 0:
+            svg = result.stdout.decode("utf-8")
+            return "<div class='route'>" + svg[svg.find("<svg"):] + "</div>"
+    return f"<pre class='route'>{html.escape(source)}</pre>"
+
+
+def _timeline(demo: Demo, code: str) -> str:
+    rows = []
+    for agency in demo.agencies[:-1]:
+        db = NodeConfig.load(demo.config(agency)).database
+        import sqlite3
+
+        with sqlite3.connect(db) as conn:
+            for (data,) in conn.execute("SELECT data FROM audit_entries WHERE dossier = ?", (code,)):
+                entry = Entry.decode(bytes(data))[1]
+                rows.append(entry)
+    rows.sort(key=lambda e: e.time)
+    procedure, desk, _ = demo.submitted[code]
+    body = "".join(
+        f"<tr><td>{e.time.astimezone(ICT):%Y-%m-%d %H:%M:%S}</td><td>{e.node}</td><td>{e.event.value}</td>"
+        f"<td>{e.step or ''}</td><td>{e.counterpart or ''}</td><td>{e.detail.get('due', '')}</td>"
+        f"<td class='{'late' if e.detail.get('late') else ''}'>{'late' if e.detail.get('late') else ''}</td></tr>"
+        for e in rows)
+    return (f"<h3 class='timeline'>{code} ({procedure}, received at {desk})</h3><table><tr><th>time</th><th>node</th>"
+            f"<th>event</th><th>step</th><th>counterpart</th><th>due</th><th></th></tr>{body}</table>")
+
+
+def run(out: Path, broker: str = "", count: int = 24, say: Callable[[str], None] = print) -> int:
+    demo = Demo(out, broker, max(6, count), say)
+    begin = time.monotonic()
+    demo.setup()
+    demo.start()
+    try:
+        demo.submit_all()
+        demo.intrude()
+        demo.work()
+        elapsed = time.monotonic() - demo.started
+        time.sleep(1.5)  # the last receipts and status updates
+    finally:
+        demo.stop()
+    counts = summary_counts(demo)
+    verified, gaps = demo.audit()
+    lines = [f"{len(demo.submitted)} dossiers completed in {elapsed:.1f}s "
+             f"({counts['transfers'] / max(elapsed, 0.001):.1f} transfers/s)",
+             f"{counts['transfers']} transfers, {counts['receipts']} receipts, {counts['retries']} retries, "
+             f"{counts['refusals']} refusals",
+             f"{counts['late']} step(s) done late: dossier {demo.late_code} was received 9 days before it "
+             "was entered" + ("; its origin got an apology with a new date" if counts["late"] else ""),
+             f"the social insurance's system was down for the first {SLOW_SECONDS:.0f}s; its dossiers waited"]
+    for line in lines + verified + gaps:
+        say(line)
+    report = write_report(demo, lines, verified, gaps)
+    say(f"report: {report}  (total {time.monotonic() - begin:.0f}s)")
+    healthy = not gaps and all("holds" in v for v in verified if "entries" in v)
+    return 0 if healthy else 1
