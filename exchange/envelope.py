@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from cryptography import x509
 from lxml import etree
 
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
@@ -182,3 +183,5 @@ class VerifiedEnvelope:
     signer_fingerprint: str
     envelope_digest: str
     """SHA-256 of the envelope bytes as received; receipts and the audit log name it."""
+    signer_certificate: x509.Certificate | None = None
+    """The verified signing certificate (it attests the signer's audit checkpoint key)."""

@@ -67,6 +67,8 @@ class Witnessed:
     note: str
     from_size: int | None = None
     proof: tuple[bytes, ...] = ()
+    key: str | None = None
+    attestation: str | None = None
 
 
 def receipt_element(acks: tuple[Ack, ...], witnessed: Witnessed | None = None) -> etree._Element:
@@ -82,6 +84,8 @@ def receipt_element(acks: tuple[Ack, ...], witnessed: Witnessed | None = None) -
         _sub(el, RECEIPT_NS, "ReceivedAt", utc(ack.received_at))
     if witnessed is not None:
         _sub(root, RECEIPT_NS, "Checkpoint", witnessed.note)
+        _sub(root, RECEIPT_NS, "CheckpointKey", witnessed.key)
+        _sub(root, RECEIPT_NS, "KeyAttestation", witnessed.attestation)
         if witnessed.from_size:
             proof = etree.SubElement(root, q("ConsistencyProof", RECEIPT_NS),
                                      fromSize=str(witnessed.from_size))
@@ -95,11 +99,13 @@ def read_witnessed(receipt: etree._Element) -> Witnessed | None:
     note = receipt.findtext(q("Checkpoint", RECEIPT_NS))
     if note is None:
         return None
+    key = receipt.findtext(q("CheckpointKey", RECEIPT_NS))
+    attestation = receipt.findtext(q("KeyAttestation", RECEIPT_NS))
     proof_el = receipt.find(q("ConsistencyProof", RECEIPT_NS))
     if proof_el is None:
-        return Witnessed(note)
+        return Witnessed(note, key=key, attestation=attestation)
     hashes = tuple(bytes.fromhex(h.text or "") for h in proof_el.iterfind(q("Hash", RECEIPT_NS)))
-    return Witnessed(note, int(proof_el.get("fromSize", "0")), hashes)
+    return Witnessed(note, int(proof_el.get("fromSize", "0")), hashes, key, attestation)
 
 
 def read_acks(receipt: etree._Element) -> tuple[Ack, ...]:

@@ -128,6 +128,7 @@ class Opener:
             signer=signer.agency,
             signer_fingerprint=signer.fingerprint,
             envelope_digest=hashlib.sha256(data).hexdigest(),
+            signer_certificate=signer.cert,
         )
 
 

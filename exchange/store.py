@@ -13,6 +13,7 @@ from pathlib import Path
 
 from exchange import db
 from exchange.audit import AuditLog, Entry
+from exchange.witness import SCHEMA as WITNESS_SCHEMA
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -97,7 +98,7 @@ class Store:
     def __init__(self, path: Path, node: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn: sqlite3.Connection = db.connect(path)
-        self.conn.executescript(SCHEMA)
+        self.conn.executescript(SCHEMA + WITNESS_SCHEMA)
         self.audit = AuditLog(self.conn, node)
         self.node = node
 

@@ -66,9 +66,10 @@ class Attachment:
 class Witness:
     """Peer checkpoints in the node's database, next to its own audit log."""
 
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: AuditLog, *, create: bool = True) -> None:
         self.audit = audit
-        audit.conn.executescript(SCHEMA)
+        if create:  # executescript commits: callers inside a transaction create the tables earlier
+            audit.conn.executescript(SCHEMA)
 
     def attachment_for(self, peer: str, latest: Checkpoint | None) -> Attachment | None:
         """Our latest checkpoint for a receipt to ``peer``, proven from the one we last sent it."""

@@ -17,8 +17,8 @@ from lxml import etree
 
 from exchange import dossier as dossiers
 from exchange import safexml
-from exchange.audit import Entry, Event
-from exchange.checkpoints import Checkpointer, NoteSigner
+from exchange.audit import AuditError, Entry, Event
+from exchange.checkpoints import Checkpointer, NoteSigner, Verifier, check_attestation, origin_for
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.config import NodeConfig
 from exchange.envelope import DOSSIER_NS, Header, Hop, Kind, VerifiedEnvelope, q, utc
@@ -29,7 +29,9 @@ from exchange.messages import (
     ExchangeStatus,
     Outcome,
     StatusUpdate,
+    Witnessed,
     read_acks,
+    read_witnessed,
     receipt_element,
     status_element,
 )
@@ -38,6 +40,7 @@ from exchange.rules_load import RuleBook
 from exchange.sealing import Opener, Signer
 from exchange.store import Store
 from exchange.trust import TrustStore
+from exchange.witness import Witness
 
 log = structlog.get_logger(__name__)
 
@@ -408,6 +411,7 @@ def _take_receipt(ctx: NodeContext, env: VerifiedEnvelope) -> None:
         if ack.outcome is Outcome.REFUSED:
             log.error("transfer.refused_by_peer", message=ack.message_id, peer=str(env.header.sender),
                       reason=ack.reason_code, text=ack.reason_text)
+    _observe(ctx, env)
     _record_inbox(ctx, env, "accepted", None, delivered=True)
 
 
@@ -468,7 +472,7 @@ def _send_receipt(ctx: NodeContext, sender: AgencyCode, items: list[tuple[Ack, s
     acks = tuple(ack for ack, _ in items)
     header = Header(kind=Kind.RECEIPT, sender=ctx.agency, recipient=sender,
                     in_reply_to=acks[0].message_id if len(acks) == 1 else None)
-    receipt_id = _enqueue(ctx, header, receipt_element(acks), None)
+    receipt_id = _enqueue(ctx, header, receipt_element(acks, _witnessed(ctx, sender)), None)
     for ack in acks:
         ctx.store.conn.execute("UPDATE inbox SET receipt_id = ? WHERE message_id = ?", (receipt_id, ack.message_id))
         # One entry per acknowledged envelope, named by its id: what reconciliation matches.
@@ -476,6 +480,35 @@ def _send_receipt(ctx: NodeContext, sender: AgencyCode, items: list[tuple[Ack, s
                                    envelope_sha256=ack.envelope_digest,
                                    detail={"outcome": ack.outcome.value, "receipt": receipt_id,
                                            **({"reason": ack.reason_code} if ack.reason_code else {})}))
+
+
+def _witnessed(ctx: NodeContext, peer: AgencyCode) -> Witnessed | None:
+    """This node's latest checkpoint for a receipt, proven from the one last sent to ``peer``, with
+    the checkpoint key and the agency key's attestation of it: every peer keeps our tree heads."""
+    attachment = Witness(ctx.store.audit, create=False).attachment_for(str(peer), ctx.checkpointer.latest())
+    if attachment is None:
+        return None
+    key = ctx.store.conn.execute("SELECT verifier, attestation FROM audit_keys ORDER BY from_size DESC "
+                                 "LIMIT 1").fetchone()
+    return Witnessed(attachment.note, attachment.from_size, attachment.proof,
+                     key[0] if key else None, key[1] if key else None)
+
+
+def _observe(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+    """Keep the checkpoint a peer's receipt carries, checked against the last one it sent."""
+    witnessed = read_witnessed(env.payload)
+    if witnessed is None or not witnessed.key or not witnessed.attestation or env.signer_certificate is None:
+        return
+    try:
+        verifier = Verifier.parse(witnessed.key)
+        if verifier.name != origin_for(str(env.header.sender)) or not check_attestation(
+                verifier, witnessed.attestation, env.signer_certificate):
+            log.warning("witness.key_not_attested", peer=str(env.header.sender))
+            return
+        Witness(ctx.store.audit, create=False).observe(witnessed.note, verifier, witnessed.from_size,
+                                                        witnessed.proof)
+    except AuditError as exc:
+        log.warning("witness.checkpoint_refused", peer=str(env.header.sender), error=str(exc))
 
 
 def _resend_receipt(ctx: NodeContext, receipt_id: str | None) -> None:

@@ -58,8 +58,8 @@ class Cluster:
                 argv += ["--broker", self.broker]
             assert cli(*argv) == 0
 
-    def start(self, agency: str, fault: str | None = None) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
+    def start(self, agency: str, fault: str | None = None, **overrides: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **overrides}
         env.pop("EXCHANGE_FAULT", None)
         if fault:
             env["EXCHANGE_FAULT"] = fault

@@ -227,3 +227,29 @@ def test_check_and_metrics(tmp_path: Path) -> None:
         assert b"exchange_audit_entries" in scrape()
     finally:
         district.stop_all()
+
+
+def test_receipts_carry_checkpoints_that_peers_keep(tmp_path: Path) -> None:
+    """With frequent checkpoints, each receipt carries the receiver's latest one with the key's
+    attestation and a consistency proof; the sender keeps them, proven consistent."""
+    import sqlite3
+
+    district = Cluster(tmp_path)
+    district.init(COMMUNE, POLICE, INSURANCE)
+    often = {"EXCHANGE_AUDIT_CHECKPOINT_EVERY_ENTRIES": "3", "EXCHANGE_AUDIT_CHECKPOINT_EVERY_SECONDS": "0.2"}
+    for agency in (COMMUNE, POLICE, INSURANCE):
+        district.start(agency, **often)
+    try:
+        for round_ in range(3):
+            codes = [district.submit(10 * round_ + i) for i in range(1, 3)]
+            wait_until(lambda c=codes: district.ready(POLICE, "residence") >= set(c), 60, "residence")
+            wait_until(lambda: _settled(district), 60, "receipts")
+    finally:
+        district.stop_all()
+    with sqlite3.connect(tmp_path / "nodes" / COMMUNE / "state" / "node.db") as conn:
+        rows = conn.execute("SELECT size, proven FROM peer_checkpoints WHERE origin = ? ORDER BY size",
+                            (f"vn-exchange/audit/{POLICE}",)).fetchall()
+        forks = conn.execute("SELECT COUNT(*) FROM audit_entries WHERE event = 'fork-detected'").fetchone()[0]
+    assert len(rows) >= 2, rows
+    assert all(proven for _, proven in rows)
+    assert forks == 0
