@@ -37,6 +37,8 @@ class NodeConfig:
     """The SQLite file the nodes of one host share when no broker is configured."""
     delivery: Path | None = None
     """The folder where the agency system takes incoming dossiers (default: state_dir/outbox)."""
+    dropfolder: Path | None = None
+    """The drop folder where the agency system puts dossiers to submit (default: state_dir/dropfolder)."""
     checkpoint_every_entries: int = 1000
     checkpoint_every_seconds: float = 60.0
     metrics_port: int = 0
@@ -53,6 +55,10 @@ class NodeConfig:
     @property
     def delivery_dir(self) -> Path:
         return self.delivery or self.state_dir / "outbox"
+
+    @property
+    def dropfolder_dir(self) -> Path:
+        return self.dropfolder or self.state_dir / "dropfolder"
 
     @property
     def checkpoint_verifier(self) -> Path:
@@ -79,8 +85,9 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "checkpoint_every_seconds": ("audit", "checkpoint_every_seconds"),
     "rules": ("rules", "dir"), "broker": ("transport", "broker"), "embedded": ("transport", "embedded"),
     "delivery": ("agency_system", "outbox"),
+    "dropfolder": ("agency_system", "dropfolder"),
 }
-_PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery"}
+_PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery", "dropfolder"}
 
 
 def _overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from types import FrameType
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from exchange.adapters.dropfolder import DropFolder
 from exchange.audit import Entry, Event
 from exchange.codes import AgencyCode
 from exchange.errors import RuleError, StaleDelivery, TransportError, Unroutable
@@ -88,6 +89,7 @@ class Daemon:
         self.healthy = True
         self._terms = 0
         self._housekept = 0.0
+        self.dropfolder = DropFolder(ctx.config.dropfolder_dir)
         self.consumer: Consumer | None = None
 
     # lifecycle
@@ -114,6 +116,7 @@ class Daemon:
         """One pass: the outbox, an inbound window (waiting only when there is nothing to send),
         the receipts it produced, deliveries, and every half second the housekeeping."""
         assert self.consumer is not None
+        self.dropfolder.poll(self.ctx)
         sent = self.dispatch()
         if self.inbound(self.consumer, 0.0 if sent else wait):
             self.dispatch()

@@ -1,0 +1,69 @@
+"""The drop-folder door: an agency system writes dossiers into ``inbox/`` and takes incoming
+dossiers and status updates from ``outbox/`` (written by the daemon's delivery).
+
+The agency system writes ``name.part`` and renames it ``name.xml`` when complete. The node claims
+a file by renaming it into ``processing/``, submits it, and moves it to ``accepted/``, or to
+``rejected/`` with ``name.error.txt`` saying exactly what is wrong. A crash at any point leaves
+the file in ``inbox/`` or ``processing/``; the next pass takes it again, and a dossier already
+submitted is recognized by its code, so no file is lost or taken twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from exchange.dossier import load as load_dossier
+from exchange.errors import ExchangeError, InvalidInput
+from exchange.files import write_atomic
+from exchange.workflow import NodeContext, submit
+
+log = structlog.get_logger(__name__)
+
+FOLDERS = ("inbox", "processing", "accepted", "rejected")
+
+
+@dataclass
+class DropFolder:
+    root: Path
+
+    def __post_init__(self) -> None:
+        for name in FOLDERS:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+
+    def poll(self, ctx: NodeContext, limit: int = 100) -> int:
+        """Take in what is waiting (first what a crash left in processing/); returns how many."""
+        claimed = sorted((self.root / "processing").glob("*.xml"))
+        for path in sorted((self.root / "inbox").glob("*.xml"))[:limit]:
+            target = self.root / "processing" / path.name
+            path.replace(target)
+            claimed.append(target)
+        for path in claimed:
+            self._take(ctx, path)
+        return len(claimed)
+
+    def _take(self, ctx: NodeContext, path: Path) -> None:
+        data = path.read_bytes()
+        try:
+            code = submit(ctx, data, source=path.name)
+        except ExchangeError as exc:
+            if isinstance(exc, InvalidInput) and "already submitted" in str(exc) and self._same(data, ctx):
+                log.info("dropfolder.retaken", file=path.name)  # a crash after submit, before the move
+                path.replace(self.root / "accepted" / path.name)
+                return
+            write_atomic(self.root / "rejected" / f"{path.stem}.error.txt",
+                         f"{path.name} was not submitted:\n{exc}\n".encode())
+            path.replace(self.root / "rejected" / path.name)
+            log.warning("dropfolder.rejected", file=path.name, error=str(exc).splitlines()[0])
+            return
+        path.replace(self.root / "accepted" / path.name)
+        log.info("dropfolder.submitted", file=path.name, dossier=str(code))
+
+    @staticmethod
+    def _same(data: bytes, ctx: NodeContext) -> bool:
+        """Whether the stored dossier with this file's code is this file's dossier."""
+        _, info = load_dossier(data)
+        row = ctx.store.conn.execute("SELECT origin FROM dossiers WHERE code = ?", (str(info.code),)).fetchone()
+        return row is not None and row[0] == str(ctx.agency)
