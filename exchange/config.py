@@ -39,6 +39,11 @@ class NodeConfig:
     """The folder where the agency system takes incoming dossiers (default: state_dir/outbox)."""
     dropfolder: Path | None = None
     """The drop folder where the agency system puts dossiers to submit (default: state_dir/dropfolder)."""
+    http_port: int = 0
+    """The agency-system HTTP API's port; 0: no API."""
+    http_host: str = "127.0.0.1"
+    token: str = ""
+    """The API token; set it through EXCHANGE_AGENCY_SYSTEM_TOKEN rather than in the file."""
     checkpoint_every_entries: int = 1000
     checkpoint_every_seconds: float = 60.0
     metrics_port: int = 0
@@ -86,6 +91,8 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "rules": ("rules", "dir"), "broker": ("transport", "broker"), "embedded": ("transport", "embedded"),
     "delivery": ("agency_system", "outbox"),
     "dropfolder": ("agency_system", "dropfolder"),
+    "http_port": ("agency_system", "http_port"), "http_host": ("agency_system", "http_host"),
+    "token": ("agency_system", "token"),
 }
 _PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery", "dropfolder"}
 
@@ -113,7 +120,7 @@ def _build(path: Path, merged: dict[str, Any]) -> NodeConfig:
         raise ConfigError(f"{path}: missing {', '.join(missing)}")
     try:
         values["agency"] = AgencyCode(str(values["agency"]))
-        for name in ("checkpoint_every_entries", "metrics_port"):
+        for name in ("checkpoint_every_entries", "metrics_port", "http_port"):
             if name in values:
                 values[name] = int(values[name])
         if "checkpoint_every_seconds" in values:

@@ -24,6 +24,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from exchange.adapters.dropfolder import DropFolder
+from exchange.adapters.http_api import ApiServer
 from exchange.audit import Entry, Event
 from exchange.codes import AgencyCode
 from exchange.errors import RuleError, StaleDelivery, TransportError, Unroutable
@@ -103,14 +104,25 @@ class Daemon:
         self.consumer = self.transport.consume(self.ctx.agency, prefetch=self.window * 2)
         self._gauges()
         self._serve_metrics()
+        api = self._serve_api()
         notify("READY=1")
         log.info("node.started", agency=str(self.ctx.agency), rules=self.ctx.rules.digest[:12])
         try:
             while not self.stopping.is_set():
                 self.tick()
         finally:
+            if api is not None:
+                api.shutdown()
             self._shutdown()
         return 0
+
+    def _serve_api(self) -> ApiServer | None:
+        config = self.ctx.config
+        if not config.http_port:
+            return None
+        api = ApiServer(config, config.token, config.http_host, config.http_port)
+        api.start()
+        return api
 
     def tick(self, wait: float = 0.05) -> None:
         """One pass: the outbox, an inbound window (waiting only when there is nothing to send),

@@ -1,0 +1,227 @@
+"""The local HTTP door for agency systems: submit a dossier, report a step done, read a dossier's
+timeline, list overdue dossiers. JSON by default; XML for dossiers in and timelines out when asked.
+
+The standard library's threading HTTP server behind a thin router: the API is small, local and
+low-volume, and a framework would add a dependency and an event loop beside the node's own for
+no gain. It binds to 127.0.0.1 unless configured otherwise, and every request but the OpenAPI
+description needs ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import re
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from xml.sax.saxutils import escape
+
+import structlog
+
+from exchange.codes import DossierCode
+from exchange.config import NodeConfig
+from exchange.errors import ExchangeError, InvalidInput, RoutingError
+from exchange.workflow import NodeContext, complete, submit
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY = 16 * 1024 * 1024
+Route = Callable[["Handler", NodeContext, dict[str, str], bytes], tuple[int, Any]]
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of this API."""
+    code = {"name": "code", "in": "path", "required": True, "schema": {"type": "string"},
+            "example": "000.04.10.H49-261129-0001"}
+    error = {"description": "what is wrong",
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    xml_body = {"required": True, "content": {"application/xml": {"schema": {"type": "string"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "exchange node: agency-system API", "version": "1"},
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}}}},
+        },
+        "security": [{"token": []}],
+        "paths": {
+            "/dossiers": {
+                "post": {"summary": "Submit a dossier received at this node's desk",
+                         "requestBody": xml_body,
+                         "responses": {"201": {"description": "submitted; the dossier code"}, "400": error,
+                                       "401": error}},
+                "get": {"summary": "List dossiers at this node; ?overdue=1 for overdue ones only",
+                        "parameters": [{"name": "overdue", "in": "query", "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "dossiers"}, "401": error}}},
+            "/dossiers/{code}": {
+                "get": {"summary": "A dossier's timeline (JSON, or XML with Accept: application/xml)",
+                        "parameters": [code], "responses": {"200": {"description": "timeline"}, "404": error}}},
+            "/dossiers/{code}/steps/{step}/done": {
+                "post": {"summary": "The local agency finished a step",
+                         "parameters": [code, {"name": "step", "in": "path", "required": True,
+                                               "schema": {"type": "string"}}],
+                         "requestBody": {"content": {"application/json": {"schema": {
+                             "type": "object", "properties": {"result": {"enum": ["accepted", "refused"]}}}}}},
+                         "responses": {"200": {"description": "done; what was sent"}, "400": error, "404": error}}},
+        },
+    }
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ApiServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        status = args[1] if len(args) > 1 else ""
+        log.info("http.request", method=self.command, path=self.path.split("?")[0], status=status)
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class's naming
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        path, _, query = self.path.partition("?")
+        if method == "GET" and path == "/openapi.json":
+            self._send(HTTPStatus.OK, openapi())
+            return
+        if not self._authorized():
+            self._send(HTTPStatus.UNAUTHORIZED, {"error": "give Authorization: Bearer <token>"})
+            return
+        for route_method, pattern, route in ROUTES:
+            match = pattern.fullmatch(path)
+            if match and route_method == method:
+                self._run(route, {**match.groupdict(), "query": query})
+                return
+        self._send(HTTPStatus.NOT_FOUND, {"error": f"no {method} {path}; see /openapi.json"})
+
+    def _authorized(self) -> bool:
+        given = self.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.server.token}".encode())
+
+    def _run(self, route: Route, params: dict[str, str]) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"more than {MAX_BODY} bytes"})
+            return
+        body = self.rfile.read(length) if length else b""
+        try:
+            status, payload = route(self, self.server.context(), params, body)
+        except (RoutingError, InvalidInput) as exc:
+            missing = "knows no" in str(exc)
+            self._send(HTTPStatus.NOT_FOUND if missing else HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        except ExchangeError as exc:
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)})
+            return
+        self._send(status, payload)
+
+    def _send(self, status: int, payload: Any) -> None:
+        if isinstance(payload, bytes):
+            data, kind = payload, "application/xml; charset=utf-8"
+        else:
+            data, kind = json.dumps(payload, ensure_ascii=False, indent=1).encode(), "application/json; charset=utf-8"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def wants_xml(self) -> bool:
+        return "xml" in self.headers.get("Accept", "")
+
+
+def _submit(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
+    code = submit(ctx, body, source="request body")
+    return HTTPStatus.CREATED, {"code": str(code)}
+
+
+def _done(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
+    try:
+        result = json.loads(body or b"{}").get("result", "accepted")
+    except (ValueError, AttributeError):
+        raise InvalidInput("the body must be JSON such as {\"result\": \"accepted\"}") from None
+    if result not in ("accepted", "refused"):
+        raise InvalidInput(f"result must be accepted or refused, not {result!r}")
+    sent = complete(ctx, _code(params["code"]), params["step"], result)
+    return HTTPStatus.OK, {"code": params["code"], "step": params["step"], "result": result, "sent": sent}
+
+
+def _timeline(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
+    code = _code(params["code"])
+    conn = ctx.store.conn
+    row = conn.execute("SELECT procedure, origin, state FROM dossiers WHERE code = ?", (str(code),)).fetchone()
+    if row is None:
+        raise InvalidInput(f"this node knows no dossier {code}")
+    steps = [dict(zip(("step", "agency", "state", "due", "done_at", "result"), r, strict=True)) for r in conn.execute(
+        "SELECT step, agency, state, due, done_at, result FROM steps WHERE dossier = ? ORDER BY rowid", (str(code),))]
+    statuses = [dict(zip(("sender", "step", "exchange_status", "dossier_status", "at", "note"), r, strict=True))
+                for r in conn.execute("SELECT sender, step, exchange_status, dossier_status, at, note FROM statuses "
+                                      "WHERE dossier = ? ORDER BY rowid", (str(code),))]
+    timeline = {"code": str(code), "procedure": row[0], "origin": row[1], "state": row[2], "steps": steps,
+                "statuses": statuses}
+    return HTTPStatus.OK, (_timeline_xml(timeline) if handler.wants_xml() else timeline)
+
+
+def _timeline_xml(timeline: dict[str, Any]) -> bytes:
+    rows = "".join(f'<Step id="{escape(s["step"])}" agency="{s["agency"]}" state="{s["state"]}" '
+                   f'due="{s["due"] or ""}" done="{s["done_at"] or ""}"/>' for s in timeline["steps"])
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Timeline code="{timeline["code"]}" '
+            f'procedure="{timeline["procedure"]}" state="{timeline["state"]}">{rows}</Timeline>').encode()
+
+
+def _list(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
+    overdue_only = "overdue=1" in params.get("query", "")
+    today = dt.datetime.now(ctx.rules.calendar.timezone).date().isoformat()
+    rows = ctx.store.conn.execute(
+        "SELECT d.code, d.procedure, d.state, s.step, s.due FROM dossiers d LEFT JOIN steps s ON s.dossier = d.code "
+        "AND s.agency = ? AND s.state = 'ready' ORDER BY d.code", (str(ctx.agency),)).fetchall()
+    items = [{"code": c, "procedure": p, "state": st, "pending_step": step, "due": due,
+              "overdue": bool(due and due < today)} for c, p, st, step, due in rows]
+    return HTTPStatus.OK, [i for i in items if i["overdue"]] if overdue_only else items
+
+
+def _code(text: str) -> DossierCode:
+    try:
+        return DossierCode(text)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
+    ("POST", re.compile(r"/dossiers"), _submit),
+    ("GET", re.compile(r"/dossiers"), _list),
+    ("GET", re.compile(r"/dossiers/(?P<code>[^/]+)"), _timeline),
+    ("POST", re.compile(r"/dossiers/(?P<code>[^/]+)/steps/(?P<step>[a-z0-9_\-]+)/done"), _done),
+]
+
+
+class ApiServer(ThreadingHTTPServer):
+    """The API server; each handler thread gets its own node context (its own database connection)."""
+
+    daemon_threads = True
+
+    def __init__(self, config: NodeConfig, token: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        if not token:
+            raise InvalidInput("the HTTP API needs a token: set EXCHANGE_AGENCY_SYSTEM_TOKEN")
+        super().__init__((host, port), Handler)
+        self.config = config
+        self.token = token
+        self._local = threading.local()
+
+    def context(self) -> NodeContext:
+        ctx: NodeContext | None = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ctx = NodeContext.open(self.config)
+            self._local.ctx = ctx
+        return ctx
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="http-api", daemon=True)
+        thread.start()
+        log.info("http.listening", host=self.server_address[0], port=self.server_address[1])
+        return thread
