@@ -43,6 +43,8 @@ class NodeConfig:
     """The agency-system HTTP API's port; 0: no API."""
     http_host: str = "127.0.0.1"
     token: str = ""
+    webhook: str = ""
+    """The agency system's URL to push incoming dossiers and status updates to; empty: none."""
     """The API token; set it through EXCHANGE_AGENCY_SYSTEM_TOKEN rather than in the file."""
     checkpoint_every_entries: int = 1000
     checkpoint_every_seconds: float = 60.0
@@ -92,7 +94,7 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "delivery": ("agency_system", "outbox"),
     "dropfolder": ("agency_system", "dropfolder"),
     "http_port": ("agency_system", "http_port"), "http_host": ("agency_system", "http_host"),
-    "token": ("agency_system", "token"),
+    "token": ("agency_system", "token"), "webhook": ("agency_system", "webhook"),
 }
 _PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery", "dropfolder"}
 

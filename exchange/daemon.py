@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from exchange.adapters.dropfolder import DropFolder
 from exchange.adapters.http_api import ApiServer
+from exchange.adapters.webhooks import Webhooks
 from exchange.audit import Entry, Event
 from exchange.codes import AgencyCode
 from exchange.errors import RuleError, StaleDelivery, TransportError, Unroutable
@@ -91,6 +92,8 @@ class Daemon:
         self._terms = 0
         self._housekept = 0.0
         self.dropfolder = DropFolder(ctx.config.dropfolder_dir)
+        self.webhooks = Webhooks(ctx.config.webhook, ctx.config.token) if ctx.config.webhook else None
+        Webhooks.create(ctx.store.conn)
         self.consumer: Consumer | None = None
 
     # lifecycle
@@ -137,6 +140,8 @@ class Daemon:
         if now - self._housekept >= HOUSEKEEPING_S:
             self._housekept = now
             self.deliver()
+            if self.webhooks is not None:
+                self.webhooks.push(self.ctx)
             self._checkpoint()
             self._gauges()
             notify("WATCHDOG=1")
@@ -295,6 +300,8 @@ class Daemon:
                 self.ctx.store.record(self.ctx.entry(Event.DELIVERED, dossier=dossier, step=step,
                                                      message_id=message_id, counterpart=sender,
                                                      envelope_sha256=digest, detail={"file": name}))
+                if self.webhooks is not None:
+                    Webhooks.enqueue(conn, message_id)
         fault("after-deliver-commit")
         for name in names:
             (pending / name).replace(target / name)

@@ -1,0 +1,83 @@
+"""Webhooks to the agency system: pushed once it answers, retried while it is down, audited."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from exchange.adapters.webhooks import Webhooks
+from exchange.audit import Entry
+from exchange.errors import ConfigError
+from tests.node_cluster import COMMUNE, POLICE, Cluster, wait_until
+
+
+class AgencySystem(HTTPServer):
+    """A stand-in agency system that refuses the first ``failures`` pushes with HTTP 503."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(("127.0.0.1", 0), Receiver)
+        self.failures = failures
+        self.received: list[dict[str, str]] = []
+
+
+class Receiver(BaseHTTPRequestHandler):
+    server: AgencySystem
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        return
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.server.failures > 0:
+            self.server.failures -= 1
+            self.send_response(503)
+        else:
+            self.server.received.append(body)
+            self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def agency_system() -> Iterator[AgencySystem]:
+    server = AgencySystem(failures=2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_webhook_is_retried_until_the_agency_system_answers(tmp_path: Path, agency_system: AgencySystem) -> None:
+    """The police's system is down for two pushes; the dossier lands once, and the audit log says so."""
+    district = Cluster(tmp_path)
+    district.init(COMMUNE, POLICE)
+    url = f"http://127.0.0.1:{agency_system.server_address[1]}/incoming"
+    district.start(COMMUNE)
+    district.start(POLICE, EXCHANGE_AGENCY_SYSTEM_WEBHOOK=url)
+    try:
+        code = district.submit(1)
+        wait_until(lambda: len(agency_system.received) >= 1, 60, "the webhook")
+    finally:
+        district.stop_all()
+    (pushed,) = agency_system.received
+    assert (pushed["dossier"], pushed["step"], pushed["kind"]) == (code, "residence", "transfer")
+    assert pushed["payload"].startswith("<Dossier")
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "nodes" / POLICE / "state" / "node.db") as conn:
+        attempts = conn.execute("SELECT attempts, state FROM webhooks").fetchone()
+        events = [Entry.decode(bytes(d))[1] for (d,) in conn.execute("SELECT data FROM audit_entries")]
+    assert attempts == (3, "done")
+    assert any(e.detail.get("via") == "webhook" for e in events)
+
+
+def test_only_http_urls() -> None:
+    """A webhook URL with another scheme is a configuration error."""
+    with pytest.raises(ConfigError, match="http"):
+        Webhooks("file:///etc/passwd")
