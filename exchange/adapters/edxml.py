@@ -1,0 +1,160 @@
+"""edXML (QCVN 102:2016) packages, so that Vietnam's document-management systems can take part.
+
+A transfer leaves as an ``edXML`` package: ``edXMLEnvelope`` (``edXMLHeader`` with the
+``MessageHeader`` and the ``TraceHeaderList``, ``edXMLBody`` with the manifest) and the
+attachments outside the envelope in ``AttachmentEncoded``. The dossier's own attachments go there,
+and the dossier itself as ``dossier.xml``, so that a package this node exports imports back to
+the same dossier. As OpenCPS does, the dossier code is the document's code. A status update
+leaves as an edXML ``Status`` package with the QCVN 102 codes 01–06.
+
+Import reads packages through the hardened parser and takes the dossier from ``dossier.xml``; a
+package without one cannot carry an applicant's dossier and is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from dataclasses import dataclass
+
+from lxml import etree
+
+from exchange import safexml
+from exchange.dossier import DossierInfo, d, load
+from exchange.errors import InvalidDossier, InvalidEnvelope
+
+NS = "http://www.mic.gov.vn/TBT/QCVN_102_2016"
+DOSSIER_ATTACHMENT = "dossier.xml"
+BUSINESS_NEW = "0"
+ICT = dt.timezone(dt.timedelta(hours=7))
+
+
+def e(name: str) -> str:
+    return f"{{{NS}}}{name}"
+
+
+def _sub(parent: etree._Element, name: str, text: str | None = None) -> etree._Element:
+    child = etree.SubElement(parent, e(name))
+    if text is not None:
+        child.text = text
+    return child
+
+
+@dataclass(frozen=True)
+class Organ:
+    code: str
+    name: str
+
+
+def _organ(parent: etree._Element, name: str, organ: Organ) -> None:
+    el = _sub(parent, name)
+    _sub(el, "OrganId", organ.code)
+    _sub(el, "OrganName", organ.name)
+
+
+def _date(moment: dt.datetime) -> str:
+    return moment.astimezone(ICT).strftime("%Y/%m/%d")
+
+
+def export_transfer(dossier: etree._Element, sender: Organ, recipient: Organ, subject: str) -> bytes:
+    """An edXML package carrying ``dossier`` from ``sender`` to ``recipient``."""
+    info = DossierInfo.of(dossier)
+    root = etree.Element(e("edXML"), nsmap={"edXML": NS})
+    envelope = _sub(root, "edXMLEnvelope")
+    header = _sub(envelope, "edXMLHeader")
+    message = _sub(header, "MessageHeader")
+    _organ(message, "From", sender)
+    _organ(message, "To", recipient)
+    code = _sub(message, "Code")
+    _sub(code, "CodeNumber", str(info.code.sequence))
+    _sub(code, "CodeNotation", str(info.procedure))
+    promulgation = _sub(message, "PromulgationInfo")
+    _sub(promulgation, "Place", sender.name)
+    _sub(promulgation, "PromulgationDate", _date(info.received_at))
+    kind = _sub(message, "DocumentType")
+    _sub(kind, "Type", "1")
+    _sub(kind, "TypeName", "Hồ sơ thủ tục hành chính liên thông")
+    _sub(message, "Subject", subject)
+    _sub(message, "Content", f"Hồ sơ {info.code} của {info.applicant}, thủ tục {info.procedure}")
+    _sub(message, "SignerInfo", sender.name)
+    _sub(message, "DueDate", info.due_date.strftime("%Y/%m/%d"))
+    _sub(message, "DocumentId", f"{sender.code},{_date(info.received_at)},{info.code}")
+    _sub(message, "SteeringType", "0")
+    places = _sub(message, "ToPlaces")
+    _sub(places, "Place", recipient.name)
+    _trace(header, dossier)
+    business = _sub(header, "Bussiness")  # sic: QCVN 102's spelling
+    _sub(business, "BussinessDocType", BUSINESS_NEW)
+    _attachments(root, envelope, dossier)
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+
+
+def _trace(header: etree._Element, dossier: etree._Element) -> None:
+    traces = _sub(header, "TraceHeaderList")
+    for row in dossier.iterfind(f"{d('ProcessingControl')}/{d('Row')}"):
+        trace = _sub(traces, "TraceHeader")
+        _sub(trace, "OrganId", row.findtext(d("FromUnit")))
+        _sub(trace, "Timestamp", row.findtext(d("Time")))
+
+
+def _attachments(root: etree._Element, envelope: etree._Element, dossier: etree._Element) -> None:
+    body = _sub(envelope, "edXMLBody")
+    manifest = _sub(body, "Manifest")
+    encoded = _sub(root, "AttachmentEncoded")
+    items = [(DOSSIER_ATTACHMENT, "application/xml", "Hồ sơ (exchange dossier)",
+              base64.b64encode(etree.tostring(dossier, encoding="UTF-8")).decode())]
+    for attachment in dossier.iter(d("Attachment")):
+        items.append((attachment.findtext(d("FileName")) or "", attachment.findtext(d("MediaType")) or "",
+                      attachment.findtext(d("FileName")) or "", attachment.findtext(d("Content")) or ""))
+    for index, (name, media, description, value) in enumerate(items, 1):
+        reference = _sub(manifest, "Reference")
+        _sub(reference, "ContentId", f"cid:{index}")
+        _sub(reference, "ContentType", media)
+        _sub(reference, "Description", description)
+        item = _sub(encoded, "Attachment")
+        _sub(item, "ContentId", f"cid:{index}")
+        _sub(item, "AttachmentName", name)
+        _sub(item, "ContentType", media)
+        _sub(item, "Value", value)
+
+
+def import_package(data: bytes, source: str = "edXML package") -> tuple[etree._Element, DossierInfo]:
+    """The dossier an edXML package carries, validated like any dossier."""
+    try:
+        root = safexml.parse(data, source=source)
+    except InvalidEnvelope as exc:
+        raise InvalidDossier(exc.message) from None
+    if root.tag != e("edXML") or root.find(e("edXMLEnvelope")) is None:
+        raise InvalidDossier(f"{source}: not an edXML package (expected {e('edXML')} with an edXMLEnvelope)")
+    for attachment in root.iterfind(f"{e('AttachmentEncoded')}/{e('Attachment')}"):
+        if attachment.findtext(e("AttachmentName")) == DOSSIER_ATTACHMENT:
+            try:
+                inner = base64.b64decode(attachment.findtext(e("Value")) or "", validate=True)
+            except binascii.Error as exc:
+                raise InvalidDossier(f"{source}: attachment {DOSSIER_ATTACHMENT} is not base64 ({exc})") from None
+            return load(inner, f"{source} ({DOSSIER_ATTACHMENT})")
+    names = [a.findtext(e("AttachmentName")) for a in root.iterfind(f"{e('AttachmentEncoded')}/{e('Attachment')}")]
+    raise InvalidDossier(f"{source}: the package carries no {DOSSIER_ATTACHMENT} attachment (it has "
+                         f"{', '.join(filter(None, names)) or 'none'}), so it holds no applicant's dossier "
+                         "to route; ask the sender to attach it")
+
+
+def export_status(dossier_code: str, sender: Organ, status_code: str, description: str,
+                  at: dt.datetime, staff: str = "") -> bytes:
+    """An edXML status package: 01 arrived ... 06 done, answering the dossier's document."""
+    if status_code not in {"01", "02", "03", "04", "05", "06"}:
+        raise InvalidDossier(f"edXML status code {status_code!r}: expected 01 to 06")
+    root = etree.Element(e("Status"), nsmap={"edXML": NS})
+    response = _sub(root, "ResponseFor")
+    _sub(response, "OrganId", dossier_code.rsplit("-", 2)[0])
+    _sub(response, "Code", dossier_code)
+    _sub(response, "DocumentId", dossier_code)
+    _organ(root, "From", sender)
+    _sub(root, "StatusCode", status_code)
+    _sub(root, "Description", description)
+    _sub(root, "Timestamp", at.astimezone(ICT).strftime("%Y/%m/%d %H:%M:%S"))
+    staff_el = _sub(root, "StaffInfo")
+    _sub(staff_el, "Department", sender.name)
+    _sub(staff_el, "Staff", staff or "exchange node")
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
