@@ -29,3 +29,22 @@ def test_demo_runs_the_district_and_reports(tmp_path: Path) -> None:
     assert "<svg" in report or "digraph" in report
     assert main(["audit", "verify", "--config", str(out / "nodes" / "000.30.10.H49" / "node.toml")]) == 0
     assert main(["status", "--config", str(out / "nodes" / "000.01.10.H49" / "node.toml")]) == 0
+
+
+def test_report_renders_in_a_browser(tmp_path: Path) -> None:
+    """Headless Chromium opens the demo's report and finds the route pictures and every timeline."""
+    from tests.conftest import require_tool
+
+    browser = require_tool("chromium")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--dossiers", "6"]) == 0
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (out / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120)
+    dom = result.stdout
+    assert dom.count('class="timeline"') == 6
+    assert dom.count("<svg") >= 6
+    assert "Routes" in dom
+    assert "holds" in dom
