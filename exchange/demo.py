@@ -214,6 +214,7 @@ class Demo:
 
 def summary_counts(demo: Demo) -> dict[str, int]:
     counts = {"transfers": 0, "retries": 0, "refusals": 0, "late": 0, "receipts": 0}
+    late_dossiers: set[str] = set()
     for agency in demo.agencies[:-1]:
         config = NodeConfig.load(demo.config(agency))
         source = audit_tools.DatabaseSource(config.database)
@@ -224,8 +225,11 @@ def summary_counts(demo: Demo) -> dict[str, int]:
             counts["retries"] += event == "retransmitted"
             counts["refusals"] += event == "refused"
             counts["receipts"] += event == "receipt-received"
-            counts["late"] += event == "step-done" and entry.detail.get("late") == "yes"
+            if event == "step-done" and entry.detail.get("late") == "yes":
+                counts["late"] += 1
+                late_dossiers.add(entry.dossier or "")
         source.conn.close()
+    counts["late_dossiers"] = len(late_dossiers)
     return counts
 
 
@@ -298,7 +302,8 @@ def run(out: Path, broker: str = "", count: int = 24, say: Callable[[str], None]
     counts = summary_counts(demo)
     verified, gaps = demo.audit()
     lines = [f"{len(demo.submitted)} dossiers completed in {elapsed:.1f}s "
-             f"({counts['transfers'] / max(elapsed, 0.001):.1f} transfers/s)",
+             f"({counts['transfers'] / max(elapsed, 0.001):.1f} transfers/s): "
+             f"{len(demo.submitted) - counts['late_dossiers']} on time, {counts['late_dossiers']} late",
              f"{counts['transfers']} transfers, {counts['receipts']} receipts, {counts['retries']} retries, "
              f"{counts['refusals']} refusals",
              f"{counts['late']} step(s) done late: dossier {demo.late_code} was received 9 days before it "
