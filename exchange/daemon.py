@@ -32,7 +32,7 @@ from exchange.errors import RuleError, StaleDelivery, TransportError, Unroutable
 from exchange.files import write_atomic
 from exchange.store import OutboxRow
 from exchange.transport import Consumer, Delivery, Message, Transport
-from exchange.workflow import NodeContext, delivery_dir, receive_batch
+from exchange.workflow import Handled, NodeContext, delivery_dir, receive_batch
 
 log = structlog.get_logger(__name__)
 
@@ -190,7 +190,11 @@ class Daemon:
         deliveries = consumer.fetch(self.window, wait)
         if not deliveries:
             return False
-        results = receive_batch(self.ctx, [(d.message.message_id, d.message.body) for d in deliveries])
+        try:
+            results = receive_batch(self.ctx, [(d.message.message_id, d.message.body) for d in deliveries])
+        except Exception:  # noqa: BLE001 - one poison message must not stop the node: isolate it
+            log.exception("inbound.window_failed", size=len(deliveries))
+            results = [self._receive_alone(d) for d in deliveries]
         fault("after-commit-before-ack")
         accepted = [d for d, r in zip(deliveries, results, strict=True) if r.outcome != "refused"]
         try:
@@ -203,6 +207,19 @@ class Daemon:
         except StaleDelivery as exc:
             log.warning("inbound.stale_ack", error=str(exc))  # redelivered, and recognized as known
         return True
+
+    def _receive_alone(self, delivery: Delivery) -> Handled:
+        """One delivery in its own transaction; if it still fails, it is refused as an internal
+        error, dead-lettered and audited, and the node goes on with the others."""
+        try:
+            return receive_batch(self.ctx, [(delivery.message.message_id, delivery.message.body)])[0]
+        except Exception as exc:  # noqa: BLE001 - see inbound()
+            log.exception("inbound.message_failed", message=delivery.message.message_id)
+            reason = f"internal-error: {type(exc).__name__}: {exc}"[:500]
+            with self.ctx.store.transaction():
+                self.ctx.store.record(self.ctx.entry(Event.REFUSED, message_id=delivery.message.message_id,
+                                                     detail={"reason": "internal-error", "text": reason[:300]}))
+            return Handled("refused", reason)
 
     # outbound
 
