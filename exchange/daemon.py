@@ -131,7 +131,6 @@ class Daemon:
         """One pass: the outbox, an inbound window (waiting only when there is nothing to send),
         the receipts it produced, deliveries, and every half second the housekeeping."""
         assert self.consumer is not None
-        self.dropfolder.poll(self.ctx)
         sent = self.dispatch()
         if self.inbound(self.consumer, 0.0 if sent else wait):
             self.dispatch()
@@ -139,6 +138,7 @@ class Daemon:
         now = time.monotonic()
         if now - self._housekept >= HOUSEKEEPING_S:
             self._housekept = now
+            self.dropfolder.poll(self.ctx)  # a folder scan per half second, not per message window
             self.deliver()
             if self.webhooks is not None:
                 self.webhooks.push(self.ctx)
