@@ -364,18 +364,6 @@ def prove(source: DatabaseSource, dossier: str) -> dict[str, Any]:
             "not_yet_checkpointed": pending}
 
 
-def check_proof_document(document: dict[str, Any], verifiers: list[Verifier]) -> list[str]:
-    """Independently check what ``prove`` produced; the problems, or [] if every proof holds."""
-    problems = []
-    checkpoint = check_note(document["checkpoint"], verifiers)
-    for item in document["entries"]:
-        leaf = merkle.leaf_hash(item["entry"].encode("utf-8"))
-        proof = [bytes.fromhex(p) for p in item["proof"]]
-        if not merkle.verify_inclusion(item["index"], checkpoint.size, leaf, proof, checkpoint.root):
-            problems.append(f"entry {item['index']}: inclusion proof does not verify")
-    return problems
-
-
 def consistency(old_note: str, new_note: str, bundle: BundleSource, trust: Trust) -> list[str]:
     """Problems with two checkpoints of one log: signatures, roots against the bundle, the proof."""
     problems: list[str] = []

@@ -129,10 +129,6 @@ class Checkpoint:
     root: bytes
     note: str
 
-    @property
-    def body(self) -> str:
-        return f"{self.origin}\n{self.size}\n{base64.b64encode(self.root).decode()}\n"
-
 
 def checkpoint_body(origin: str, size: int, root: bytes) -> str:
     return f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"

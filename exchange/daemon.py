@@ -384,8 +384,4 @@ def notify(state: str) -> None:
             log.warning("systemd.notify_failed", error=str(exc))
 
 
-def delivered_files(config_dir: Path) -> list[Path]:
-    return sorted((config_dir / "outbox").glob("*.xml"))
-
-
 __all__ = ["Daemon", "Delivery", "backoff", "notify"]

@@ -55,3 +55,25 @@ def test_poison_message_is_isolated(tmp_path: Path) -> None:
         transport.close()
         commune.close()
         police.close()
+
+
+def test_first_sigterm_drains_second_exits_at_once(tmp_path: Path) -> None:
+    """The first SIGTERM asks the loop to drain; the second ends the process with exit code 1
+    (os._exit is replaced to observe it, the one fault this test injects)."""
+    import signal
+
+    district = Cluster(tmp_path)
+    district.init(COMMUNE)
+    ctx = NodeContext.open(NodeConfig.load(district.config(COMMUNE)))
+    transport = EmbeddedTransport(ctx.config.embedded_transport)
+    try:
+        daemon = Daemon(ctx, transport)
+        with mock.patch("exchange.daemon.os._exit") as exit_now:
+            daemon._on_term(signal.SIGTERM, None)
+            assert daemon.stopping.is_set()
+            exit_now.assert_not_called()
+            daemon._on_term(signal.SIGTERM, None)
+            exit_now.assert_called_once_with(1)
+    finally:
+        transport.close()
+        ctx.close()

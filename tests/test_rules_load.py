@@ -57,7 +57,7 @@ def rule_dir(tmp_path: Path, **files: str) -> Path:
     """A rule directory holding the three base files, with some replaced or added."""
     contents = {"agencies": AGENCIES, "calendar": CALENDAR, "procedure": PROCEDURE, **files}
     directory = tmp_path / "rules"
-    directory.mkdir(exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     for name, text in contents.items():
         if text:
             (directory / f"{name}.xml").write_text(text, "utf-8")
@@ -201,10 +201,12 @@ def test_selector_needs_exactly_one_form(tmp_path: Path) -> None:
 
 
 def test_duplicate_procedure_and_step(tmp_path: Path) -> None:
-    """A procedure defined twice and a step id used twice are both reported."""
+    """A procedure defined twice and a step id used twice are both reported, each at its place."""
+    found = problems(rule_dir(tmp_path / "a", zz_again=PROCEDURE))
+    assert any("duplicate procedure 1.004194" in p.message and p.file.endswith("zz_again.xml") for p in found)
     twice = PROCEDURE.replace('<step id="return"', '<step id="appraise"')
-    found = problems(rule_dir(tmp_path, zz_again=twice))
-    assert any("duplicate procedure 1.004194" in p.message for p in found)
+    found = problems(rule_dir(tmp_path / "b", procedure=twice))
+    only(found, "procedure.xml", '<step id="appraise" action="return-result"', twice, "duplicate step 'appraise'")
 
 
 def test_missing_calendar(tmp_path: Path) -> None:

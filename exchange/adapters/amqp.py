@@ -358,7 +358,7 @@ class AmqpTransport:
 
     def declare_all(self, agencies: set[str], delays: set[int]) -> None:
         with self._admin() as channel:
-            channel = _declare_exchange(self, channel, EXCHANGE, "topic")
+            channel = _declare_exchange(channel, EXCHANGE, "topic")
             for agency in sorted(agencies):
                 channel, configured = _declare_queue(channel, queue_name(agency), quorum=True)
                 if configured:  # a least-privilege agency user finds its queue bound by the admin
@@ -366,7 +366,7 @@ class AmqpTransport:
                 channel, _ = _declare_queue(channel, dead_queue_name(agency), quorum=True)
             for bucket in sorted(delays):
                 name = f"{DELAY_PREFIX}{bucket}"
-                channel = _declare_exchange(self, channel, name, "fanout")
+                channel = _declare_exchange(channel, name, "fanout")
                 channel, configured = _declare_queue(channel, name, quorum=False, arguments={
                     "x-message-ttl": bucket, "x-dead-letter-exchange": EXCHANGE})
                 if configured:
@@ -443,8 +443,7 @@ class AmqpTransport:
         self._thread.join(timeout=10)
 
 
-def _declare_exchange(transport: AmqpTransport, channel: BlockingChannel, name: str,
-                      kind: str) -> BlockingChannel:
+def _declare_exchange(channel: BlockingChannel, name: str, kind: str) -> BlockingChannel:
     try:
         channel.exchange_declare(name, exchange_type=kind, durable=True)
     except px.ChannelClosedByBroker as exc:
