@@ -18,9 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from exchange import audit_tools, db, merkle
-from exchange.audit import AuditLog, Entry, Event
-from exchange.checkpoints import Checkpointer, NoteSigner, origin_for
+from exchange.audit import merkle
+from exchange.audit import tools as audit_tools
+from exchange.audit.checkpoints import Checkpointer, NoteSigner, origin_for
+from exchange.audit.log import AuditLog, Entry, Event
+from exchange.store import db
 
 AGENCY = "000.04.10.H49"
 

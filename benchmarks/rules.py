@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from exchange.rules import RuleSet
-from exchange.rules_load import load
+from exchange.rules.load import load
+from exchange.rules.model import RuleSet
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "routing_rules"
 ICT = dt.timezone(dt.timedelta(hours=7))

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pika
 
-from exchange import transport_bench
 from exchange.adapters.amqp import AmqpTransport
 from exchange.adapters.embedded import EmbeddedTransport
+from exchange.bench import transport as transport_bench
 
 RAW_QUEUE = "exchange.bench.raw"
 WINDOW = 200

@@ -4,10 +4,10 @@ The public surface of the core, for agency integrations and tests.
 """
 
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
-from exchange.envelope import Header, Kind, VerifiedEnvelope
+from exchange.envelope.model import Header, Kind, VerifiedEnvelope
+from exchange.envelope.sealing import Opener, Signer
+from exchange.envelope.trust import TrustStore
 from exchange.errors import ExchangeError, InvalidEnvelope, InvalidInput
-from exchange.sealing import Opener, Signer
-from exchange.trust import TrustStore
 
 __version__ = "0.1.0"
 

@@ -6,10 +6,11 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange import db, pki
-from exchange.audit import AuditLog, Entry, Event
-from exchange.checkpoints import Checkpointer, NoteSigner, attest, origin_for, register_key
+from exchange.audit.checkpoints import Checkpointer, NoteSigner, attest, origin_for, register_key
+from exchange.audit.log import AuditLog, Entry, Event
 from exchange.codes import AgencyCode
+from exchange.envelope import pki
+from exchange.store import db
 
 
 @dataclass

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from exchange import pki, samples
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
-from exchange.envelope import Header, Kind
-from exchange.sealing import Opener, Signer
-from exchange.trust import TrustStore
+from exchange.demo import samples
+from exchange.envelope import pki
+from exchange.envelope.model import Header, Kind
+from exchange.envelope.sealing import Opener, Signer
+from exchange.envelope.trust import TrustStore
 
 COMMUNE = AgencyCode("000.01.10.H49")
 POLICE = AgencyCode("000.30.10.H49")

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exchange import samples
 from exchange.cli import main
 from exchange.codes import AgencyCode, ProcedureCode
+from exchange.demo import samples
 
 RULES = Path(__file__).resolve().parent.parent / "routing_rules"
 EXE = str(Path(sys.executable).parent / "exchange")

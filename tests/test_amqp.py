@@ -13,7 +13,7 @@ import pytest
 from exchange.adapters.amqp import AmqpTransport, delay_bucket
 from exchange.codes import AgencyCode
 from exchange.errors import AccessRefused, StaleDelivery, TransportUnavailable
-from exchange.transport import Message
+from exchange.node.transport import Message
 from tests.test_transport_contract import drain
 from tests.transport_helpers import (
     BROKER,

@@ -8,10 +8,11 @@ from unittest import mock
 
 import pytest
 
-from exchange import checkpoints, merkle, pki
-from exchange.audit import AuditError, Entry, Event
-from exchange.checkpoints import NoteSigner, Verifier
-from exchange.witness import Verdict, Witness
+from exchange.audit import checkpoints, merkle
+from exchange.audit.checkpoints import NoteSigner, Verifier
+from exchange.audit.log import AuditError, Entry, Event
+from exchange.audit.witness import Verdict, Witness
+from exchange.envelope import pki
 from tests.audit_helpers import Node, filled, make_node, raw, transfer
 
 AGENCY = "000.04.10.H49"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from exchange import pki
-from exchange.audit import Event
+from exchange.audit.log import Event
 from exchange.cli import main
+from exchange.envelope import pki
 from tests.audit_helpers import Node, filled, make_node, raw, transfer
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "auditing.md"
@@ -224,7 +224,7 @@ def test_consistency_of_two_checkpoints(node: Node, tmp_path: Path, capsys: pyte
                        "--cert", node.cert_file)
     assert code == 0
     assert "size 9 is a prefix of size 25" in out
-    from exchange import checkpoints
+    from exchange.audit import checkpoints
 
     forged = node.signer.sign(checkpoints.checkpoint_body(node.signer.name, 25, b"\x05" * 32))
     files[25].write_text(forged, "utf-8")

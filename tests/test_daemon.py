@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from unittest import mock
 
-from exchange import workflow
 from exchange.adapters.embedded import EmbeddedTransport
 from exchange.codes import AgencyCode
-from exchange.config import NodeConfig
-from exchange.daemon import Daemon
-from exchange.workflow import NodeContext
+from exchange.node import workflow
+from exchange.node.config import NodeConfig
+from exchange.node.daemon import Daemon
+from exchange.node.workflow import NodeContext
 from tests.node_cluster import COMMUNE, POLICE, Cluster
 
 
@@ -68,7 +68,7 @@ def test_first_sigterm_drains_second_exits_at_once(tmp_path: Path) -> None:
     transport = EmbeddedTransport(ctx.config.embedded_transport)
     try:
         daemon = Daemon(ctx, transport)
-        with mock.patch("exchange.daemon.os._exit") as exit_now:
+        with mock.patch("exchange.node.daemon.os._exit") as exit_now:
             daemon._on_term(signal.SIGTERM, None)
             assert daemon.stopping.is_set()
             exit_now.assert_not_called()

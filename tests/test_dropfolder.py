@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exchange import samples
 from exchange.adapters.dropfolder import DropFolder
 from exchange.codes import AgencyCode, ProcedureCode
-from exchange.config import NodeConfig
-from exchange.workflow import NodeContext
+from exchange.demo import samples
+from exchange.node.config import NodeConfig
+from exchange.node.workflow import NodeContext
 from tests.node_cluster import COMMUNE, POLICE, Cluster, wait_until
 
 

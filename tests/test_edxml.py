@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from exchange import samples
 from exchange.adapters.edxml import NS, Organ, export_status, export_transfer, import_package
 from exchange.codes import AgencyCode, ProcedureCode
-from exchange.envelope import canonical
+from exchange.demo import samples
+from exchange.envelope.model import canonical
 from exchange.errors import InvalidDossier
 from tests.node_cluster import COMMUNE, Cluster, cli
 

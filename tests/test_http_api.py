@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from exchange import samples
 from exchange.adapters.http_api import ApiServer
 from exchange.codes import AgencyCode, ProcedureCode
-from exchange.config import NodeConfig
+from exchange.demo import samples
+from exchange.node.config import NodeConfig
 from tests.node_cluster import COMMUNE, Cluster
 
 TOKEN = "s3cret-token"

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from exchange import pki, samples, schemas
 from exchange.cli import main
-from exchange.envelope import DS_NS, envelope_element
-from exchange.messages import Ack, Outcome, receipt_element
+from exchange.demo import samples
+from exchange.envelope import pki
+from exchange.envelope.messages import Ack, Outcome, receipt_element
+from exchange.envelope.model import DS_NS, envelope_element
+from exchange.xml import schemas
 from tests.conftest import COMMUNE, POLICE, Pki, make_dossier, require_tool, transfer_header
 
 SIGNATURE_TEMPLATE = f"""
@@ -117,7 +119,7 @@ def test_xmllint_validates_our_envelopes(pki_env: Pki, tmp_path: Path, size_kb: 
 
 def test_xmllint_validates_receipt_envelope(pki_env: Pki, tmp_path: Path) -> None:
     """xmllint finds a sealed receipt valid against envelope.xsd and its receipt valid alone."""
-    from exchange.envelope import Header, Kind
+    from exchange.envelope.model import Header, Kind
 
     receipt = receipt_element((Ack("00000000-0000-4000-8000-000000000001", "a" * 64, Outcome.REFUSED,
                                    "bad-signature", "Chữ ký không hợp lệ"),))

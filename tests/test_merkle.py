@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from exchange import merkle
+from exchange.audit import merkle
 
 LEAVES = [bytes.fromhex(h) for h in ("", "00", "10", "2021", "3031", "40414243", "5051525354555657",
                                       "606162636465666768696a6b6c6d6e6f")]

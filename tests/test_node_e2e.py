@@ -12,9 +12,9 @@ import pytest
 from exchange.adapters.amqp import AmqpTransport
 from exchange.adapters.embedded import EmbeddedTransport
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
-from exchange.envelope import Header, Kind
-from exchange.sealing import Signer
-from exchange.transport import Message, Transport
+from exchange.envelope.model import Header, Kind
+from exchange.envelope.sealing import Signer
+from exchange.node.transport import Message, Transport
 from tests.node_cluster import BIRTH, COMMUNE, INSURANCE, POLICE, Cluster, cli, wait_until
 from tests.transport_helpers import BROKER, delete_queues, require_broker
 
@@ -91,7 +91,7 @@ def test_off_route_sender_is_refused(cluster: Cluster) -> None:
     code = cluster.submit(1)
     signer = Signer.load(cluster.root / "nodes" / HAI_HA_POLICE / "cert.pem",
                          cluster.root / "nodes" / HAI_HA_POLICE / "key.pem")
-    from exchange import dossier as dossiers
+    from exchange.envelope import dossier as dossiers
 
     root, _ = dossiers.load((cluster.root / "dossier-1.xml").read_bytes())
     header = Header(kind=Kind.TRANSFER, sender=AgencyCode(HAI_HA_POLICE), recipient=AgencyCode(COMMUNE),

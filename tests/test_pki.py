@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from exchange import pki
 from exchange.codes import AgencyCode
+from exchange.envelope import pki
 from exchange.errors import ConfigError, PkiError
 
 AGENCY = AgencyCode("000.05.10.H49")
@@ -97,8 +97,8 @@ def test_stale_crl_fails_closed(ca: pki.CertificateAuthority, tmp_path: Path) ->
 
     from cryptography.hazmat.primitives.serialization import Encoding
 
+    from exchange.envelope.trust import TrustStore
     from exchange.errors import UntrustedSigner
-    from exchange.trust import TrustStore
 
     cert = pki.issue_agency(ca, AGENCY, tmp_path / "a")
     crl_path = tmp_path / "crl.pem"
@@ -113,7 +113,7 @@ def test_crl_from_another_ca_is_rejected(ca: pki.CertificateAuthority, tmp_path:
     """A CRL not signed by a trusted CA is a configuration error, not silently ignored."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from exchange.trust import TrustStore
+    from exchange.envelope.trust import TrustStore
 
     other = pki.init_ca(tmp_path / "other", "Other CA")
     crl_path = tmp_path / "crl.pem"

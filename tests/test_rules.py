@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.errors import RoutingError
-from exchange.rules import RuleSet
-from exchange.rules_load import load
+from exchange.rules.load import load
+from exchange.rules.model import RuleSet
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "routing_rules"
 ICT = dt.timezone(dt.timedelta(hours=7))

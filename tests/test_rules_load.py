@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exchange.errors import Problem, RuleError
-from exchange.rules_load import RuleBook, load
+from exchange.rules.load import RuleBook, load
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "routing_rules"
 

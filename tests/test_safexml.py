@@ -8,8 +8,8 @@ from unittest import mock
 
 import pytest
 
-from exchange import safexml
 from exchange.errors import MalformedXml, TooLarge
+from exchange.xml import safexml
 
 
 def test_size_cap_is_checked_before_parsing() -> None:

@@ -12,9 +12,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from exchange import pki, safexml
 from exchange.codes import AgencyCode, DossierCode
-from exchange.envelope import DS_NS, ENV_NS, Header, Kind, canonical, envelope_element, q
+from exchange.envelope import pki
+from exchange.envelope.messages import (
+    Ack,
+    DossierStatus,
+    ExchangeStatus,
+    Outcome,
+    StatusUpdate,
+    read_acks,
+    receipt_element,
+    status_element,
+)
+from exchange.envelope.model import DS_NS, ENV_NS, Header, Kind, canonical, envelope_element, q
+from exchange.envelope.sealing import Opener
+from exchange.envelope.trust import TrustStore
 from exchange.errors import (
     BadSignature,
     DigestMismatch,
@@ -28,18 +40,7 @@ from exchange.errors import (
     TooLarge,
     UntrustedSigner,
 )
-from exchange.messages import (
-    Ack,
-    DossierStatus,
-    ExchangeStatus,
-    Outcome,
-    StatusUpdate,
-    read_acks,
-    receipt_element,
-    status_element,
-)
-from exchange.sealing import Opener
-from exchange.trust import TrustStore
+from exchange.xml import safexml
 from tests.conftest import BIRTH, COMMUNE, INSURANCE, POLICE, Pki, make_dossier, transfer_header
 
 
@@ -224,7 +225,7 @@ def _signed_with_reference(pki_env: Pki, uri: str) -> bytes:
 
 def test_reference_to_part_of_document_is_refused(pki_env: Pki, opener: Opener) -> None:
     """A genuine signature over only the body (URI="#body") is refused: the header is unsigned."""
-    from exchange.sealing import _pin_reference
+    from exchange.envelope.sealing import _pin_reference
 
     data = _signed_with_reference(pki_env, "#body")
     with pytest.raises((BadSignature, SchemaViolation)):
@@ -275,7 +276,7 @@ def test_expired_certificate_is_refused(pki_env: Pki, tmp_path: pytest.TempPathF
     key = pki.new_key()
     cert = pki_env.ca.issue(agency, key.public_key(),
                             not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=10), days=2)
-    from exchange.sealing import Signer
+    from exchange.envelope.sealing import Signer
 
     dossier = make_dossier(agency=agency)
     data = Signer(key, cert, agency).seal(transfer_header(dossier, sender=agency), dossier)
@@ -336,7 +337,7 @@ def test_expired_envelope_is_refused(pki_env: Pki, opener: Opener) -> None:
 
 def test_payload_digest_must_match_body(pki_env: Pki, opener: Opener) -> None:
     """A sender that signs a wrong payload digest is refused with digest-mismatch."""
-    from exchange import sealing
+    from exchange.envelope import sealing
 
     dossier = make_dossier()
     original = sealing.envelope_element
@@ -408,7 +409,7 @@ def test_lean_verifier_agrees_with_stock_signxml(pki_env: Pki, sealed: bytes) ->
     """Our copy-saving verifier returns exactly the signed bytes stock signxml returns."""
     from signxml.verifier import XMLVerifier
 
-    from exchange.sealing import _EXPECT, _signing_cert, _verify
+    from exchange.envelope.sealing import _EXPECT, _signing_cert, _verify
 
     root = _tree(sealed)
     signer = pki_env.opener().trust.check_encoded(_signing_cert(root[-1]))
@@ -449,7 +450,7 @@ def test_attachment_hash_mismatch_is_refused(pki_env: Pki, opener: Opener) -> No
 
 def test_receipt_carries_checkpoint_and_consistency_proof(pki_env: Pki, opener: Opener) -> None:
     """A receipt's witnessed checkpoint and proof survive sealing and opening byte for byte."""
-    from exchange.messages import Witnessed, read_witnessed
+    from exchange.envelope.messages import Witnessed, read_witnessed
 
     note = "vn-exchange/audit/000.30.10.H49\n12\n" + "A" * 43 + "=\n\n\u2014 vn-exchange/audit/000.30.10.H49 abc=\n"
     witnessed = Witnessed(note, 9, (b"\x01" * 32, b"\x02" * 32))

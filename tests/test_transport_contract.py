@@ -17,7 +17,7 @@ from exchange.adapters.amqp import AmqpTransport
 from exchange.adapters.embedded import EmbeddedTransport
 from exchange.codes import AgencyCode
 from exchange.errors import StaleDelivery, Unroutable
-from exchange.transport import Consumer, Delivery, Transport
+from exchange.node.transport import Consumer, Delivery, Transport
 from tests.transport_helpers import BROKER, delete_queues, fresh_agency, message, require_broker
 
 LEASE = 1.0  # embedded: how soon a crashed consumer's messages come back

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from exchange.errors import RoutingError
-from exchange.workdays import WorkingCalendar
+from exchange.rules.calendar import WorkingCalendar
 
 ICT = dt.timezone(dt.timedelta(hours=7))
 TET_2026 = {dt.date(2026, 2, 14) + dt.timedelta(days=i): "Tết" for i in range(9)}

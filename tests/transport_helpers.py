@@ -14,7 +14,7 @@ import pytest
 
 from exchange.adapters.amqp import dead_queue_name, queue_name
 from exchange.codes import AgencyCode
-from exchange.transport import Message
+from exchange.node.transport import Message
 
 BROKER = os.environ.get("EXCHANGE_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/%2F")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exchange.transport import Transport
+from exchange.node.transport import Transport
 
 
 def open_transport(broker: str, *, embedded_path: Path, ca_file: str | None = None) -> Transport:

@@ -49,7 +49,7 @@ from exchange.errors import (
     TransportUnavailable,
     Unroutable,
 )
-from exchange.transport import DEFAULT_PREFETCH, DeadLetter, Delivery, Message
+from exchange.node.transport import DEFAULT_PREFETCH, DeadLetter, Delivery, Message
 
 log = structlog.get_logger(__name__)
 

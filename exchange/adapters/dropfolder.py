@@ -15,10 +15,10 @@ from pathlib import Path
 
 import structlog
 
-from exchange.dossier import load as load_dossier
+from exchange.envelope.dossier import load as load_dossier
 from exchange.errors import ExchangeError, InvalidInput
 from exchange.files import write_atomic
-from exchange.workflow import NodeContext, submit
+from exchange.node.workflow import NodeContext, submit
 
 log = structlog.get_logger(__name__)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from exchange import safexml
-from exchange.dossier import DossierInfo, d, load
+from exchange.envelope.dossier import DossierInfo, d, load
 from exchange.errors import InvalidDossier, InvalidEnvelope
+from exchange.xml import safexml
 
 NS = "http://www.mic.gov.vn/TBT/QCVN_102_2016"
 DOSSIER_ATTACHMENT = "dossier.xml"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from exchange.codes import AgencyCode
 from exchange.errors import StaleDelivery, TransportError, TransportUnavailable, Unroutable
-from exchange.transport import DEFAULT_PREFETCH, DeadLetter, Delivery, Message
+from exchange.node.transport import DEFAULT_PREFETCH, DeadLetter, Delivery, Message
 
 LEASE_SECONDS = 30.0
 """How long a fetched message stays invisible to other consumers without an ack or a renewal."""

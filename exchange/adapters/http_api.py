@@ -23,9 +23,9 @@ from xml.sax.saxutils import escape
 import structlog
 
 from exchange.codes import DossierCode
-from exchange.config import NodeConfig
 from exchange.errors import ExchangeError, InvalidInput, RoutingError
-from exchange.workflow import NodeContext, complete, submit
+from exchange.node.config import NodeConfig
+from exchange.node.workflow import NodeContext, complete, submit
 
 log = structlog.get_logger(__name__)
 

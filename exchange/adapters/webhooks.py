@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from exchange.audit import Event
+from exchange.audit.log import Event
 from exchange.errors import ConfigError
-from exchange.workflow import NodeContext
+from exchange.node.workflow import NodeContext
 
 log = structlog.get_logger(__name__)
 

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exchange import audit_tools, checkpoints
-from exchange.audit_tools import BundleSource, DatabaseSource, Trust
-from exchange.config import NodeConfig
+from exchange.audit import checkpoints
+from exchange.audit import tools as audit_tools
+from exchange.audit.tools import BundleSource, DatabaseSource, Trust
 from exchange.errors import ConfigError
+from exchange.node.config import NodeConfig
 
 ICT = dt.timezone(dt.timedelta(hours=7))
 

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from exchange import demo, logs
+from exchange import logs
 from exchange.commands import positive_int
+from exchange.demo import district as demo
 
 
 def register(commands: Any) -> None:

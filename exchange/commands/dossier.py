@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from exchange import dossier, samples
 from exchange.commands import agency_arg, positive_int, procedure_arg, read_input
+from exchange.demo import samples
+from exchange.envelope import dossier
 from exchange.files import write_atomic
 
 

@@ -9,14 +9,14 @@ from typing import Any
 
 from lxml import etree
 
-from exchange import safexml
 from exchange.adapters.edxml import Organ, export_status, export_transfer, import_package
 from exchange.codes import ProcedureCode
 from exchange.commands import agency_arg, read_input
-from exchange.config import NodeConfig
 from exchange.errors import InvalidInput
 from exchange.files import write_atomic
-from exchange.workflow import NodeContext, submit
+from exchange.node.config import NodeConfig
+from exchange.node.workflow import NodeContext, submit
+from exchange.xml import safexml
 
 STATE_TO_STATUS = {"completed": "06", "refused": "02", "processing": "05"}
 

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exchange import dossier
 from exchange.commands import agency_arg, procedure_arg, read_input
-from exchange.envelope import Header, Kind, VerifiedEnvelope
+from exchange.envelope import dossier
+from exchange.envelope.model import Header, Kind, VerifiedEnvelope
+from exchange.envelope.sealing import Opener, Signer
+from exchange.envelope.trust import TrustStore
 from exchange.errors import InvalidDossier, InvalidEnvelope
 from exchange.files import write_atomic
-from exchange.sealing import Opener, Signer
-from exchange.trust import TrustStore
 
 STEP_HELP = "the step of the procedure's route this transfer is for (e.g. police)"
 

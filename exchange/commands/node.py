@@ -11,21 +11,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exchange import logs, pki
+from exchange import logs
 from exchange.adapters import open_transport
-from exchange.audit import Entry, Event
-from exchange.checkpoints import NoteSigner, attest, origin_for, register_key
+from exchange.audit.checkpoints import NoteSigner, attest, origin_for, register_key
+from exchange.audit.log import Entry, Event
 from exchange.codes import AgencyCode, DossierCode
 from exchange.commands import agency_arg, read_input
-from exchange.config import NodeConfig
-from exchange.daemon import Daemon
+from exchange.envelope import pki
 from exchange.errors import ConfigError, ExchangeError, InvalidCode
 from exchange.files import write_atomic
-from exchange.rules import RuleSet
-from exchange.rules_load import load as load_rules
-from exchange.store import Store
-from exchange.transport import DeadLetter, Transport
-from exchange.workflow import NodeContext, complete, submit
+from exchange.node.config import NodeConfig
+from exchange.node.daemon import Daemon
+from exchange.node.transport import DeadLetter, Transport
+from exchange.node.workflow import NodeContext, complete, submit
+from exchange.rules.load import load as load_rules
+from exchange.rules.model import RuleSet
+from exchange.store.node import Store
 
 
 def register(commands: Any) -> None:

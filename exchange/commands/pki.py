@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from exchange import pki
 from exchange.commands import agency_arg, positive_int
+from exchange.envelope import pki
 from exchange.files import write_atomic
 
 

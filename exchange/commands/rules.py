@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exchange import rules_tools
 from exchange.commands import agency_arg, procedure_arg
 from exchange.errors import ConfigError, RuleError
 from exchange.files import write_atomic
-from exchange.rules_load import load
+from exchange.rules import tools as rules_tools
+from exchange.rules.load import load
 
 GRAPHVIZ_TIMEOUT = 60
 

@@ -7,10 +7,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from exchange import transport_bench
 from exchange.adapters import open_transport
+from exchange.bench import transport as transport_bench
 from exchange.commands import positive_int
-from exchange.config import NodeConfig
+from exchange.node.config import NodeConfig
 
 
 def register(commands: Any) -> None:

@@ -19,11 +19,11 @@ from typing import Any
 
 from lxml import etree
 
-from exchange import safexml, schemas
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.errors import MalformedXml, Problem, RuleError, TooLarge
-from exchange.rules import Agency, Level, Pairs, Procedure, RuleSet, Selector, Step
-from exchange.workdays import WEEKDAYS, WorkingCalendar
+from exchange.rules.calendar import WEEKDAYS, WorkingCalendar
+from exchange.rules.model import Agency, Level, Pairs, Procedure, RuleSet, Selector, Step
+from exchange.xml import safexml, schemas
 
 RULES_NS = "urn:vn-exchange:rules:1"
 SCHEMA = schemas.ROUTING_RULES

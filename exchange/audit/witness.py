@@ -16,9 +16,9 @@ from enum import StrEnum
 
 import structlog
 
-from exchange import checkpoints, merkle
-from exchange.audit import AuditError, AuditLog, Entry, Event
-from exchange.checkpoints import Checkpoint, Verifier
+from exchange.audit import checkpoints, merkle
+from exchange.audit.checkpoints import Checkpoint, Verifier
+from exchange.audit.log import AuditError, AuditLog, Entry, Event
 
 log = structlog.get_logger(__name__)
 

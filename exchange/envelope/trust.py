@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from exchange.codes import AgencyCode
+from exchange.envelope.pki import CA_CERT, agency_of, load_certs, now
 from exchange.errors import BadSignature, ConfigError, Expired, InvalidCode, Revoked, UntrustedSigner
-from exchange.pki import CA_CERT, agency_of, load_certs, now
 
 CACHE_SIZE = 4096
 """Bounded so that a flood of distinct certificates cannot grow memory without limit."""

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterator, Mapping
 
 from exchange.codes import AgencyCode, ProcedureCode
-from exchange.rules import Procedure, RuleSet, Step
+from exchange.rules.model import Procedure, RuleSet, Step
 
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from exchange.audit import AuditError, AuditLog, Entry, Event, utc_now
+from exchange.audit.log import AuditError, AuditLog, Entry, Event, utc_now
 from exchange.files import write_atomic, write_private
 
 ED25519 = b"\x01"

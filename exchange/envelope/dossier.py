@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from exchange import safexml, schemas
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
-from exchange.envelope import DOSSIER_NS, parse_time, q
+from exchange.envelope.model import DOSSIER_NS, parse_time, q
 from exchange.errors import InvalidDossier, InvalidEnvelope
+from exchange.xml import safexml, schemas
 
 
 def d(name: str) -> str:

@@ -26,13 +26,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from exchange.adapters.dropfolder import DropFolder
 from exchange.adapters.http_api import ApiServer
 from exchange.adapters.webhooks import Webhooks
-from exchange.audit import Entry, Event
+from exchange.audit.log import Entry, Event
 from exchange.codes import AgencyCode
 from exchange.errors import RuleError, StaleDelivery, TransportError, Unroutable
 from exchange.files import write_atomic
-from exchange.store import OutboxRow
-from exchange.transport import Consumer, Delivery, Message, Transport
-from exchange.workflow import Handled, NodeContext, delivery_dir, receive_batch
+from exchange.node.transport import Consumer, Delivery, Message, Transport
+from exchange.node.workflow import Handled, NodeContext, delivery_dir, receive_batch
+from exchange.store.node import OutboxRow
 
 log = structlog.get_logger(__name__)
 

@@ -22,21 +22,25 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-from exchange import audit_tools, pki, rules_tools, samples
-from exchange import dossier as dossiers
 from exchange.adapters import open_transport
-from exchange.audit import Entry
+from exchange.audit import tools as audit_tools
+from exchange.audit.log import Entry
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.commands.node import init_node
-from exchange.config import NodeConfig
-from exchange.envelope import Header, Kind
+from exchange.demo import samples
+from exchange.envelope import dossier as dossiers
+from exchange.envelope import pki
+from exchange.envelope.model import Header, Kind
+from exchange.envelope.sealing import Signer
 from exchange.errors import ExchangeError
-from exchange.rules_load import load as load_rules
-from exchange.sealing import Signer
-from exchange.transport import Message
-from exchange.workflow import NodeContext, complete, submit
+from exchange.node.config import NodeConfig
+from exchange.node.transport import Message
+from exchange.node.workflow import NodeContext, complete, submit
+from exchange.rules import tools as rules_tools
+from exchange.rules.load import load as load_rules
 
 ICT = dt.timezone(dt.timedelta(hours=7))
 COMMUNES = ("000.01.10.H49", "000.02.10.H49", "000.04.10.H49", "000.05.10.H49")
@@ -56,7 +60,7 @@ class Demo:
     broker: str
     count: int
     say: Callable[[str], None] = print
-    rules_dir: Path = field(default_factory=lambda: Path(str(Path(__file__).parent / "routing_rules")))
+    rules_dir: Path = field(default_factory=lambda: Path(str(resources.files("exchange") / "routing_rules")))
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     contexts: dict[str, NodeContext] = field(default_factory=dict)
     submitted: dict[str, tuple[str, str, float]] = field(default_factory=dict)

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from exchange.codes import AgencyCode
-from exchange.transport import Message, Transport
+from exchange.node.transport import Message, Transport
 
 BENCH_AGENCY = AgencyCode("999.99.99.H99")
 BATCH = 200

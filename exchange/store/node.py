@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange import db
-from exchange.audit import AuditLog, Entry
-from exchange.witness import SCHEMA as WITNESS_SCHEMA
+from exchange.audit.log import AuditLog, Entry
+from exchange.audit.witness import SCHEMA as WITNESS_SCHEMA
+from exchange.store import db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from exchange import checkpoints, merkle
-from exchange.audit import AuditError, Entry, Event, stored_subtree
-from exchange.checkpoints import Checkpoint, Verifier
-from exchange.db import connect
+from exchange.audit import checkpoints, merkle
+from exchange.audit.checkpoints import Checkpoint, Verifier
+from exchange.audit.log import AuditError, Entry, Event, stored_subtree
+from exchange.store.db import connect
 
 BUNDLE_FORMAT = "vn-exchange-audit-bundle"
 BUNDLE_VERSION = 1

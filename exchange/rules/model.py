@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.errors import RoutingError
-from exchange.workdays import WorkingCalendar
+from exchange.rules.calendar import WorkingCalendar
 
 Pairs = frozenset[tuple[AgencyCode, AgencyCode]]
 """(sender, receiver) pairs."""

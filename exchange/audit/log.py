@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from exchange import merkle
+from exchange.audit import merkle
 from exchange.errors import ExchangeError
 
 ENTRY_VERSION = 1

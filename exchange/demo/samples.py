@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
-from exchange.envelope import DOSSIER_NS, utc
+from exchange.envelope.model import DOSSIER_NS, utc
 
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô", "Lý", "Đinh"]
 MIDDLE = ["Văn", "Thị", "Đức", "Minh", "Thu", "Ngọc", "Quang", "Thanh", "Hữu", "Kim"]

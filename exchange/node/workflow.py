@@ -15,15 +15,12 @@ from pathlib import Path
 import structlog
 from lxml import etree
 
-from exchange import dossier as dossiers
-from exchange import safexml
-from exchange.audit import AuditError, Entry, Event
-from exchange.checkpoints import Checkpointer, NoteSigner, Verifier, check_attestation, origin_for
+from exchange.audit.checkpoints import Checkpointer, NoteSigner, Verifier, check_attestation, origin_for
+from exchange.audit.log import AuditError, Entry, Event
+from exchange.audit.witness import Witness
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
-from exchange.config import NodeConfig
-from exchange.envelope import DOSSIER_NS, Header, Hop, Kind, VerifiedEnvelope, q, utc
-from exchange.errors import InvalidDossier, InvalidEnvelope, InvalidInput, NotAuthorized, RoutingError
-from exchange.messages import (
+from exchange.envelope import dossier as dossiers
+from exchange.envelope.messages import (
     Ack,
     DossierStatus,
     ExchangeStatus,
@@ -35,12 +32,15 @@ from exchange.messages import (
     receipt_element,
     status_element,
 )
-from exchange.rules import RuleSet
-from exchange.rules_load import RuleBook
-from exchange.sealing import Opener, Signer
-from exchange.store import Store
-from exchange.trust import TrustStore
-from exchange.witness import Witness
+from exchange.envelope.model import DOSSIER_NS, Header, Hop, Kind, VerifiedEnvelope, q, utc
+from exchange.envelope.sealing import Opener, Signer
+from exchange.envelope.trust import TrustStore
+from exchange.errors import InvalidDossier, InvalidEnvelope, InvalidInput, NotAuthorized, RoutingError
+from exchange.node.config import NodeConfig
+from exchange.rules.load import RuleBook
+from exchange.rules.model import RuleSet
+from exchange.store.node import Store
+from exchange.xml import safexml
 
 log = structlog.get_logger(__name__)
 

@@ -26,10 +26,9 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from signxml.signer import XMLSigner
 from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
-from exchange import safexml, schemas
 from exchange.codes import AgencyCode
-from exchange.dossier import attachment_problems
-from exchange.envelope import (
+from exchange.envelope.dossier import attachment_problems
+from exchange.envelope.model import (
     DS_NS,
     PAYLOAD_OF_KIND,
     Header,
@@ -40,6 +39,8 @@ from exchange.envelope import (
     q,
     read_header,
 )
+from exchange.envelope.pki import agency_of, cert_pem, load_cert, load_key, now
+from exchange.envelope.trust import TrustStore
 from exchange.errors import (
     BadSignature,
     DigestMismatch,
@@ -48,8 +49,7 @@ from exchange.errors import (
     SchemaViolation,
     SenderMismatch,
 )
-from exchange.pki import agency_of, cert_pem, load_cert, load_key, now
-from exchange.trust import TrustStore
+from exchange.xml import safexml, schemas
 
 EXC_C14N = CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"

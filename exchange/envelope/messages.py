@@ -9,7 +9,7 @@ from enum import IntEnum, StrEnum
 from lxml import etree
 
 from exchange.codes import AgencyCode, DossierCode
-from exchange.envelope import RECEIPT_NS, STATUS_NS, q, utc
+from exchange.envelope.model import RECEIPT_NS, STATUS_NS, q, utc
 
 
 class Outcome(StrEnum):

@@ -1,0 +1,1 @@
+"""The tamper-evident audit log: entries, the Merkle tree, checkpoints, witnessing, and the auditors' tools."""

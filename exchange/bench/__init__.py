@@ -1,0 +1,1 @@
+"""Measurements behind ``exchange transport bench``; the benchmarks/ scripts build on them."""

@@ -1,0 +1,1 @@
+"""``exchange demo`` and sample dossiers: built on the core, apart from it."""

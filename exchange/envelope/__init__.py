@@ -1,0 +1,1 @@
+"""Signed envelopes: the model, dossiers, receipts and statuses, the PKI, trust, seal and open."""

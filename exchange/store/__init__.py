@@ -1,0 +1,1 @@
+"""The node's SQLite database: every table, its migration and every SQL statement."""

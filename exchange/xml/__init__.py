@@ -1,0 +1,1 @@
+"""Untrusted XML made safe: the one hardened parser, the XSDs and validation, namespaces."""
