@@ -1,0 +1,56 @@
+"""The states a stored row can be in. Their values are what the database holds: never rename one."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class OutboxState(StrEnum):
+    """Where an outgoing envelope is on its way to the broker and back."""
+
+    PENDING = "pending"  # sealed, not yet confirmed by the broker (or due again)
+    PUBLISHED = "published"  # confirmed by the broker; a transfer waits for its receipt
+    ACKNOWLEDGED = "acknowledged"  # the recipient's receipt accepted it
+    REFUSED = "refused"  # the recipient's receipt refused it
+    SENT = "sent"  # a receipt, confirmed by the broker: nothing comes back for it
+    DEAD = "dead"  # given up at the retry bound, or unroutable; an operator may replay it
+
+    @classmethod
+    def due(cls) -> tuple[OutboxState, ...]:
+        """The states the dispatcher (re)publishes."""
+        return (cls.PENDING, cls.PUBLISHED)
+
+
+class StepState(StrEnum):
+    """A step of a dossier's route, as this node knows it."""
+
+    PENDING = "pending"  # waiting for the steps it comes after
+    READY = "ready"  # this node's agency can do it now
+    DONE = "done"
+
+
+class DossierState(StrEnum):
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    REFUSED = "refused"
+
+
+class Outcome(StrEnum):
+    """What became of one incoming envelope."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # known already: its receipt is sent again, nothing is delivered twice
+    REFUSED = "refused"
+
+
+class Result(StrEnum):
+    """What the agency decided at a step (``exchange done --result``)."""
+
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+
+
+class WebhookState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    DEAD = "dead"
