@@ -38,7 +38,8 @@ from exchange.cli import main as cli  # noqa: E402
 from exchange.codes import AgencyCode, ProcedureCode  # noqa: E402
 from exchange.demo import samples  # noqa: E402
 from exchange.node.config import NodeConfig  # noqa: E402
-from exchange.node.workflow import NodeContext, submit  # noqa: E402
+from exchange.node.context import NodeContext  # noqa: E402
+from exchange.node.workflow import submit  # noqa: E402
 
 RULES = Path(__file__).resolve().parent.parent / "routing_rules"
 COMMUNE, POLICE = "000.04.10.H49", "000.30.10.H49"

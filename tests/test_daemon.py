@@ -10,8 +10,8 @@ from exchange.adapters.embedded import EmbeddedTransport
 from exchange.codes import AgencyCode
 from exchange.node import workflow
 from exchange.node.config import NodeConfig
+from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
-from exchange.node.workflow import NodeContext
 from tests.node_cluster import COMMUNE, POLICE, Cluster
 
 

@@ -8,7 +8,7 @@ from exchange.adapters.dropfolder import DropFolder
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.demo import samples
 from exchange.node.config import NodeConfig
-from exchange.node.workflow import NodeContext
+from exchange.node.context import NodeContext
 from tests.node_cluster import COMMUNE, POLICE, Cluster, wait_until
 
 

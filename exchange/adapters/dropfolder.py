@@ -18,7 +18,8 @@ import structlog
 from exchange.envelope.dossier import load as load_dossier
 from exchange.errors import ExchangeError, InvalidInput
 from exchange.files import write_atomic
-from exchange.node.workflow import NodeContext, submit
+from exchange.node.context import NodeContext
+from exchange.node.workflow import submit
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,8 @@ import structlog
 from exchange.codes import DossierCode
 from exchange.errors import ExchangeError, InvalidInput, RoutingError
 from exchange.node.config import NodeConfig
-from exchange.node.workflow import NodeContext, complete, submit
+from exchange.node.context import NodeContext
+from exchange.node.workflow import complete, submit
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ import structlog
 
 from exchange.audit.log import Event
 from exchange.errors import ConfigError
-from exchange.node.workflow import NodeContext
+from exchange.node.context import NodeContext
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,7 @@ class Webhooks:
             if error is None:
                 conn.execute("UPDATE webhooks SET state = 'done', attempts = ? WHERE message_id = ?",
                              (attempts, message_id))
-                ctx.store.record(ctx.entry(Event.DELIVERED, dossier=dossier, step=step, message_id=message_id,
+                ctx.record(ctx.entry(Event.DELIVERED, dossier=dossier, step=step, message_id=message_id,
                                            counterpart=sender, envelope_sha256=digest,
                                            detail={"via": "webhook", "attempt": str(attempts)}))
                 return 1
@@ -109,7 +109,7 @@ class Webhooks:
                          "WHERE message_id = ?", ("dead" if dead else "pending", attempts,
                                                    time.time() + backoff(attempts), error, message_id))
             if dead:
-                ctx.store.record(ctx.entry(Event.DEAD_LETTERED, dossier=dossier, step=step, message_id=message_id,
+                ctx.record(ctx.entry(Event.DEAD_LETTERED, dossier=dossier, step=step, message_id=message_id,
                                            counterpart=sender, detail={"via": "webhook", "reason": error}))
                 log.error("webhook.dead_lettered", message=message_id, error=error)
             else:

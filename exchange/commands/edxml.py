@@ -15,7 +15,8 @@ from exchange.commands import agency_arg, read_input
 from exchange.errors import InvalidInput
 from exchange.files import write_atomic
 from exchange.node.config import NodeConfig
-from exchange.node.workflow import NodeContext, submit
+from exchange.node.context import NodeContext
+from exchange.node.workflow import submit
 from exchange.xml import safexml
 
 STATE_TO_STATUS = {"completed": "06", "refused": "02", "processing": "05"}

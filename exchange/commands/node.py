@@ -14,16 +14,17 @@ from typing import Any
 from exchange import logs
 from exchange.adapters import open_transport
 from exchange.audit.checkpoints import NoteSigner, attest, origin_for, register_key
-from exchange.audit.log import Entry, Event
+from exchange.audit.log import AuditLog, Entry, Event
 from exchange.codes import AgencyCode, DossierCode
 from exchange.commands import agency_arg, read_input
 from exchange.envelope import pki
 from exchange.errors import ConfigError, ExchangeError, InvalidCode
 from exchange.files import write_atomic
 from exchange.node.config import NodeConfig
+from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
 from exchange.node.transport import DeadLetter, Transport
-from exchange.node.workflow import NodeContext, complete, submit
+from exchange.node.workflow import complete, submit
 from exchange.rules.load import load as load_rules
 from exchange.rules.model import RuleSet
 from exchange.store.node import Store
@@ -115,11 +116,12 @@ def init_node(agency: AgencyCode, ca: pki.CertificateAuthority, rules_dir: Path,
             f'broker = "{broker}"\nembedded = "../transport.db"\n')
     write_atomic(out / "node.toml", toml.encode("utf-8"))
     config = NodeConfig.load(out / "node.toml")
-    store = Store(config.database, str(agency))
+    store = Store(config.database)
+    audit = AuditLog(store.conn, str(agency))
     with store.transaction():
-        register_key(store.audit, signer.verifier, attest(signer.verifier, pki.load_key(out / pki.AGENCY_KEY)),
+        register_key(audit, signer.verifier, attest(signer.verifier, pki.load_key(out / pki.AGENCY_KEY)),
                      (out / pki.AGENCY_CERT).read_text())
-        store.record(Entry(Event.RULES_LOADED, str(agency), detail={"digest": rules.digest}))
+        audit.append(Entry(Event.RULES_LOADED, str(agency), detail={"digest": rules.digest}))
     store.close()
     return out / "node.toml"
 
@@ -249,7 +251,7 @@ def _dead_one(args: argparse.Namespace, ctx: NodeContext, transport: Transport, 
             conn.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt = 0 WHERE message_id = ?",
                          (args.id,))
         replayed = out[0] if out is not None else (letter.message.message_id if letter is not None else "")
-        ctx.store.record(ctx.entry(Event.REPLAYED, message_id=replayed,
+        ctx.record(ctx.entry(Event.REPLAYED, message_id=replayed,
                                    dossier=out[3] if out else None, detail={"operator": args.operator,
                                                                             "direction": "out" if out else "in"}))
     if letter is not None and out is None:
@@ -268,6 +270,7 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     try:
         counts = ctx.store.counts()
+        audit_entries = ctx.audit.size
         if counts.get("outbox_dead"):
             problems.append(f"{counts['outbox_dead']} outgoing transfer(s) dead-lettered")
         transport = open_transport(config.broker, embedded_path=config.embedded_transport)
@@ -280,6 +283,6 @@ def _check(args: argparse.Namespace) -> int:
     if problems:
         print("unhealthy: " + "; ".join(problems), file=sys.stderr)
         return 1
-    print(f"healthy: {config.agency}, {counts['audit_entries']} audit entries, "
+    print(f"healthy: {config.agency}, {audit_entries} audit entries, "
           f"{counts.get('outbox_pending', 0)} pending, {counts.get('outbox_published', 0)} awaiting receipts")
     return 0

@@ -37,8 +37,9 @@ from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Signer
 from exchange.errors import ExchangeError
 from exchange.node.config import NodeConfig
+from exchange.node.context import NodeContext
 from exchange.node.transport import Message
-from exchange.node.workflow import NodeContext, complete, submit
+from exchange.node.workflow import complete, submit
 from exchange.rules import tools as rules_tools
 from exchange.rules.load import load as load_rules
 

@@ -30,8 +30,9 @@ from exchange.audit.log import Entry, Event
 from exchange.codes import AgencyCode
 from exchange.errors import RuleError, StaleDelivery, TransportError, Unroutable
 from exchange.files import write_atomic
+from exchange.node.context import NodeContext
 from exchange.node.transport import Consumer, Delivery, Message, Transport
-from exchange.node.workflow import Handled, NodeContext, delivery_dir, receive_batch
+from exchange.node.workflow import Handled, delivery_dir, receive_batch
 from exchange.store.node import OutboxRow
 
 log = structlog.get_logger(__name__)
@@ -102,7 +103,7 @@ class Daemon:
         self._signals()
         self._recover_deliveries()
         with self.ctx.store.transaction():
-            self.ctx.store.record(self.ctx.entry(Event.NODE_STARTED, detail={"rules": self.ctx.rules.digest}))
+            self.ctx.record(self.ctx.entry(Event.NODE_STARTED, detail={"rules": self.ctx.rules.digest}))
         self.transport.declare(self.ctx.agency)
         self.consumer = self.transport.consume(self.ctx.agency, prefetch=self.window * 2)
         self._gauges()
@@ -152,7 +153,7 @@ class Daemon:
             self.consumer.close()
         self.dispatch()
         with self.ctx.store.transaction():
-            self.ctx.store.record(self.ctx.entry(Event.NODE_STOPPED))
+            self.ctx.record(self.ctx.entry(Event.NODE_STOPPED))
         self.ctx.checkpointer.make()
         self.transport.close()
         log.info("node.stopped", agency=str(self.ctx.agency))
@@ -180,7 +181,7 @@ class Daemon:
             log.error("rules.reload_refused", problems=[str(p) for p in exc.problems][:20])
             return False
         with self.ctx.store.transaction():
-            self.ctx.store.record(self.ctx.entry(Event.RULES_LOADED, detail={"digest": rules.digest}))
+            self.ctx.record(self.ctx.entry(Event.RULES_LOADED, detail={"digest": rules.digest}))
         log.info("rules.reloaded", digest=rules.digest[:12])
         return True
 
@@ -217,7 +218,7 @@ class Daemon:
             log.exception("inbound.message_failed", message=delivery.message.message_id)
             reason = f"internal-error: {type(exc).__name__}: {exc}"[:500]
             with self.ctx.store.transaction():
-                self.ctx.store.record(self.ctx.entry(Event.REFUSED, message_id=delivery.message.message_id,
+                self.ctx.record(self.ctx.entry(Event.REFUSED, message_id=delivery.message.message_id,
                                                      detail={"reason": "internal-error", "text": reason[:300]}))
             return Handled("refused", reason)
 
@@ -269,7 +270,7 @@ class Daemon:
         event = Event.PUBLISHED if attempts == 1 else Event.RETRANSMITTED
         if event is Event.RETRANSMITTED:
             self.metrics.retransmitted.inc()
-        store.record(self._entry(event, row, {"attempt": str(attempts)}))
+        self.ctx.record(self._entry(event, row, {"attempt": str(attempts)}))
         if attempts >= MAX_ATTEMPTS:
             self._give_up(row, f"no receipt after {attempts} attempts")
 
@@ -284,7 +285,7 @@ class Daemon:
     def _give_up(self, row: OutboxRow, reason: str) -> None:
         self.ctx.store.conn.execute("UPDATE outbox SET state = 'dead', last_error = ? WHERE id = ?",
                                     (reason[:500], row.id))
-        self.ctx.store.record(self._entry(Event.DEAD_LETTERED, row, {"reason": reason[:300]}))
+        self.ctx.record(self._entry(Event.DEAD_LETTERED, row, {"reason": reason[:300]}))
         self.metrics.dead.inc()
         log.error("transfer.dead_lettered", message=row.message_id, recipient=row.recipient,
                   dossier=row.dossier, reason=reason)
@@ -314,7 +315,7 @@ class Daemon:
         with self.ctx.store.transaction() as conn:
             for name, (message_id, _, dossier, step, _, sender, digest) in zip(names, rows, strict=True):
                 conn.execute("UPDATE inbox SET delivered = 1 WHERE message_id = ?", (message_id,))
-                self.ctx.store.record(self.ctx.entry(Event.DELIVERED, dossier=dossier, step=step,
+                self.ctx.record(self.ctx.entry(Event.DELIVERED, dossier=dossier, step=step,
                                                      message_id=message_id, counterpart=sender,
                                                      envelope_sha256=digest, detail={"file": name}))
                 if self.webhooks is not None:
@@ -350,7 +351,7 @@ class Daemon:
         counts = self.ctx.store.counts()
         for state in ("pending", "published", "acknowledged", "sent", "dead", "refused"):
             self.metrics.outbox.labels(state).set(counts.get(f"outbox_{state}", 0))
-        self.metrics.audit.set(counts["audit_entries"])
+        self.metrics.audit.set(self.ctx.audit.size)
         self.metrics.healthy.set(1 if self.healthy else 0)
 
     def _serve_metrics(self) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import structlog
 from lxml import etree
 
-from exchange.audit.checkpoints import Checkpointer, NoteSigner, Verifier, check_attestation, origin_for
-from exchange.audit.log import AuditError, Entry, Event
+from exchange.audit.checkpoints import Verifier, check_attestation, origin_for
+from exchange.audit.log import AuditError, Event
 from exchange.audit.witness import Witness
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.envelope import dossier as dossiers
@@ -33,53 +33,14 @@ from exchange.envelope.messages import (
     status_element,
 )
 from exchange.envelope.model import DOSSIER_NS, Header, Hop, Kind, VerifiedEnvelope, q, utc
-from exchange.envelope.sealing import Opener, Signer
-from exchange.envelope.trust import TrustStore
 from exchange.errors import InvalidDossier, InvalidEnvelope, InvalidInput, NotAuthorized, RoutingError
 from exchange.node.config import NodeConfig
-from exchange.rules.load import RuleBook
-from exchange.rules.model import RuleSet
-from exchange.store.node import Store
+from exchange.node.context import NodeContext
 from exchange.xml import safexml
 
 log = structlog.get_logger(__name__)
 
 MAX_CONTROL_ROWS = 200
-
-
-@dataclass
-class NodeContext:
-    """Everything a node acts with; opened by the daemon and by each command."""
-
-    config: NodeConfig
-    store: Store
-    rulebook: RuleBook
-    signer: Signer
-    opener: Opener
-    checkpointer: Checkpointer
-
-    @classmethod
-    def open(cls, config: NodeConfig) -> NodeContext:
-        store = Store(config.database, str(config.agency))
-        note_signer = NoteSigner.load(config.checkpoint_key, f"vn-exchange/audit/{config.agency}")
-        return cls(config, store, RuleBook(config.rules), Signer.load(config.cert, config.key),
-                   Opener(TrustStore.load(config.ca, config.crl)),
-                   Checkpointer(store.audit, note_signer, config.checkpoint_every_entries,
-                                config.checkpoint_every_seconds))
-
-    @property
-    def agency(self) -> AgencyCode:
-        return self.config.agency
-
-    @property
-    def rules(self) -> RuleSet:
-        return self.rulebook.current
-
-    def entry(self, event: Event, **fields: object) -> Entry:
-        return Entry(event, str(self.agency), **fields)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        self.store.close()
 
 
 def now() -> dt.datetime:
@@ -109,7 +70,7 @@ def submit(ctx: NodeContext, data: bytes, source: str = "dossier") -> DossierCod
         for step in procedure.steps:
             conn.execute("INSERT INTO steps (dossier, step, agency, state) VALUES (?, ?, ?, 'pending')",
                          (str(info.code), step.id, str(route[step.id])))
-        ctx.store.record(ctx.entry(Event.SUBMITTED, dossier=str(info.code), procedure=str(info.procedure),
+        ctx.record(ctx.entry(Event.SUBMITTED, dossier=str(info.code), procedure=str(info.procedure),
                                    step=first.id, time=at,
                                    detail={"due": rules.due_date(info.procedure, info.received_at).isoformat()}))
         # The first step (the desk receiving the dossier) was done when the desk received it: the
@@ -150,7 +111,7 @@ def _finish_step(ctx: NodeContext, code: DossierCode, step_id: str, at: dt.datet
     conn.execute("UPDATE steps SET state = 'done', done_at = ?, result = ? WHERE dossier = ? AND step = ?",
                  (utc(at), result, str(code), step_id))
     procedure_code = _procedure_of(ctx, code)
-    ctx.store.record(ctx.entry(Event.STEP_DONE, dossier=str(code), procedure=procedure_code, step=step_id,
+    ctx.record(ctx.entry(Event.STEP_DONE, dossier=str(code), procedure=procedure_code, step=step_id,
                                time=at, detail={"result": result, **({"due": due[0]} if due and due[0] else {}),
                                                 **({"late": "yes"} if late else {})}))
     origin = code.agency
@@ -217,7 +178,7 @@ def _enqueue(ctx: NodeContext, header: Header, payload: etree._Element, event: E
                       str(header.dossier) if header.dossier else None, header.step, data, digest)
     if event is None:
         return header.message_id
-    ctx.store.record(ctx.entry(event, dossier=str(header.dossier) if header.dossier else None,
+    ctx.record(ctx.entry(event, dossier=str(header.dossier) if header.dossier else None,
                                procedure=str(header.procedure) if header.procedure else None, step=header.step,
                                message_id=header.message_id, counterpart=str(header.recipient),
                                envelope_sha256=digest, time=header.created))
@@ -337,7 +298,7 @@ def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
                  (str(code), header.step, str(ctx.agency)))
     due = _refresh_ready(ctx, code)
     _record_inbox(ctx, env, "accepted", payload)
-    ctx.store.record(ctx.entry(Event.RECEIVED, dossier=str(code), procedure=str(header.procedure),
+    ctx.record(ctx.entry(Event.RECEIVED, dossier=str(code), procedure=str(header.procedure),
                                step=header.step, message_id=header.message_id, counterpart=str(header.sender),
                                envelope_sha256=env.envelope_digest,
                                detail={"due": due[header.step]} if header.step in due else {}))
@@ -380,7 +341,7 @@ def _take_status(ctx: NodeContext, env: VerifiedEnvelope) -> None:
     ctx.store.conn.execute("INSERT INTO statuses (dossier, sender, step, exchange_status, dossier_status, at, "
                            "note) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
     _record_inbox(ctx, env, "accepted", etree.tostring(payload))
-    ctx.store.record(ctx.entry(Event.STATUS_RECEIVED, dossier=str(header.dossier), procedure=str(header.procedure),
+    ctx.record(ctx.entry(Event.STATUS_RECEIVED, dossier=str(header.dossier), procedure=str(header.procedure),
                                step=header.step, message_id=header.message_id, counterpart=str(header.sender),
                                envelope_sha256=env.envelope_digest,
                                detail={"status": payload.findtext(ns + "ExchangeStatus") or ""}))
@@ -399,13 +360,13 @@ def _take_receipt(ctx: NodeContext, env: VerifiedEnvelope) -> None:
         if row.state == "pending":
             # The node died after the broker confirmed and before it marked the row: the receipt
             # proves the publication, which the audit log must still show.
-            ctx.store.record(ctx.entry(Event.PUBLISHED, dossier=row.dossier, step=row.step,
+            ctx.record(ctx.entry(Event.PUBLISHED, dossier=row.dossier, step=row.step,
                                        message_id=row.message_id, counterpart=row.recipient,
                                        envelope_sha256=row.envelope_sha256, detail={"attempt": "recovered"}))
         conn.execute("UPDATE outbox SET state = ? WHERE id = ? AND state IN ('pending', 'published')",
                      (state, row.id))
         detail = {"outcome": ack.outcome.value, **({"reason": ack.reason_code} if ack.reason_code else {})}
-        ctx.store.record(ctx.entry(Event.RECEIPT_RECEIVED, dossier=row.dossier, step=row.step,
+        ctx.record(ctx.entry(Event.RECEIPT_RECEIVED, dossier=row.dossier, step=row.step,
                                    message_id=ack.message_id, counterpart=str(env.header.sender),
                                    envelope_sha256=row.envelope_sha256, detail=detail))
         if ack.outcome is Outcome.REFUSED:
@@ -430,7 +391,7 @@ def _refuse(ctx: NodeContext, env: VerifiedEnvelope, exc: InvalidEnvelope,
             acks: dict[AgencyCode, list[tuple[Ack, str]]]) -> Handled:
     header = env.header
     _record_inbox(ctx, env, "refused", None, reason=exc.reason_code)
-    ctx.store.record(ctx.entry(Event.REFUSED, dossier=str(header.dossier) if header.dossier else None,
+    ctx.record(ctx.entry(Event.REFUSED, dossier=str(header.dossier) if header.dossier else None,
                                step=header.step, message_id=header.message_id, counterpart=str(header.sender),
                                envelope_sha256=env.envelope_digest,
                                detail={"reason": exc.reason_code, "text": exc.message[:300]}))
@@ -447,7 +408,7 @@ def _refuse_unverified(ctx: NodeContext, message_id: str, body: bytes, exc: Inva
     sender the envelope claims, when it names one, so an honest sender learns of its fault."""
     digest = hashlib.sha256(body).hexdigest()
     claimed = _claimed(body)
-    ctx.store.record(ctx.entry(Event.REFUSED, message_id=message_id, envelope_sha256=digest,
+    ctx.record(ctx.entry(Event.REFUSED, message_id=message_id, envelope_sha256=digest,
                                counterpart=str(claimed[0]) if claimed else None,
                                detail={"reason": exc.reason_code, "text": exc.message[:300]}))
     if claimed is not None and claimed[0] != ctx.agency:
@@ -476,7 +437,7 @@ def _send_receipt(ctx: NodeContext, sender: AgencyCode, items: list[tuple[Ack, s
     for ack in acks:
         ctx.store.conn.execute("UPDATE inbox SET receipt_id = ? WHERE message_id = ?", (receipt_id, ack.message_id))
         # One entry per acknowledged envelope, named by its id: what reconciliation matches.
-        ctx.store.record(ctx.entry(Event.RECEIPT_SENT, message_id=ack.message_id, counterpart=str(sender),
+        ctx.record(ctx.entry(Event.RECEIPT_SENT, message_id=ack.message_id, counterpart=str(sender),
                                    envelope_sha256=ack.envelope_digest,
                                    detail={"outcome": ack.outcome.value, "receipt": receipt_id,
                                            **({"reason": ack.reason_code} if ack.reason_code else {})}))
@@ -485,7 +446,7 @@ def _send_receipt(ctx: NodeContext, sender: AgencyCode, items: list[tuple[Ack, s
 def _witnessed(ctx: NodeContext, peer: AgencyCode) -> Witnessed | None:
     """This node's latest checkpoint for a receipt, proven from the one last sent to ``peer``, with
     the checkpoint key and the agency key's attestation of it: every peer keeps our tree heads."""
-    attachment = Witness(ctx.store.audit, create=False).attachment_for(str(peer), ctx.checkpointer.latest())
+    attachment = Witness(ctx.audit, create=False).attachment_for(str(peer), ctx.checkpointer.latest())
     if attachment is None:
         return None
     key = ctx.store.conn.execute("SELECT verifier, attestation FROM audit_keys ORDER BY from_size DESC "
@@ -505,7 +466,7 @@ def _observe(ctx: NodeContext, env: VerifiedEnvelope) -> None:
                 verifier, witnessed.attestation, env.signer_certificate):
             log.warning("witness.key_not_attested", peer=str(env.header.sender))
             return
-        Witness(ctx.store.audit, create=False).observe(witnessed.note, verifier, witnessed.from_size,
+        Witness(ctx.audit, create=False).observe(witnessed.note, verifier, witnessed.from_size,
                                                         witnessed.proof)
     except AuditError as exc:
         log.warning("witness.checkpoint_refused", peer=str(env.header.sender), error=str(exc))

@@ -11,71 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange.audit.log import AuditLog, Entry
-from exchange.audit.witness import SCHEMA as WITNESS_SCHEMA
-from exchange.store import db
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    message_id TEXT NOT NULL UNIQUE,
-    recipient TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    dossier TEXT,
-    step TEXT,
-    body BLOB NOT NULL,
-    envelope_sha256 TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    created REAL NOT NULL,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt);
-CREATE TABLE IF NOT EXISTS inbox (
-    message_id TEXT PRIMARY KEY,
-    sender TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    dossier TEXT,
-    step TEXT,
-    envelope_sha256 TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    outcome TEXT NOT NULL,
-    reason TEXT,
-    receipt_id TEXT,
-    payload BLOB,
-    delivered INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS inbox_undelivered ON inbox (delivered) WHERE delivered = 0;
-CREATE TABLE IF NOT EXISTS dossiers (
-    code TEXT PRIMARY KEY,
-    procedure TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    state TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS steps (
-    dossier TEXT NOT NULL,
-    step TEXT NOT NULL,
-    agency TEXT NOT NULL,
-    state TEXT NOT NULL,
-    due TEXT,
-    done_at TEXT,
-    result TEXT,
-    PRIMARY KEY (dossier, step)
-);
-CREATE TABLE IF NOT EXISTS statuses (
-    dossier TEXT NOT NULL,
-    sender TEXT NOT NULL,
-    step TEXT,
-    exchange_status TEXT NOT NULL,
-    dossier_status INTEGER NOT NULL,
-    at TEXT NOT NULL,
-    note TEXT
-);
-"""
+from exchange.store import db, schema
 
 
 @dataclass(frozen=True)
@@ -95,12 +31,10 @@ class OutboxRow:
 class Store:
     """One node's database: its state tables and its audit log, on one connection."""
 
-    def __init__(self, path: Path, node: str) -> None:
+    def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn: sqlite3.Connection = db.connect(path)
-        self.conn.executescript(SCHEMA + WITNESS_SCHEMA)
-        self.audit = AuditLog(self.conn, node)
-        self.node = node
+        schema.migrate(self.conn)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -112,9 +46,6 @@ class Store:
             self.conn.rollback()
             raise
         self.conn.commit()
-
-    def record(self, *entries: Entry) -> None:
-        self.audit.append_many(entries)
 
     # outbox
 
@@ -153,7 +84,6 @@ class Store:
                   self.conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")}
         result["inbox_undelivered"] = self.conn.execute(
             "SELECT COUNT(*) FROM inbox WHERE delivered = 0 AND outcome = 'accepted'").fetchone()[0]
-        result["audit_entries"] = self.audit.size
         return result
 
     def close(self) -> None:
