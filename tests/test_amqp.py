@@ -7,12 +7,16 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from exchange.adapters import open_transport
 from exchange.adapters.amqp import AmqpTransport, delay_bucket
+from exchange.adapters.embedded import EmbeddedTransport
 from exchange.codes import AgencyCode
-from exchange.errors import AccessRefused, StaleDelivery, TransportUnavailable
+from exchange.errors import AccessRefused, ConfigError, StaleDelivery, TransportUnavailable
+from exchange.node.config import NodeConfig
 from exchange.node.transport import Message
 from tests.test_transport_contract import drain
 from tests.transport_helpers import (
@@ -29,9 +33,8 @@ from tests.transport_helpers import (
 @pytest.fixture
 def transport() -> Iterator[AmqpTransport]:
     require_broker()
-    transport = AmqpTransport(BROKER, reconnect_for=180)
-    yield transport
-    transport.close()
+    with AmqpTransport(BROKER, reconnect_for=180) as transport:
+        yield transport
 
 
 @pytest.fixture
@@ -93,6 +96,39 @@ def test_bad_credentials_are_access_refused() -> None:
         AmqpTransport("amqp://guest:wrong@127.0.0.1:5672/%2F", connect_timeout=5, reconnect_for=3)
 
 
+def test_an_unreachable_broker_is_transport_unavailable() -> None:
+    """A broker nobody listens for is TransportUnavailable within the connect timeout, not pika's error."""
+    with pytest.raises(TransportUnavailable):
+        AmqpTransport("amqp://guest:guest@127.0.0.1:1/%2F", connect_timeout=2, reconnect_for=1)
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:guest@127.0.0.1:notaport/%2F", "nonsense"])
+def test_a_malformed_broker_url_is_a_config_error(url: str) -> None:
+    """A broker URL pika cannot parse is a ConfigError, not pika's ValueError or IndexError."""
+    with pytest.raises(ConfigError, match="not a broker URL"):
+        AmqpTransport(url)
+
+
+def node_config(tmp_path: Path, broker: str) -> NodeConfig:
+    return NodeConfig(source=tmp_path / "node.toml", agency=fresh_agency(), state_dir=tmp_path / "state",
+                      ca=tmp_path / "no-such-ca.pem", cert=tmp_path / "cert.pem", key=tmp_path / "key.pem",
+                      checkpoint_key=tmp_path / "checkpoint-key.pem", rules=tmp_path / "rules", broker=broker)
+
+
+def test_an_amqps_node_trusts_the_ca_of_its_configuration(tmp_path: Path) -> None:
+    """open_transport(config) gives an amqps:// broker the node's own CA (here missing: a ConfigError
+    naming it), so that no caller can forget it."""
+    with pytest.raises(ConfigError, match="no-such-ca.pem"):
+        open_transport(node_config(tmp_path, "amqps://guest:guest@127.0.0.1:5671/%2F"))
+
+
+def test_a_node_without_a_broker_uses_the_embedded_file_of_its_host(tmp_path: Path) -> None:
+    """open_transport(config) without a broker opens the embedded transport the host's nodes share."""
+    with open_transport(node_config(tmp_path, "")) as transport:
+        assert isinstance(transport, EmbeddedTransport)
+        assert transport.path == tmp_path / "transport.db"
+
+
 def test_delays_round_up_to_a_few_buckets() -> None:
     """Delays with jitter share a handful of TTL queues."""
     assert delay_bucket(0.3) == 1_000
@@ -126,8 +162,7 @@ def test_agency_user_reads_only_its_own_queue(transport: AmqpTransport,
                                               agency_user: tuple[AgencyCode, AgencyCode, str]) -> None:
     """An agency's broker user may send to others and read its own queue, never another's."""
     mine, theirs, url = agency_user
-    restricted = AmqpTransport(url, reconnect_for=5)
-    try:
+    with AmqpTransport(url, reconnect_for=5) as restricted:
         restricted.publish(message(theirs))
         transport.publish(message(mine))
         own = restricted.consume(mine)
@@ -136,7 +171,5 @@ def test_agency_user_reads_only_its_own_queue(transport: AmqpTransport,
             restricted.consume(theirs)
         with pytest.raises(AccessRefused):
             restricted.dead_letters(theirs)
-    finally:
-        restricted.close()
     other = transport.consume(theirs)
     assert len(drain(other, 1)) == 1

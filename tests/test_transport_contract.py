@@ -3,6 +3,7 @@ RabbitMQ of this machine (no pika mocks)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from exchange.adapters.amqp import AmqpTransport
 from exchange.adapters.embedded import EmbeddedTransport
 from exchange.codes import AgencyCode
-from exchange.errors import StaleDelivery, Unroutable
+from exchange.errors import StaleDelivery, TransportUnavailable, Unroutable
 from exchange.node.transport import Consumer, Delivery, Transport
 from tests.transport_helpers import BROKER, delete_queues, fresh_agency, message, require_broker
 
@@ -33,20 +34,14 @@ def kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def make(kind: str, tmp_path: Path) -> Iterator[Callable[[], Transport]]:
     """Opens transports of the parametrized kind (several, as several processes would)."""
-    opened: list[Transport] = []
+    with contextlib.ExitStack() as opened:
 
-    def opener() -> Transport:
-        transport: Transport
-        if kind == "embedded":
-            transport = EmbeddedTransport(tmp_path / "transport.db", lease_seconds=LEASE)
-        else:
-            transport = AmqpTransport(BROKER)
-        opened.append(transport)
-        return transport
+        def opener() -> Transport:
+            if kind == "embedded":
+                return opened.enter_context(EmbeddedTransport(tmp_path / "transport.db", lease_seconds=LEASE))
+            return opened.enter_context(AmqpTransport(BROKER))
 
-    yield opener
-    for transport in opened:
-        transport.close()
+        yield opener
 
 
 @pytest.fixture
@@ -84,6 +79,14 @@ def test_confirmed_publish_is_delivered(transport: Transport, agency: AgencyCode
     consumer.ack([got])
 
 
+def test_a_closed_transport_is_unavailable(make: Callable[[], Transport], agency: AgencyCode) -> None:
+    """After its ``with`` block a transport refuses to publish with TransportUnavailable."""
+    with make() as transport:
+        transport.publish(message(agency))
+    with pytest.raises(TransportUnavailable):
+        transport.publish(message(agency))
+
+
 def test_unroutable_is_an_error_not_a_loss(transport: Transport, agency: AgencyCode) -> None:
     """A message for an agency without a queue raises Unroutable; nothing is stored anywhere."""
     with pytest.raises(Unroutable, match="no queue for agency"):
@@ -118,11 +121,10 @@ def test_nack_redelivers(transport: Transport, agency: AgencyCode) -> None:
 
 def test_close_without_ack_redelivers(make: Callable[[], Transport], transport: Transport,
                                       agency: AgencyCode) -> None:
-    """What a consumer held unacknowledged when it closed goes to the next consumer."""
+    """What a consumer held unacknowledged when its ``with`` block ended goes to the next consumer."""
     transport.publish_many([message(agency) for _ in range(3)])
-    consumer = transport.consume(agency)
-    held = drain(consumer, 3)
-    consumer.close()
+    with transport.consume(agency) as consumer:
+        held = drain(consumer, 3)
     other = make().consume(agency)
     again = drain(other, 3)
     assert {d.message.message_id for d in again} == {d.message.message_id for d in held}

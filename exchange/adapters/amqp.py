@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -43,13 +44,14 @@ from pika.spec import Basic, BasicProperties
 from exchange.codes import AgencyCode
 from exchange.errors import (
     AccessRefused,
+    ConfigError,
     PublishRejected,
     StaleDelivery,
     TransportError,
     TransportUnavailable,
     Unroutable,
 )
-from exchange.node.transport import DEFAULT_PREFETCH, DeadLetter, Delivery, Message
+from exchange.node.transport import DEFAULT_PREFETCH, Closing, DeadLetter, Delivery, Message
 
 log = structlog.get_logger(__name__)
 
@@ -112,43 +114,60 @@ def translated() -> Iterator[None]:
     try:
         yield
     except (px.ProbableAuthenticationError, px.ProbableAccessDeniedError, px.AuthenticationError) as exc:
-        raise AccessRefused(f"the broker refused the login: {exc}") from None
-    except px.ChannelClosedByBroker as exc:
-        if exc.reply_code == 403:
-            raise AccessRefused(f"the broker refused access: {exc.reply_text}") from None
-        if exc.reply_code == 404:
-            raise Unroutable(f"not found on the broker: {exc.reply_text}") from None
-        raise TransportError(f"the broker closed the channel: {exc.reply_code} {exc.reply_text}") from None
-    except (px.AMQPConnectionError, px.StreamLostError, px.ConnectionClosed) as exc:
-        raise TransportUnavailable(f"cannot reach the broker: {exc!r}") from None
-    except px.AMQPError as exc:
-        raise TransportError(f"broker error: {exc!r}") from None
+        raise AccessRefused(f"the broker refused the login: {exc}") from exc
+    except (px.ChannelClosedByBroker, px.ConnectionClosedByBroker) as exc:
+        if exc.reply_code in (403, 530):  # ACCESS_REFUSED, NOT_ALLOWED (a vhost it may not use)
+            raise AccessRefused(f"the broker refused access: {exc.reply_text}") from exc
+        if exc.reply_code == 404 and isinstance(exc, px.ChannelClosedByBroker):
+            raise Unroutable(f"not found on the broker: {exc.reply_text}") from exc
+        if isinstance(exc, px.ConnectionClosedByBroker):
+            raise TransportUnavailable(f"the broker closed the connection: {exc.reply_code} "
+                                       f"{exc.reply_text}") from exc
+        raise TransportError(f"the broker closed the channel: {exc.reply_code} {exc.reply_text}") from exc
+    except px.UnroutableError as exc:
+        raise Unroutable(f"no queue for the message: the broker returned it: {exc}") from exc
+    except px.NackError as exc:
+        raise PublishRejected(f"the broker refused the message (nack): {exc}") from exc
+    except px.AMQPConnectionError as exc:
+        raise TransportUnavailable(f"cannot reach the broker: {exc!r}") from exc
+    except (px.AMQPError, px.ChannelError, px.ReentrancyError) as exc:
+        raise TransportError(f"broker error: {exc!r}") from exc
 
 
 @dataclass(frozen=True)
 class BrokerSettings:
     url: str
-    ca_file: str | None = None
+    ca_file: str | Path | None = None
+    """The CA that signed the broker's certificate, for ``amqps://`` (else the system's)."""
     connect_timeout: float = CONNECT_TIMEOUT_S
     publish_timeout: float = PUBLISH_TIMEOUT_S
     reconnect_for: float = RECONNECT_FOR_S
 
     def parameters(self) -> pika.URLParameters:
-        params = pika.URLParameters(self.url)
+        """pika's parameters for the URL; a malformed URL or an unreadable CA is a ConfigError."""
+        try:
+            params = pika.URLParameters(self.url)
+        except (ValueError, IndexError) as exc:
+            raise ConfigError(f"not a broker URL (amqp://user:password@host:port/vhost): {exc}") from exc
         params.heartbeat = HEARTBEAT_S
         params.blocked_connection_timeout = BLOCKED_TIMEOUT_S
         params.connection_attempts = 1
         params.socket_timeout = self.connect_timeout
         if self.url.startswith("amqps://"):
-            context = ssl.create_default_context(cafile=self.ca_file)
-            params.ssl_options = pika.SSLOptions(context, params.host)
+            params.ssl_options = pika.SSLOptions(self._tls(), params.host)
         return params
 
+    def _tls(self) -> ssl.SSLContext:
+        try:
+            return ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the broker's CA {self.ca_file}: {exc}") from exc
 
-class AmqpTransport:
+
+class AmqpTransport(Closing):
     """The Transport port over RabbitMQ."""
 
-    def __init__(self, url: str, *, ca_file: str | None = None, connect_timeout: float = CONNECT_TIMEOUT_S,
+    def __init__(self, url: str, *, ca_file: str | Path | None = None, connect_timeout: float = CONNECT_TIMEOUT_S,
                  publish_timeout: float = PUBLISH_TIMEOUT_S, reconnect_for: float = RECONNECT_FOR_S) -> None:
         self.settings = BrokerSettings(url, ca_file, connect_timeout, publish_timeout, reconnect_for)
         self.params = self.settings.parameters()
@@ -167,7 +186,11 @@ class AmqpTransport:
         self._consumers: list[AmqpConsumer] = []
         self._thread = threading.Thread(target=self._run, name="amqp-io", daemon=True)
         self._thread.start()
-        self._wait_ready(connect_timeout)
+        try:
+            self._wait_ready(connect_timeout)
+        except TransportError:
+            self.close()  # or its I/O thread would go on reconnecting for nobody
+            raise
 
     # The I/O thread ---------------------------------------------------------------------
 
@@ -201,12 +224,14 @@ class AmqpTransport:
             lost.append(error)
             conn.ioloop.stop()
 
-        conn = pika.SelectConnection(
-            self.params, on_open_callback=self._on_open, on_open_error_callback=open_failed,
-            on_close_callback=lambda c, e: self._on_closed(c, e, lost))
+        with translated():  # a TransportError makes the caller reconnect
+            conn = pika.SelectConnection(
+                self.params, on_open_callback=self._on_open, on_open_error_callback=open_failed,
+                on_close_callback=lambda c, e: self._on_closed(c, e, lost))
         self._conn = conn
         try:
-            conn.ioloop.start()
+            with translated():
+                conn.ioloop.start()
         finally:
             self._conn = None
             conn.ioloop.close()  # its wake-up socket pair, or it leaks with every reconnect
@@ -280,9 +305,11 @@ class AmqpTransport:
         try:
             conn.ioloop.add_callback_threadsafe(fn)
         except (px.AMQPError, OSError, AttributeError, RuntimeError) as exc:  # the loop closed meanwhile
-            raise TransportUnavailable(f"not connected to the broker: {exc!r}") from None
+            raise TransportUnavailable(f"not connected to the broker: {exc!r}") from exc
 
     def _wait_ready(self, timeout: float) -> None:
+        if self._closing:
+            raise TransportUnavailable(f"the transport to {self.params.host} is closed")
         if self._failed:
             raise TransportUnavailable(self._failed)
         if not self._ready.wait(timeout):
@@ -377,9 +404,9 @@ class AmqpTransport:
             for agency in agencies:
                 try:
                     channel.queue_declare(queue_name(agency), passive=True)
-                except px.ChannelClosedByBroker:
+                except px.ChannelClosedByBroker as exc:
                     raise Unroutable(f"no queue for agency {agency}: the delayed message was not "
-                                     "published") from None
+                                     "published") from exc
         self._agencies |= agencies
 
     def dead_letters(self, agency: AgencyCode) -> list[DeadLetter]:
@@ -485,6 +512,16 @@ def _drain(channel: BlockingChannel, name: str) -> Iterator[tuple[Any, BasicProp
         yield method, props, body
 
 
+def _quietly(channel: Channel, action: Callable[[Channel], object]) -> Callable[[], None]:
+    """``action`` for the I/O thread, skipped if the channel is gone. A pika error there must not
+    end the I/O loop: an ack, nack or close that cannot be sent only means the broker redelivers."""
+    def run() -> None:
+        if channel.is_open:
+            with contextlib.suppress(px.AMQPError):
+                action(channel)
+    return run
+
+
 def _properties(message: Message) -> BasicProperties:
     return BasicProperties(delivery_mode=2, message_id=message.message_id, headers=dict(message.headers),
                            content_type="application/xml")
@@ -496,7 +533,7 @@ def _dead_letter(agency: AgencyCode, props: BasicProperties, body: bytes) -> Dea
     return DeadLetter(Message(agency, body, props.message_id or "", headers), reason, props.message_id or "")
 
 
-class AmqpConsumer:
+class AmqpConsumer(Closing):
     """Deliveries from one agency queue, buffered by the I/O thread for the application thread."""
 
     def __init__(self, transport: AmqpTransport, source: str, agency: AgencyCode, prefetch: int) -> None:
@@ -589,16 +626,14 @@ class AmqpConsumer:
         if channel is None:
             raise StaleDelivery("the consumer's channel is gone; the broker will redeliver")
 
-        def send() -> None:
-            if not channel.is_open:
-                return
+        def send(channel: Channel) -> None:
             if multiple:
                 channel.basic_ack(tags[-1], multiple=True)
             else:
                 for tag in tags:
                     channel.basic_ack(tag)
 
-        self.transport._call_soon(send)
+        self.transport._call_soon(_quietly(channel, send))
 
     def nack(self, deliveries: Sequence[Delivery]) -> None:
         tags = self._check(deliveries)
@@ -608,12 +643,11 @@ class AmqpConsumer:
         if channel is None:
             return
 
-        def send() -> None:
-            if channel.is_open:
-                for tag in tags:
-                    channel.basic_nack(tag, requeue=True)
+        def send(channel: Channel) -> None:
+            for tag in tags:
+                channel.basic_nack(tag, requeue=True)
 
-        self.transport._call_soon(send)
+        self.transport._call_soon(_quietly(channel, send))
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._check([delivery])
@@ -634,4 +668,4 @@ class AmqpConsumer:
         channel = self._channel
         if channel is not None:
             with contextlib.suppress(TransportError):
-                self.transport._call_soon(lambda: channel.close() if channel.is_open else None)
+                self.transport._call_soon(_quietly(channel, Channel.close))

@@ -5,22 +5,23 @@ ack deletes, a nack or a close releases, and a lease that runs out (the consumer
 makes the message deliverable again, marked redelivered. Delays are a not-before time; dead
 letters move to their own table with the reason. Several processes may publish and consume at
 once: each statement that changes a queue runs in an immediate transaction, and SQLite's lock
-serializes them.
+serializes them. sqlite3's exceptions never leave this module: ``translated`` maps them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from exchange.codes import AgencyCode
 from exchange.errors import StaleDelivery, TransportError, TransportUnavailable, Unroutable
-from exchange.node.transport import DEFAULT_PREFETCH, DeadLetter, Delivery, Message
+from exchange.node.transport import DEFAULT_PREFETCH, Closing, DeadLetter, Delivery, Message
 
 LEASE_SECONDS = 30.0
 """How long a fetched message stays invisible to other consumers without an ack or a renewal."""
@@ -54,14 +55,28 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 
-class EmbeddedTransport:
+@contextlib.contextmanager
+def translated(path: Path) -> Iterator[None]:
+    """Map sqlite3's (and the file system's) exceptions to the project's, most specific first:
+    busy, locked, I/O, full or unopenable is ``TransportUnavailable`` (retry later); a damaged
+    file or a misuse is ``TransportError``."""
+    try:
+        yield
+    except (sqlite3.OperationalError, OSError) as exc:
+        raise TransportUnavailable(f"{path}: the embedded transport is busy or unreachable: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise TransportError(f"{path}: the embedded transport is damaged or misused: {exc}") from exc
+
+
+class EmbeddedTransport(Closing):
     """The Transport port over one SQLite file."""
 
     def __init__(self, path: Path | str, *, lease_seconds: float = LEASE_SECONDS) -> None:
         self.path = Path(path)
         self.lease_seconds = lease_seconds
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = _open(self.path)
+        with translated(self.path):
+            self._conn: sqlite3.Connection | None = _open(self.path)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -69,8 +84,27 @@ class EmbeddedTransport:
             raise TransportUnavailable(f"{self.path}: the transport is closed")
         return self._conn
 
-    def _write(self) -> _Immediate:
-        return _Immediate(self.conn, self._lock)
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, translated(self.path):
+            yield self.conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock up front so that concurrent
+        processes queue on SQLite's busy timeout instead of failing on a lock upgrade. Whatever
+        fails, the COMMIT included, rolls back and leaves as the project's own error."""
+        with self._lock, translated(self.path):
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
 
     def declare(self, agency: AgencyCode) -> None:
         with self._write() as conn:
@@ -100,9 +134,9 @@ class EmbeddedTransport:
         return EmbeddedConsumer(self, str(agency), prefetch)
 
     def dead_letters(self, agency: AgencyCode) -> list[DeadLetter]:
-        with self._lock:
-            rows = self.conn.execute("SELECT seq, message_id, body, headers, reason FROM dead_letters "
-                                     "WHERE queue = ? ORDER BY seq", (str(agency),)).fetchall()
+        with self._read() as conn:
+            rows = conn.execute("SELECT seq, message_id, body, headers, reason FROM dead_letters "
+                                "WHERE queue = ? ORDER BY seq", (str(agency),)).fetchall()
         return [DeadLetter(Message(agency, bytes(body), mid, json.loads(headers)), reason, str(seq))
                 for seq, mid, body, headers, reason in rows]
 
@@ -119,18 +153,18 @@ class EmbeddedTransport:
 
     def depth(self, agency: AgencyCode) -> int:
         """Messages waiting or leased in the agency's queue (for metrics and tests)."""
-        with self._lock:
-            row = self.conn.execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (str(agency),)).fetchone()
+        with self._read() as conn:
+            row = conn.execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (str(agency),)).fetchone()
         return int(row[0])
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        with self._lock, translated(self.path):
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
 
 
-class EmbeddedConsumer:
+class EmbeddedConsumer(Closing):
     """Leases messages from one queue; at most ``prefetch`` leased and unacknowledged at once."""
 
     def __init__(self, transport: EmbeddedTransport, queue: str, prefetch: int) -> None:
@@ -221,35 +255,8 @@ class EmbeddedConsumer:
             with self.transport._write() as conn:
                 conn.execute("UPDATE messages SET lease_until = NULL, consumer = NULL WHERE consumer = ?",
                              (self.name,))
-        except TransportUnavailable:
-            pass  # the transport closed first; the leases run out on their own
-
-
-class _Immediate:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock up front so that concurrent
-    processes queue on SQLite's busy timeout instead of failing on a lock upgrade."""
-
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
-        self.conn = conn
-        self.lock = lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.lock.acquire()
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self.lock.release()
-            raise TransportUnavailable(f"the embedded transport is locked or damaged: {exc}") from None
-        return self.conn
-
-    def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        try:
-            if kind is None:
-                self.conn.execute("COMMIT")
-            else:
-                self.conn.execute("ROLLBACK")
-        finally:
-            self.lock.release()
+        except TransportError:
+            pass  # the transport closed first, or is locked: the leases run out on their own
 
 
 def _open(path: Path) -> sqlite3.Connection:

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from exchange.codes import AgencyCode
-from exchange.node.transport import Message, Transport
+from exchange.node.transport import Consumer, Message, Transport
 
 BENCH_AGENCY = AgencyCode("999.99.99.H99")
 BATCH = 200
@@ -40,10 +40,16 @@ class BenchResult:
 def run(transport: Transport, *, size_kb: int = 10, seconds: float = 5.0,
         agency: AgencyCode = BENCH_AGENCY, batch: int = BATCH, publishers: int | None = None) -> BenchResult:
     transport.declare(agency)
-    consumer = transport.consume(agency, prefetch=batch * 2)
+    with transport.consume(agency, prefetch=batch * 2) as consumer:
+        return _measure(transport, consumer, agency, size_kb * 1024, seconds, batch,
+                        publishers or _workers(transport))
+
+
+def _measure(transport: Transport, consumer: Consumer, agency: AgencyCode, size: int, seconds: float,
+             batch: int, publishers: int) -> BenchResult:
     while leftovers := consumer.fetch(batch, 0.2):  # of an earlier run
         consumer.ack(leftovers)
-    body = b"x" * (size_kb * 1024)
+    body = b"x" * size
     published = [0]
     stop = threading.Event()
 
@@ -56,7 +62,7 @@ def run(transport: Transport, *, size_kb: int = 10, seconds: float = 5.0,
                 published[0] += batch
 
     workers = [threading.Thread(target=publish, name=f"bench-publisher-{i}", daemon=True)
-               for i in range(publishers or _workers(transport))]
+               for i in range(publishers)]
     start = time.perf_counter()
     for worker in workers:
         worker.start()
@@ -74,7 +80,6 @@ def run(transport: Transport, *, size_kb: int = 10, seconds: float = 5.0,
     stop.set()
     for worker in workers:
         worker.join(timeout=30)
-    consumer.close()
     return BenchResult(consumed, elapsed, len(body))
 
 

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from exchange.adapters import open_transport
+from exchange.adapters import open_transport_url
 from exchange.bench import transport as transport_bench
 from exchange.commands import positive_int
 from exchange.node.config import NodeConfig
@@ -26,17 +26,15 @@ def register(commands: Any) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     broker = args.broker or ""
+    ca_file: Path | None = None
     with tempfile.TemporaryDirectory() as tmp:
         embedded = Path(tmp) / "bench-transport.db"
         if args.config is not None and not broker:
             config = NodeConfig.load(args.config)
-            broker = config.broker
-            embedded = config.state_dir / "bench-transport.db"
-        transport = open_transport(broker, embedded_path=embedded)
-        try:
+            broker, ca_file = config.broker, config.ca
+            embedded = config.state_dir / "bench-transport.db"  # beside the node's, not the node's own
+        with open_transport_url(broker, embedded_path=embedded, ca_file=ca_file) as transport:
             result = transport_bench.run(transport, size_kb=max(1, args.size_kb), seconds=args.seconds)
-        finally:
-            transport.close()
     kind = f"RabbitMQ at {broker.split('@')[-1]}" if broker else "embedded (SQLite)"
     print(f"{kind}: {result.messages} messages of {args.size_kb} KiB in {result.seconds:.1f}s: "
           f"{result.rate:,.0f} messages/s, {result.mib_per_second:.1f} MiB/s "

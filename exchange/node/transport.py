@@ -14,14 +14,17 @@ Semantics both promise:
 - ``publish(delay=...)`` makes a message deliverable only after the delay;
 - ``dead_letter`` moves a delivery to the recipient's dead-letter queue with its reason, for
   ``dead_letters``/``replay`` by an operator;
-- order within one queue is preserved for messages delivered for the first time.
+- order within one queue is preserved for messages delivered for the first time;
+- every method raises only ``exchange.errors.TransportError`` and its subclasses, whatever the
+  library underneath raises; transports and consumers close at the end of a ``with`` block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
 from exchange.codes import AgencyCode
 
@@ -59,6 +62,20 @@ class DeadLetter:
     """What ``replay`` takes to put it back."""
 
 
+class Closing:
+    """``with`` support for whatever has ``close()``: leaving the block closes it, even on error."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
 class Consumer(Protocol):
     """Deliveries from one agency's queue, at most ``prefetch`` unacknowledged at a time."""
 
@@ -80,6 +97,13 @@ class Consumer(Protocol):
 
     def close(self) -> None:
         """Stop consuming; whatever is unacknowledged will be redelivered."""
+        ...
+
+    def __enter__(self) -> Self:
+        ...
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         ...
 
 
@@ -111,4 +135,12 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None:
+        """Release the connection or file; idempotent."""
+        ...
+
+    def __enter__(self) -> Self:
+        ...
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         ...
