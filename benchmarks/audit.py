@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 from exchange.audit import merkle
-from exchange.audit import tools as audit_tools
 from exchange.audit.checkpoints import Checkpointer, NoteSigner, origin_for
-from exchange.audit.log import AuditLog, Entry, Event
+from exchange.audit.entries import Entry, Event
+from exchange.audit.log import AuditLog
+from exchange.audit.sources import DatabaseSource, Trust
+from exchange.audit.verify import verify
 from exchange.store import db
 
 AGENCY = "000.04.10.H49"
@@ -89,9 +91,9 @@ def main() -> None:
         root_hash = log.root(size)
         leaf = log.leaf(index)
         check = median_ms(lambda: merkle.verify_inclusion(index, size, leaf, proof, root_hash), 2000)
-        trust = audit_tools.Trust(keys=(signer.verifier,))
+        trust = Trust(keys=(signer.verifier,))
         start = time.perf_counter()
-        report = audit_tools.verify(audit_tools.DatabaseSource(root / "node.db"), trust)
+        report = verify(DatabaseSource(root / "node.db"), trust)
         verify_s = time.perf_counter() - start
         print(f"audit log of {size:,} entries (batches of {args.batch}), "
               f"{report.checkpoints} checkpoints, verify {'holds' if report.holds else 'FAILS'}")

@@ -23,6 +23,9 @@ envelope has a stable reason code, because signed receipts carry that code::
     │       ├── NotAuthorized            not-authorized
     │       └── EnvelopeExpired          envelope-expired
     ├── PkiError                     the local PKI could not do what was asked
+    ├── AuditError                   the audit log refused an operation (nothing to prove against...)
+    │   ├── LogDamaged                   this node's own log no longer holds: a hash missing or changed
+    │   └── Unverifiable                 a checkpoint, key or entry that does not parse or verify
     └── TransportError               the transport could not do what was asked (retry later)
         ├── Unroutable                   no queue for that recipient: nobody would get it
         ├── PublishRejected              the broker refused the message (nack)
@@ -83,6 +86,20 @@ class RoutingError(InvalidInput):
 
 class PkiError(ExchangeError):
     """The local certificate authority could not perform an operation."""
+
+
+class AuditError(ExchangeError):
+    """The audit log refused an operation; the subclasses say when it is more than a refusal."""
+
+
+class LogDamaged(AuditError):
+    """This node's own audit database no longer holds: a stored hash is missing, or the tree no
+    longer matches a checkpoint the node signed. Nothing more is signed until an operator looks."""
+
+
+class Unverifiable(AuditError):
+    """A checkpoint, verifier key, bundle or entry that does not parse or whose signature does not
+    verify: the fault is in what was given, not in this node's log."""
 
 
 class InvalidEnvelope(InvalidInput):

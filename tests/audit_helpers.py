@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exchange.audit.checkpoints import Checkpointer, NoteSigner, attest, origin_for, register_key
-from exchange.audit.log import AuditLog, Entry, Event
+from exchange.audit.entries import Entry, Event
+from exchange.audit.log import AuditLog
 from exchange.codes import AgencyCode
 from exchange.envelope import pki
 from exchange.store import db

@@ -10,9 +10,10 @@ import pytest
 
 from exchange.audit import checkpoints, merkle
 from exchange.audit.checkpoints import NoteSigner, Verifier
-from exchange.audit.log import AuditError, Entry, Event
+from exchange.audit.entries import Entry, Event
 from exchange.audit.witness import Verdict, Witness
 from exchange.envelope import pki
+from exchange.errors import AuditError, LogDamaged, Unverifiable
 from tests.audit_helpers import Node, filled, make_node, raw, transfer
 
 AGENCY = "000.04.10.H49"
@@ -42,7 +43,7 @@ def test_entry_encoding_is_canonical_and_versioned() -> None:
 def test_non_canonical_entry_is_refused() -> None:
     """The same content with other spacing is not a valid entry."""
     data = transfer(AGENCY, Event.PUBLISHED, "m1", "x").encode(0)
-    with pytest.raises(AuditError, match="canonical"):
+    with pytest.raises(Unverifiable, match="canonical"):
         Entry.decode(data.replace(b",", b", ", 1))
 
 
@@ -123,10 +124,10 @@ def test_checkpoint_signature_is_checked(node: Node) -> None:
     latest = node.checkpointer.latest()
     assert latest is not None
     note = latest.note
-    with pytest.raises(AuditError, match="no valid signature"):
+    with pytest.raises(Unverifiable, match="no valid signature"):
         checkpoints.verify(note.replace(f"\n{latest.size}\n", f"\n{latest.size + 1}\n"), node.signer.verifier)
     other = NoteSigner.generate(node.signer.name)
-    with pytest.raises(AuditError, match="no valid signature"):
+    with pytest.raises(Unverifiable, match="no valid signature"):
         checkpoints.verify(note, other.verifier)
     assert Verifier.parse(str(node.signer.verifier)) == node.signer.verifier
 
@@ -172,7 +173,7 @@ def test_no_checkpoint_over_a_rewritten_history(node: Node) -> None:
     with raw(node.database) as conn:
         conn.execute("UPDATE audit_nodes SET hash = ? WHERE level = 2 AND idx = 0", (b"\x00" * 32,))
     node.add(transfer(AGENCY, Event.PUBLISHED, "late", "x"))
-    with pytest.raises(AuditError, match="no longer matches"):
+    with pytest.raises(LogDamaged, match="no longer matches"):
         node.checkpointer.make()
 
 
@@ -245,5 +246,5 @@ def test_witness_refuses_an_unsigned_checkpoint(tmp_path: Path, ca: pki.Certific
     me = make_node(tmp_path / "me", ca)
     latest = peer.checkpointer.latest()
     assert latest is not None
-    with pytest.raises(AuditError):
+    with pytest.raises(Unverifiable):
         Witness(me.log).observe(latest.note, NoteSigner.generate(latest.origin).verifier)

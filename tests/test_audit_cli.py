@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.audit.log import Event
+from exchange.audit.entries import Event
 from exchange.cli import main
 from exchange.envelope import pki
 from tests.audit_helpers import Node, filled, make_node, raw, transfer

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from exchange.adapters.webhooks import Webhooks
-from exchange.audit.log import Entry
+from exchange.audit.entries import Entry
 from exchange.errors import ConfigError
 from tests.node_cluster import COMMUNE, POLICE, Cluster, wait_until
 

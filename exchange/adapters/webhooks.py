@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from exchange.audit.log import Event
+from exchange.audit.entries import Event
 from exchange.errors import ConfigError
 from exchange.node.context import NodeContext
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import hashlib
 import time
 from collections.abc import Callable
@@ -27,8 +26,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from exchange.audit.log import AuditError, AuditLog, Entry, Event, utc_now
+from exchange.audit.entries import Entry, Event, utc_now
+from exchange.audit.log import AuditLog
+from exchange.errors import AuditError, ConfigError, LogDamaged, Unverifiable
 from exchange.files import write_atomic, write_private
+from exchange.store import audit as rows
 
 ED25519 = b"\x01"
 DASH = "\u2014"
@@ -65,12 +67,12 @@ class Verifier:
             name, hash_hex, key_b64 = text.strip().split("+", 2)  # names never hold "+"
             raw = base64.b64decode(key_b64, validate=True)
         except (ValueError, binascii.Error):
-            raise AuditError(f"not a verifier key (name+hash+key): {text.strip()[:80]!r}") from None
+            raise Unverifiable(f"not a verifier key (name+hash+key): {text.strip()[:80]!r}") from None
         if raw[:1] != ED25519 or len(raw) != 33:
-            raise AuditError("verifier key is not an Ed25519 key")
+            raise Unverifiable("verifier key is not an Ed25519 key")
         verifier = cls(name, raw[1:])
         if verifier.key_hash.hex() != hash_hex:
-            raise AuditError(f"verifier key hash {hash_hex} does not match its key")
+            raise Unverifiable(f"verifier key hash {hash_hex} does not match its key")
         return verifier
 
     def verify(self, message: bytes, signature: bytes) -> bool:
@@ -109,9 +111,9 @@ class NoteSigner:
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (FileNotFoundError, ValueError) as exc:
-            raise AuditError(f"{path}: cannot read the checkpoint key ({exc})") from None
+            raise ConfigError(f"{path}: cannot read the checkpoint key ({exc})") from None
         if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise AuditError(f"{path}: the checkpoint key must be Ed25519")
+            raise ConfigError(f"{path}: the checkpoint key must be Ed25519")
         return cls(name, key)
 
     def sign(self, body: str) -> str:
@@ -135,27 +137,27 @@ def checkpoint_body(origin: str, size: int, root: bytes) -> str:
 
 
 def parse(note: str) -> Checkpoint:
-    """The checkpoint in a signed note, unverified; AuditError if it is malformed."""
+    """The checkpoint in a signed note, unverified; Unverifiable if it is malformed."""
     body, sep, _ = note.partition("\n\n")
     lines = body.split("\n")
     if not sep or len(lines) < 3:
-        raise AuditError("not a checkpoint: expected origin, size and root, a blank line, signatures")
+        raise Unverifiable("not a checkpoint: expected origin, size and root, a blank line, signatures")
     try:
         size = int(lines[1])
         root = base64.b64decode(lines[2], validate=True)
     except (ValueError, binascii.Error):
-        raise AuditError("not a checkpoint: bad size or root line") from None
+        raise Unverifiable("not a checkpoint: bad size or root line") from None
     if size < 0 or len(root) != 32 or str(size) != lines[1]:
-        raise AuditError("not a checkpoint: bad size or root line")
+        raise Unverifiable("not a checkpoint: bad size or root line")
     return Checkpoint(lines[0], size, root, note)
 
 
 def verify(note: str, verifier: Verifier) -> Checkpoint:
-    """The checkpoint if ``verifier`` signed it for its own origin; AuditError otherwise."""
+    """The checkpoint if ``verifier`` signed it for its own origin; Unverifiable otherwise."""
     checkpoint = parse(note)
     body, _, signatures = note.partition("\n\n")
     if checkpoint.origin != verifier.name:
-        raise AuditError(f"checkpoint origin {checkpoint.origin!r} is not the key's {verifier.name!r}")
+        raise Unverifiable(f"checkpoint origin {checkpoint.origin!r} is not the key's {verifier.name!r}")
     for line in signatures.splitlines():
         parts = line.split(" ")
         if len(parts) != 3 or parts[0] != DASH or parts[1] != verifier.name:
@@ -166,7 +168,7 @@ def verify(note: str, verifier: Verifier) -> Checkpoint:
             continue
         if blob[:4] == verifier.key_hash and verifier.verify((body + "\n").encode("utf-8"), blob[4:]):
             return checkpoint
-    raise AuditError(f"checkpoint of size {checkpoint.size} has no valid signature by {verifier.name}")
+    raise Unverifiable(f"checkpoint of size {checkpoint.size} has no valid signature by {verifier.name}")
 
 
 def attest(verifier: Verifier, agency_key: ec.EllipticCurvePrivateKey) -> str:
@@ -190,12 +192,9 @@ def check_attestation(verifier: Verifier, attestation: str, cert: x509.Certifica
 
 def register_key(audit: AuditLog, verifier: Verifier, attestation: str, cert_pem: str) -> None:
     """Record a checkpoint key (new or rotated) and audit it, in the caller's transaction."""
-    known = audit.conn.execute("SELECT 1 FROM audit_keys WHERE verifier = ?", (str(verifier),)).fetchone()
-    if known:
+    if rows.has_key(audit.conn, str(verifier)):
         return
-    audit.conn.execute("INSERT INTO audit_keys (verifier, attestation, certificate, from_size, added_at) "
-                       "VALUES (?, ?, ?, ?, ?)",
-                       (str(verifier), attestation, cert_pem, audit.size, utc_now().isoformat()))
+    rows.add_key(audit.conn, rows.KeyRecord(str(verifier), attestation, cert_pem, audit.size), utc_now().isoformat())
     audit.append(Entry(Event.KEY_ROTATED, audit.node, detail={"verifier": str(verifier)}))
 
 
@@ -215,9 +214,8 @@ class Checkpointer:
     _last_time: float = field(default=0.0, init=False)
 
     def latest(self) -> Checkpoint | None:
-        row = self.audit.conn.execute(
-            "SELECT note FROM audit_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
-        return parse(row[0]) if row else None
+        note = rows.latest_checkpoint_note(self.audit.conn)
+        return parse(note) if note is not None else None
 
     def due(self) -> bool:
         latest = self.latest()
@@ -240,14 +238,13 @@ class Checkpointer:
         root = self.audit.root(size)
         if latest is not None and self.audit.root(latest.size) != latest.root:
             log.error("audit.damaged", size=latest.size, reason="the tree no longer matches a checkpoint")
-            raise AuditError(f"the tree no longer matches checkpoint {latest.size}: refusing to sign")
+            raise LogDamaged(f"the tree no longer matches checkpoint {latest.size}: refusing to sign")
         try:
             note = self.signer.sign(checkpoint_body(self.signer.name, size, root))
         except (ValueError, TypeError, OSError) as exc:  # an HSM or key store that fails
             log.warning("audit.checkpoint_failed", size=size, error=str(exc))
             return None
         with conn:
-            conn.execute("INSERT INTO audit_checkpoints (size, root, note, made_at) VALUES (?, ?, ?, ?)",
-                         (size, root, note, dt.datetime.now(dt.UTC).isoformat()))
+            rows.add_checkpoint(conn, size, root, note, utc_now().isoformat())
         self._last_time = self.clock()
         return parse(note)

@@ -10,7 +10,6 @@ logged as an error, appended to the receiver's own audit log, and reported to th
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -18,25 +17,11 @@ import structlog
 
 from exchange.audit import checkpoints, merkle
 from exchange.audit.checkpoints import Checkpoint, Verifier
-from exchange.audit.log import AuditError, AuditLog, Entry, Event
+from exchange.audit.entries import Entry, Event, utc_now
+from exchange.audit.log import AuditLog
+from exchange.store import audit as rows
 
 log = structlog.get_logger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS peer_checkpoints (
-    origin TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    root BLOB NOT NULL,
-    note TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    proven INTEGER NOT NULL,
-    PRIMARY KEY (origin, size)
-);
-CREATE TABLE IF NOT EXISTS sent_checkpoints (
-    peer TEXT PRIMARY KEY,
-    size INTEGER NOT NULL
-);
-"""
 
 
 class Verdict(StrEnum):
@@ -66,44 +51,34 @@ class Attachment:
 class Witness:
     """Peer checkpoints in the node's database, next to its own audit log."""
 
-    def __init__(self, audit: AuditLog, *, create: bool = True) -> None:
+    def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
-        if create:  # executescript commits: callers inside a transaction create the tables earlier
-            audit.conn.executescript(SCHEMA)
 
     def attachment_for(self, peer: str, latest: Checkpoint | None) -> Attachment | None:
         """Our latest checkpoint for a receipt to ``peer``, proven from the one we last sent it."""
         if latest is None:
             return None
-        row = self.audit.conn.execute("SELECT size FROM sent_checkpoints WHERE peer = ?", (peer,)).fetchone()
-        from_size = int(row[0]) if row else None
+        from_size = rows.sent_size(self.audit.conn, peer)
         proof: tuple[bytes, ...] = ()
         if from_size is not None and 0 < from_size < latest.size:
             proof = tuple(self.audit.consistency_proof(from_size, latest.size))
-        self.audit.conn.execute("INSERT INTO sent_checkpoints (peer, size) VALUES (?, ?) "
-                                "ON CONFLICT (peer) DO UPDATE SET size = excluded.size", (peer, latest.size))
+        rows.set_sent_size(self.audit.conn, peer, latest.size)
         return Attachment(latest.note, from_size, proof)
 
     def observe(self, note: str, verifier: Verifier, from_size: int | None = None,
                 proof: tuple[bytes, ...] = ()) -> Observation:
         """Check and keep a peer's checkpoint, in the caller's transaction. A bad signature raises
-        AuditError; a fork is recorded and returned, never raised: the caller keeps running."""
+        Unverifiable; a fork is recorded and returned, never raised: the caller keeps running."""
         checkpoint = checkpoints.verify(note, verifier)
-        held = self._held(checkpoint.origin)
+        held = rows.peer_roots(self.audit.conn, checkpoint.origin)
         observation = self._judge(checkpoint, held, from_size, proof)
         if observation.verdict is Verdict.FORK:
             self._alarm(observation)
         if checkpoint.size not in held:
-            self.audit.conn.execute(
-                "INSERT INTO peer_checkpoints (origin, size, root, note, received_at, proven) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (checkpoint.origin, checkpoint.size, checkpoint.root, note,
-                 dt.datetime.now(dt.UTC).isoformat(), int(observation.verdict is not Verdict.UNPROVEN)))
+            rows.add_peer_checkpoint(self.audit.conn, checkpoint.origin, checkpoint.size, checkpoint.root, note,
+                                     received_at=utc_now().isoformat(),
+                                     proven=observation.verdict is not Verdict.UNPROVEN)
         return observation
-
-    def _held(self, origin: str) -> dict[int, bytes]:
-        rows = self.audit.conn.execute("SELECT size, root FROM peer_checkpoints WHERE origin = ?", (origin,))
-        return {int(size): bytes(root) for size, root in rows}
 
     @staticmethod
     def _judge(checkpoint: Checkpoint, held: dict[int, bytes], from_size: int | None,
@@ -129,9 +104,7 @@ class Witness:
                                         "reason": observation.detail}))
 
     def peer_checkpoints(self, origin: str) -> list[Checkpoint]:
-        rows = self.audit.conn.execute("SELECT note FROM peer_checkpoints WHERE origin = ? ORDER BY size",
-                                       (origin,))
-        return [checkpoints.parse(note) for (note,) in rows]
+        return [checkpoints.parse(note) for note in rows.peer_notes(self.audit.conn, origin)]
 
 
-__all__ = ["AuditError", "Attachment", "Observation", "Verdict", "Witness"]
+__all__ = ["Attachment", "Observation", "Verdict", "Witness"]

@@ -1,7 +1,8 @@
 """``exchange audit``: what auditors run, offline, with public keys and certificates only.
 
 Exit codes: 0 the log holds, 1 it does not (with what and where), 2 usage. Every command takes
-``--config NODE_TOML`` in place of the database and key, to point at a node's own files.
+``--config NODE_TOML`` in place of the database (or bundle) and key, to point at a node's own
+files; for ``reconcile`` it names this node, and the other side stays a bundle or database.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exchange.audit import checkpoints
-from exchange.audit import tools as audit_tools
-from exchange.audit.tools import BundleSource, DatabaseSource, Trust
+from exchange.audit import bundle, proofs
+from exchange.audit import verify as verifying
+from exchange.audit.checkpoints import Checkpoint, parse
+from exchange.audit.reconcile import reconcile
+from exchange.audit.show import show
+from exchange.audit.sources import LogSource, Trust, checkpoint_of, open_source
 from exchange.errors import ConfigError
 from exchange.node.config import NodeConfig
 
@@ -38,30 +42,38 @@ def register(commands: Any) -> None:
     prove = sub.add_parser("prove", help="a dossier's entries with inclusion proofs, as JSON")
     _source_args(prove)
     prove.add_argument("--dossier", required=True, metavar="CODE")
+    prove.add_argument("--checkpoint", metavar="SIZE|FILE",
+                       help="prove against this checkpoint (one of the log's sizes, or a note file), "
+                            "not the latest")
     prove.set_defaults(handler=_prove)
 
-    consistency = sub.add_parser("consistency", help="are two checkpoints of one log consistent?")
-    consistency.add_argument("old", type=Path, metavar="OLD_CHECKPOINT")
-    consistency.add_argument("new", type=Path, metavar="NEW_CHECKPOINT")
-    consistency.add_argument("--bundle", type=Path, required=True, metavar="BUNDLE")
+    consistency = sub.add_parser("consistency", help="are two checkpoints of one log consistent? prints the proof")
+    consistency.add_argument("old", metavar="OLD", help="the older checkpoint: a note file, or a size of the log's")
+    consistency.add_argument("new", metavar="NEW", help="the newer checkpoint: a note file, or a size of the log's")
+    log = consistency.add_mutually_exclusive_group(required=True)
+    log.add_argument("--bundle", type=Path, metavar="BUNDLE|DB", help="the log: a bundle or a node database")
+    log.add_argument("--config", type=Path, metavar="NODE_TOML", help="use a node's database and key")
+    consistency.add_argument("--json", action="store_true", help="print the proof as JSON, for an outside checker")
     _trust_args(consistency)
     consistency.set_defaults(handler=_consistency)
 
-    reconcile = sub.add_parser("reconcile", help="match what A sent B with what B received and receipted")
-    reconcile.add_argument("a", type=Path, metavar="BUNDLE_A")
-    reconcile.add_argument("b", type=Path, metavar="BUNDLE_B")
-    reconcile.set_defaults(handler=_reconcile)
+    reconcile_ = sub.add_parser("reconcile", help="match what A sent B with what B received and receipted")
+    this = reconcile_.add_mutually_exclusive_group(required=True)
+    this.add_argument("this", type=Path, nargs="?", metavar="A", help="one side: a bundle or a node database")
+    this.add_argument("--config", type=Path, metavar="NODE_TOML", help="this node's database as one side")
+    reconcile_.add_argument("other", type=Path, metavar="B", help="the other side: a bundle or a node database")
+    reconcile_.set_defaults(handler=_reconcile)
 
-    show = sub.add_parser("show", help="the processing-control view of a dossier")
-    _source_args(show)
-    show.add_argument("--dossier", metavar="CODE")
-    show.set_defaults(handler=_show)
+    show_ = sub.add_parser("show", help="the processing-control view of a dossier")
+    _source_args(show_)
+    show_.add_argument("--dossier", metavar="CODE")
+    show_.set_defaults(handler=_show)
 
 
 def _source_args(parser: argparse.ArgumentParser, trust: bool = False) -> None:
-    parser.add_argument("db", type=Path, nargs="?", metavar="DB",
-                        help="a node database (or, for verify and show, a bundle)")
-    parser.add_argument("--config", type=Path, metavar="NODE_TOML", help="use a node's database and key")
+    log = parser.add_mutually_exclusive_group(required=True)
+    log.add_argument("db", type=Path, nargs="?", metavar="DB|BUNDLE", help="a node database or a bundle")
+    log.add_argument("--config", type=Path, metavar="NODE_TOML", help="use a node's database and key")
     if trust:
         _trust_args(parser)
 
@@ -72,13 +84,15 @@ def _trust_args(parser: argparse.ArgumentParser) -> None:
                         help="the agency certificate that attested the checkpoint keys")
 
 
-def _target(args: argparse.Namespace) -> tuple[Path, NodeConfig | None]:
-    if (args.db is None) == (args.config is None):
-        raise ConfigError("give a database (or bundle) or --config NODE_TOML, not both or neither")
-    if args.config is not None:
-        config = NodeConfig.load(args.config)
+def _target(given: Path | None, config_file: Path | None) -> tuple[Path, NodeConfig | None]:
+    """The log to read: the one given, or the database of the node ``--config`` names (the parser
+    lets exactly one through)."""
+    if config_file is not None:
+        config = NodeConfig.load(config_file)
         return config.database, config
-    return args.db, None
+    if given is None:
+        raise ConfigError("give a database (or bundle) or --config NODE_TOML")
+    return given, None
 
 
 def _trust(args: argparse.Namespace, config: NodeConfig | None) -> Trust:
@@ -92,9 +106,9 @@ def _trust(args: argparse.Namespace, config: NodeConfig | None) -> Trust:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    path, config = _target(args)
-    source = audit_tools.open_source(path)
-    report = audit_tools.verify(source, _trust(args, config), progress=audit_tools.terminal_progress)
+    path, config = _target(args.db, args.config)
+    source = open_source(path)
+    report = verifying.verify(source, _trust(args, config), progress=verifying.terminal_progress)
     if sys.stderr.isatty():
         sys.stderr.write("\r" + " " * 70 + "\r")
     for problem in report.problems:
@@ -112,17 +126,17 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    path, _ = _target(args)
-    source = DatabaseSource(path)
-    count = audit_tools.export(source, args.out)
+    source = open_source(_target(args.db, args.config)[0])
+    count = bundle.export(source, args.out)
     print(f"{count} entries, {len(source.checkpoint_notes())} checkpoints, "
           f"{len(source.key_records())} keys -> {args.out}")
     return 0
 
 
 def _prove(args: argparse.Namespace) -> int:
-    path, _ = _target(args)
-    document = audit_tools.prove(DatabaseSource(path), args.dossier)
+    source = open_source(_target(args.db, args.config)[0])
+    checkpoint = None if args.checkpoint is None else _checkpoint(args.checkpoint, source)
+    document = proofs.prove(source, args.dossier, checkpoint)
     if not document["entries"] and not document["not_yet_checkpointed"]:
         print(f"no entry about dossier {args.dossier}", file=sys.stderr)
         return 1
@@ -130,19 +144,11 @@ def _prove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _consistency(args: argparse.Namespace) -> int:
-    trust = Trust()
-    if args.key is not None or args.cert is not None:
-        trust = _trust(args, None)
-    old, new = (_read_note(p) for p in (args.old, args.new))
-    problems = audit_tools.consistency(old, new, BundleSource(args.bundle), trust)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if problems:
-        return 1
-    a, b = checkpoints.parse(old), checkpoints.parse(new)
-    print(f"consistent: {a.origin} size {a.size} is a prefix of size {b.size}")
-    return 0
+def _checkpoint(spec: str, source: LogSource) -> Checkpoint:
+    """A checkpoint named on the command line: a note file, or the size of one of the log's own."""
+    if spec.isdigit() and not Path(spec).is_file():
+        return checkpoint_of(source, int(spec))
+    return parse(_read_note(Path(spec)))
 
 
 def _read_note(path: Path) -> str:
@@ -152,8 +158,30 @@ def _read_note(path: Path) -> str:
         raise ConfigError(f"{path}: {exc.strerror}") from None
 
 
+def _consistency(args: argparse.Namespace) -> int:
+    path, config = _target(args.bundle, args.config)
+    source = open_source(path)
+    trust = _trust(args, config) if args.key or args.cert or config else Trust()
+    old, new = (_checkpoint(spec, source).note for spec in (args.old, args.new))
+    result = proofs.consistency(old, new, source, trust)
+    for problem in result.problems:
+        print(problem, file=sys.stderr)
+    if not result.holds:
+        return 1
+    if args.json:
+        print(json.dumps(result.document(), ensure_ascii=False, indent=2))
+        return 0
+    print(f"old    size {result.old.size:<10} root {result.old.root.hex()}")
+    print(f"new    size {result.new.size:<10} root {result.new.root.hex()}")
+    for number, value in enumerate(result.proof, 1):
+        print(f"proof  {number:<15} {value.hex()}")
+    print(f"consistent: {result.new.origin} size {result.old.size} is a prefix of size {result.new.size}")
+    return 0
+
+
 def _reconcile(args: argparse.Namespace) -> int:
-    matched, gaps = audit_tools.reconcile(BundleSource(args.a), BundleSource(args.b))
+    this, _ = _target(args.this, args.config)
+    matched, gaps = reconcile(open_source(this), open_source(args.other))
     for gap in gaps:
         print(gap)
     print(f"{matched} transfer(s) matched on both sides, {len(gaps)} without their other half")
@@ -161,7 +189,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    path, _ = _target(args)
-    for line in audit_tools.show(audit_tools.open_source(path), args.dossier, ICT):
+    path, _ = _target(args.db, args.config)
+    for line in show(open_source(path), args.dossier, ICT):
         print(line)
     return 0

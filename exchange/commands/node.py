@@ -14,7 +14,8 @@ from typing import Any
 from exchange import logs
 from exchange.adapters import open_transport
 from exchange.audit.checkpoints import NoteSigner, attest, origin_for, register_key
-from exchange.audit.log import AuditLog, Entry, Event
+from exchange.audit.entries import Entry, Event
+from exchange.audit.log import AuditLog
 from exchange.codes import AgencyCode, DossierCode
 from exchange.commands import agency_arg, read_input
 from exchange.envelope import pki

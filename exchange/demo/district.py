@@ -26,8 +26,11 @@ from importlib import resources
 from pathlib import Path
 
 from exchange.adapters import open_transport
-from exchange.audit import tools as audit_tools
-from exchange.audit.log import Entry
+from exchange.audit.bundle import export as export_bundle
+from exchange.audit.entries import Entry
+from exchange.audit.reconcile import reconcile
+from exchange.audit.sources import BundleSource, DatabaseSource, Trust
+from exchange.audit.verify import verify as verify_log
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.commands.node import init_node
 from exchange.demo import samples
@@ -198,20 +201,19 @@ class Demo:
         bundles: dict[str, Path] = {}
         for agency in self.agencies[:-1]:
             config = NodeConfig.load(self.config(agency))
-            source = audit_tools.DatabaseSource(config.database)
-            report = audit_tools.verify(source, audit_tools.Trust.from_cert_file(config.cert))
+            source = DatabaseSource(config.database)
+            report = verify_log(source, Trust.from_cert_file(config.cert))
             verified.append(f"{agency}: {report.entries} entries, {report.checkpoints} checkpoints, "
                             + ("holds" if report.holds else "FAILS: " + "; ".join(report.problems)))
             bundles[agency] = self.out / "bundles" / f"{agency}.bundle"
             bundles[agency].parent.mkdir(exist_ok=True)
-            audit_tools.export(source, bundles[agency])
+            export_bundle(source, bundles[agency])
             source.conn.close()
-        entries = {a: [Entry.decode(d)[1] for _, d in audit_tools.BundleSource(b).entries()]
+        entries = {a: [Entry.decode(d)[1] for _, d in BundleSource(b).entries()]
                    for a, b in bundles.items()}
         for a, b in itertools.combinations(bundles, 2):
             if any(e.counterpart == b for e in entries[a]):
-                matched, found = audit_tools.reconcile(audit_tools.BundleSource(bundles[a]),
-                                                       audit_tools.BundleSource(bundles[b]))
+                matched, found = reconcile(BundleSource(bundles[a]), BundleSource(bundles[b]))
                 gaps += found
                 verified.append(f"reconciled {a} ↔ {b}: {matched} transfers matched, {len(found)} gaps")
         return verified, gaps
@@ -222,7 +224,7 @@ def summary_counts(demo: Demo) -> dict[str, int]:
     late_dossiers: set[str] = set()
     for agency in demo.agencies[:-1]:
         config = NodeConfig.load(demo.config(agency))
-        source = audit_tools.DatabaseSource(config.database)
+        source = DatabaseSource(config.database)
         for _, data in source.entries():
             entry = Entry.decode(data)[1]
             event = entry.event.value

@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 
 from exchange.audit.checkpoints import Checkpointer, NoteSigner
-from exchange.audit.log import AuditLog, Entry, Event
+from exchange.audit.entries import Entry, Event
+from exchange.audit.log import AuditLog
 from exchange.codes import AgencyCode
 from exchange.envelope.sealing import Opener, Signer
 from exchange.envelope.trust import TrustStore

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from exchange.adapters.dropfolder import DropFolder
 from exchange.adapters.http_api import ApiServer
 from exchange.adapters.webhooks import Webhooks
-from exchange.audit.log import Entry, Event
+from exchange.audit.entries import Entry, Event
 from exchange.codes import AgencyCode
 from exchange.errors import RuleError, StaleDelivery, TransportError, Unroutable
 from exchange.files import write_atomic

@@ -16,7 +16,7 @@ import structlog
 from lxml import etree
 
 from exchange.audit.checkpoints import Verifier, check_attestation, origin_for
-from exchange.audit.log import AuditError, Event
+from exchange.audit.entries import Event
 from exchange.audit.witness import Witness
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.envelope import dossier as dossiers
@@ -33,7 +33,7 @@ from exchange.envelope.messages import (
     status_element,
 )
 from exchange.envelope.model import DOSSIER_NS, Header, Hop, Kind, VerifiedEnvelope, q, utc
-from exchange.errors import InvalidDossier, InvalidEnvelope, InvalidInput, NotAuthorized, RoutingError
+from exchange.errors import AuditError, InvalidDossier, InvalidEnvelope, InvalidInput, NotAuthorized, RoutingError
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.xml import safexml
@@ -446,7 +446,7 @@ def _send_receipt(ctx: NodeContext, sender: AgencyCode, items: list[tuple[Ack, s
 def _witnessed(ctx: NodeContext, peer: AgencyCode) -> Witnessed | None:
     """This node's latest checkpoint for a receipt, proven from the one last sent to ``peer``, with
     the checkpoint key and the agency key's attestation of it: every peer keeps our tree heads."""
-    attachment = Witness(ctx.audit, create=False).attachment_for(str(peer), ctx.checkpointer.latest())
+    attachment = Witness(ctx.audit).attachment_for(str(peer), ctx.checkpointer.latest())
     if attachment is None:
         return None
     key = ctx.store.conn.execute("SELECT verifier, attestation FROM audit_keys ORDER BY from_size DESC "
@@ -466,7 +466,7 @@ def _observe(ctx: NodeContext, env: VerifiedEnvelope) -> None:
                 verifier, witnessed.attestation, env.signer_certificate):
             log.warning("witness.key_not_attested", peer=str(env.header.sender))
             return
-        Witness(ctx.audit, create=False).observe(witnessed.note, verifier, witnessed.from_size,
+        Witness(ctx.audit).observe(witnessed.note, verifier, witnessed.from_size,
                                                         witnessed.proof)
     except AuditError as exc:
         log.warning("witness.checkpoint_refused", peer=str(env.header.sender), error=str(exc))
