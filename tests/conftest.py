@@ -12,17 +12,13 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from exchange.codes import AgencyCode, DossierCode, ProcedureCode
+from exchange.codes import AgencyCode, DossierCode
 from exchange.demo import samples
 from exchange.envelope import pki
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Opener, Signer
 from exchange.envelope.trust import TrustStore
-
-COMMUNE = AgencyCode("000.01.10.H49")
-POLICE = AgencyCode("000.30.10.H49")
-INSURANCE = AgencyCode("000.31.10.H49")
-BIRTH = ProcedureCode("2.000986")
+from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE  # noqa: F401 (INSURANCE: older imports from conftest)
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from typing import Any
 from exchange.cli import main
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.demo import samples
+from tests import agencies
 
 RULES = Path(__file__).resolve().parent.parent / "routing_rules"
 EXE = str(Path(sys.executable).parent / "exchange")
-COMMUNE = "000.04.10.H49"
-POLICE = "000.30.10.H49"
-INSURANCE = "000.31.10.H49"
-BIRTH = "2.000986"
+COMMUNE, POLICE, INSURANCE = str(agencies.COMMUNE), str(agencies.POLICE), str(agencies.INSURANCE)
+"""As text: node directories, command lines and ``status --json`` name agencies by their code."""
+BIRTH = str(agencies.BIRTH)
 
 
 def cli(*argv: str | Path) -> int:
@@ -36,6 +36,26 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60, what: str = "
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def log_events(path: Path, start: int = 0) -> list[dict[str, Any]]:
+    """The structured events in a node's log from byte ``start`` on: the JSON lines the daemon
+    writes to stderr when it is not on a tty. Other lines, and a line still being written, are skipped."""
+    found: list[dict[str, Any]] = []
+    with path.open("rb") as log:
+        log.seek(start)
+        for line in log:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                found.append(event)
+    return found
+
+
+def events_named(path: Path, name: str, start: int = 0) -> list[dict[str, Any]]:
+    return [event for event in log_events(path, start) if event.get("event") == name]
 
 
 @dataclass
@@ -58,19 +78,28 @@ class Cluster:
                 argv += ["--broker", self.broker]
             assert cli(*argv) == 0
 
+    def log(self, agency: str) -> Path:
+        return self.root / f"{agency}.log"
+
     def start(self, agency: str, fault: str | None = None, **overrides: str) -> subprocess.Popen[bytes]:
+        """Start the node and return once it logged its ``node.started`` event (or exited)."""
         env = {**os.environ, **overrides}
         env.pop("EXCHANGE_FAULT", None)
         if fault:
             env["EXCHANGE_FAULT"] = fault
-        log = (self.root / f"{agency}.log").open("ab")
-        process = subprocess.Popen([EXE, "run", "--config", str(self.config(agency))], stdout=log,
-                                   stderr=subprocess.STDOUT, env=env)
-        log.close()
+        with self.log(agency).open("ab") as log:
+            start = log.tell()  # a restarted node appends: only this run's events count
+            process = subprocess.Popen([EXE, "run", "--config", str(self.config(agency))], stdout=log,
+                                       stderr=subprocess.STDOUT, env=env)
         self.processes[agency] = process
-        wait_until(lambda: b"node.started" in (self.root / f"{agency}.log").read_bytes()
+        wait_until(lambda: bool(events_named(self.log(agency), "node.started", start))
                    or process.poll() is not None, 60, f"{agency} to start")
         return process
+
+    def wait_for_event(self, agency: str, name: str, start: int = 0, timeout: float = 30) -> dict[str, Any]:
+        """The first event ``name`` the node logged from byte ``start`` of its log on, waiting for it."""
+        wait_until(lambda: bool(events_named(self.log(agency), name, start)), timeout, f"{name} at {agency}")
+        return events_named(self.log(agency), name, start)[0]
 
     def stop(self, agency: str) -> int:
         process = self.processes.pop(agency)

@@ -15,9 +15,10 @@ from exchange.codes import AgencyCode, ProcedureCode
 from exchange.demo import samples
 from exchange.envelope.model import canonical
 from exchange.errors import InvalidDossier
+from tests import agencies
 from tests.node_cluster import COMMUNE, Cluster, cli
 
-POLICE = Organ("000.30.10.H49", "Công an huyện Đầm Hà")
+POLICE = Organ(str(agencies.POLICE), "Công an huyện Đầm Hà")
 DESK = Organ(COMMUNE, "Ủy ban nhân dân xã Dực Yên")
 
 

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from exchange.adapters.amqp import AmqpTransport
-from exchange.adapters.embedded import EmbeddedTransport
+from exchange.adapters import open_transport
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Signer
-from exchange.node.transport import Message, Transport
+from exchange.node.config import NodeConfig
+from exchange.node.transport import Message
+from tests import agencies
 from tests.node_cluster import BIRTH, COMMUNE, INSURANCE, POLICE, Cluster, cli, wait_until
 from tests.transport_helpers import BROKER, delete_queues, require_broker
 
-HAI_HA_POLICE = "000.30.11.H49"
+HAI_HA_POLICE = str(agencies.HAI_HA_POLICE)
 DOSSIERS = 6
 
 
@@ -77,12 +78,6 @@ def _settled(cluster: Cluster) -> bool:
     return True
 
 
-def transport_for(cluster: Cluster) -> Transport:
-    if cluster.broker:
-        return AmqpTransport(cluster.broker)
-    return EmbeddedTransport(cluster.root / "nodes" / "transport.db")
-
-
 def test_off_route_sender_is_refused(cluster: Cluster) -> None:
     """A valid envelope from another district's police, for a step it does not perform, is
     refused with not-authorized, dead-lettered and audited; the node keeps running."""
@@ -96,15 +91,12 @@ def test_off_route_sender_is_refused(cluster: Cluster) -> None:
     root, _ = dossiers.load((cluster.root / "dossier-1.xml").read_bytes())
     header = Header(kind=Kind.TRANSFER, sender=AgencyCode(HAI_HA_POLICE), recipient=AgencyCode(COMMUNE),
                     dossier=DossierCode(code), procedure=ProcedureCode(BIRTH), step="return")
-    transport = transport_for(cluster)
-    try:
+    with open_transport(NodeConfig.load(cluster.config(HAI_HA_POLICE))) as transport:
         transport.declare(AgencyCode(HAI_HA_POLICE))
         transport.publish(Message(AgencyCode(COMMUNE), signer.seal(header, root), header.message_id))
         wait_until(lambda: bool(transport.dead_letters(AgencyCode(COMMUNE))), 30, "the dead letter")
         (letter,) = transport.dead_letters(AgencyCode(COMMUNE))
         assert letter.reason.startswith("not-authorized")
-    finally:
-        transport.close()
     assert cluster.processes[COMMUNE].poll() is None
     assert cluster.stop(COMMUNE) == 0
     bundle = cluster.verify_and_export(COMMUNE)
@@ -171,19 +163,18 @@ def test_sighup_reloads_rules_and_keeps_them_on_a_bad_edit(tmp_path: Path) -> No
     district = Cluster(tmp_path, rules=rules)
     district.init(COMMUNE)
     node = district.start(COMMUNE)
-    log = tmp_path / f"{COMMUNE}.log"
     civil = rules / "civil-status.xml"
     good = civil.read_text("utf-8")
     try:
         civil.write_text(good.replace('scope="cross-level" budget="3"', 'scope="cross-levle" budget="3"', 1), "utf-8")
         node.send_signal(signal.SIGHUP)
-        wait_until(lambda: b"rules.reload_refused" in log.read_bytes(), 30, "the refusal")
-        assert b"cross-levle" in log.read_bytes()
+        refused = district.wait_for_event(COMMUNE, "rules.reload_refused")
+        assert any("cross-levle" in problem for problem in refused["problems"])
         assert node.poll() is None
         civil.write_text(good.replace('<step id="residence" action="register-residence" budget="2"',
                                       '<step id="residence" action="register-residence" budget="1"', 1), "utf-8")
         node.send_signal(signal.SIGHUP)
-        wait_until(lambda: b"rules.reloaded" in log.read_bytes(), 30, "the reload")
+        district.wait_for_event(COMMUNE, "rules.reloaded")
         time.sleep(0.5)
     finally:
         assert district.stop(COMMUNE) == 0

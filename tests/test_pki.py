@@ -9,11 +9,11 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from exchange.codes import AgencyCode
 from exchange.envelope import pki
 from exchange.errors import ConfigError, PkiError
+from tests.agencies import QUANG_AN
 
-AGENCY = AgencyCode("000.05.10.H49")
+AGENCY = QUANG_AN
 
 
 @pytest.fixture

@@ -14,17 +14,11 @@ from exchange.codes import AgencyCode, ProcedureCode
 from exchange.errors import RoutingError
 from exchange.rules.load import load
 from exchange.rules.model import RuleSet
+from tests.agencies import BIRTH, DAM_HA_CENTRE, DAM_HA_INSURANCE, DAM_HA_POLICE, DUC_YEN, HAI_HA_POLICE, QUANG_LONG
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "routing_rules"
 ICT = dt.timezone(dt.timedelta(hours=7))
-BIRTH = ProcedureCode("2.000986")
 SPLIT_PLOT = ProcedureCode("1.012784")
-DAM_HA_POLICE = AgencyCode("000.30.10.H49")
-DAM_HA_INSURANCE = AgencyCode("000.31.10.H49")
-HAI_HA_POLICE = AgencyCode("000.30.11.H49")
-DUC_YEN = AgencyCode("000.04.10.H49")
-QUANG_LONG = AgencyCode("000.02.11.H49")
-DAM_HA_CENTRE = AgencyCode("000.20.10.H49")
 
 
 @pytest.fixture(scope="module")
