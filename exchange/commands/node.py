@@ -135,10 +135,9 @@ def _run(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
     logs.configure(config.log_format)
     ctx = NodeContext.open(config)
-    transport = open_transport(config.broker, embedded_path=config.embedded_transport,
-                               ca_file=str(config.ca) if config.broker.startswith("amqps") else None)
     try:
-        return Daemon(ctx, transport).run()
+        with open_transport(config) as transport:
+            return Daemon(ctx, transport).run()
     finally:
         ctx.close()
 
@@ -217,8 +216,7 @@ def _dead_action(args: argparse.Namespace, ctx: NodeContext, config: NodeConfig)
     conn = ctx.store.conn
     outgoing = conn.execute("SELECT message_id, recipient, kind, dossier, step, last_error FROM outbox "
                             "WHERE state = 'dead' ORDER BY id").fetchall()
-    transport = open_transport(config.broker, embedded_path=config.embedded_transport)
-    try:
+    with open_transport(config) as transport:
         incoming = transport.dead_letters(config.agency)
         if args.action == "list":
             for mid, recipient, kind, dossier, step, error in outgoing:
@@ -230,8 +228,6 @@ def _dead_action(args: argparse.Namespace, ctx: NodeContext, config: NodeConfig)
         if not args.id:
             raise ConfigError("give --id (see `exchange dead list`)")
         return _dead_one(args, ctx, transport, outgoing, incoming)
-    finally:
-        transport.close()
 
 
 def _dead_one(args: argparse.Namespace, ctx: NodeContext, transport: Transport, outgoing: list[Any],
@@ -274,9 +270,8 @@ def _check(args: argparse.Namespace) -> int:
         audit_entries = ctx.audit.size
         if counts.get("outbox_dead"):
             problems.append(f"{counts['outbox_dead']} outgoing transfer(s) dead-lettered")
-        transport = open_transport(config.broker, embedded_path=config.embedded_transport)
-        transport.declare(config.agency)
-        transport.close()
+        with open_transport(config) as transport:
+            transport.declare(config.agency)
     except ExchangeError as exc:
         problems.append(str(exc))
     finally:

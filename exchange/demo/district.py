@@ -156,12 +156,9 @@ class Demo:
                         dossier=DossierCode(root.findtext("{urn:vn-exchange:dossier:1}Code") or code),
                         procedure=ProcedureCode("2.000986"), step="return")
         config = NodeConfig.load(self.config(INTRUDER))
-        transport = open_transport(self.broker, embedded_path=config.embedded_transport)
-        try:
+        with open_transport(config) as transport:
             transport.declare(AgencyCode(INTRUDER))
             transport.publish(Message(desk, signer.seal(header, root), header.message_id))
-        finally:
-            transport.close()
         self.say(f"an envelope from {INTRUDER} (another district's police) sent to {desk}, off the route")
 
     def work(self) -> None:
