@@ -100,17 +100,10 @@ def main() -> None:
     raw, adapter, embedded = [], [], []
     for _ in range(args.rounds):
         raw.append(raw_pika(args.broker, args.size_kb, args.seconds))
-        amqp = AmqpTransport(args.broker)
-        try:
+        with AmqpTransport(args.broker) as amqp:
             adapter.append(transport_bench.run(amqp, size_kb=args.size_kb, seconds=args.seconds).rate)
-        finally:
-            amqp.close()
-        with tempfile.TemporaryDirectory() as tmp:
-            local = EmbeddedTransport(Path(tmp) / "bench.db")
-            try:
-                embedded.append(transport_bench.run(local, size_kb=args.size_kb, seconds=args.seconds).rate)
-            finally:
-                local.close()
+        with tempfile.TemporaryDirectory() as tmp, EmbeddedTransport(Path(tmp) / "bench.db") as local:
+            embedded.append(transport_bench.run(local, size_kb=args.size_kb, seconds=args.seconds).rate)
     r, a, e = statistics.median(raw), statistics.median(adapter), statistics.median(embedded)
     print(f"{args.size_kb} KiB persistent confirmed messages, medians of {args.rounds} rounds of {args.seconds}s")
     print(f"  raw pika (async confirms)  {r:9,.0f} msg/s")
