@@ -12,9 +12,11 @@ from exchange.cli import main
 from exchange.demo import samples
 from exchange.envelope import pki
 from exchange.envelope.messages import Ack, Outcome, receipt_element
-from exchange.envelope.model import DS_NS, envelope_element
+from exchange.envelope.model import envelope_element
 from exchange.xml import schemas
-from tests.conftest import COMMUNE, POLICE, Pki, make_dossier, require_tool, transfer_header
+from exchange.xml.names import DS_NS
+from tests.agencies import COMMUNE, POLICE
+from tests.conftest import Pki, make_dossier, require_tool, transfer_header
 
 SIGNATURE_TEMPLATE = f"""
 <ds:Signature xmlns:ds="{DS_NS}">

@@ -24,7 +24,7 @@ from exchange.envelope.messages import (
     receipt_element,
     status_element,
 )
-from exchange.envelope.model import DS_NS, ENV_NS, Header, Kind, canonical, envelope_element, q
+from exchange.envelope.model import Header, Kind, canonical, envelope_element
 from exchange.envelope.sealing import Opener
 from exchange.envelope.trust import TrustStore
 from exchange.errors import (
@@ -41,7 +41,9 @@ from exchange.errors import (
     UntrustedSigner,
 )
 from exchange.xml import safexml
-from tests.conftest import BIRTH, COMMUNE, INSURANCE, POLICE, Pki, make_dossier, transfer_header
+from exchange.xml.names import DS_NS, ENV_NS, q
+from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE
+from tests.conftest import Pki, make_dossier, transfer_header
 
 
 def _tree(data: bytes) -> etree._Element:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from exchange.clock import utc
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
-from exchange.envelope.model import DOSSIER_NS, utc
+from exchange.xml.names import DOSSIER_NS
 
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô", "Lý", "Đinh"]
 MIDDLE = ["Văn", "Thị", "Đức", "Minh", "Thu", "Ngọc", "Quang", "Thanh", "Hữu", "Kim"]

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from exchange.clock import parse as parse_time
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
-from exchange.envelope.model import DOSSIER_NS, parse_time, q
 from exchange.errors import InvalidDossier, InvalidEnvelope
 from exchange.xml import safexml, schemas
+from exchange.xml.names import DOSSIER_NS, q
 
 
 def d(name: str) -> str:

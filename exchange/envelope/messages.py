@@ -8,8 +8,10 @@ from enum import IntEnum, StrEnum
 
 from lxml import etree
 
+from exchange import clock
+from exchange.clock import utc
 from exchange.codes import AgencyCode, DossierCode
-from exchange.envelope.model import RECEIPT_NS, STATUS_NS, q, utc
+from exchange.xml.names import RECEIPT_NS, STATUS_NS, q
 
 
 class Outcome(StrEnum):
@@ -52,7 +54,7 @@ class Ack:
     outcome: Outcome
     reason_code: str | None = None
     reason_text: str | None = None
-    received_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    received_at: dt.datetime = field(default_factory=clock.now)
 
 
 def _sub(parent: etree._Element, ns: str, name: str, text: str | None) -> None:
@@ -120,7 +122,7 @@ def read_acks(receipt: etree._Element) -> tuple[Ack, ...]:
             outcome=Outcome(text(el, "Outcome") or ""),
             reason_code=text(el, "ReasonCode"),
             reason_text=text(el, "ReasonText"),
-            received_at=dt.datetime.fromisoformat((text(el, "ReceivedAt") or "").replace("Z", "+00:00")),
+            received_at=clock.parse(text(el, "ReceivedAt") or ""),
         )
         for el in receipt.iterfind(q("Ack", RECEIPT_NS))
     )
@@ -138,7 +140,7 @@ class StatusUpdate:
     response_for: str | None = None
     description: str | None = None
     staff: str | None = None
-    timestamp: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    timestamp: dt.datetime = field(default_factory=clock.now)
     apology: str | None = None
     new_due_date: dt.date | None = None
 

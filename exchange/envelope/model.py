@@ -14,23 +14,16 @@ from enum import StrEnum
 from cryptography import x509
 from lxml import etree
 
+from exchange import clock
+from exchange.clock import parse as parse_time
+from exchange.clock import utc
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
+from exchange.xml.names import DOSSIER_NS, ENV_NS, RECEIPT_NS, SHA256_URI, STATUS_NS, q
 
-ENV_NS = "urn:vn-exchange:envelope:1"
-DOSSIER_NS = "urn:vn-exchange:dossier:1"
-RECEIPT_NS = "urn:vn-exchange:receipt:1"
-STATUS_NS = "urn:vn-exchange:status:1"
-DS_NS = "http://www.w3.org/2000/09/xmldsig#"
-SHA256_URI = "http://www.w3.org/2001/04/xmlenc#sha256"
 VERSION = "1"
 
 DEFAULT_TTL = dt.timedelta(days=30)
 """A transfer that has not been delivered within a month needs a person, not a retry."""
-
-
-def q(name: str, ns: str = ENV_NS) -> str:
-    """Clark notation for an element of namespace ``ns``."""
-    return f"{{{ns}}}{name}"
 
 
 class Kind(StrEnum):
@@ -44,15 +37,6 @@ PAYLOAD_OF_KIND = {
     Kind.RECEIPT: q("Receipt", RECEIPT_NS),
     Kind.STATUS: q("Status", STATUS_NS),
 }
-
-
-def utc(moment: dt.datetime) -> str:
-    """An XML dateTime in UTC with millisecond precision."""
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
 
 
 def new_message_id() -> str:
@@ -87,7 +71,7 @@ class Header:
     procedure: ProcedureCode | None = None
     step: str | None = None
     message_id: str = field(default_factory=new_message_id)
-    created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    created: dt.datetime = field(default_factory=clock.now)
     expires: dt.datetime | None = None
     trace: tuple[Hop, ...] = ()
     in_reply_to: str | None = None

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from exchange import clock
 from exchange.codes import AgencyCode
 from exchange.errors import ConfigError, InvalidCode, PkiError
 from exchange.files import write_atomic, write_private
@@ -33,10 +34,6 @@ AGENCY_DAYS = 730
 CRL_DAYS = 7
 CLOCK_SKEW = dt.timedelta(minutes=5)
 """Certificates start a little in the past so that a peer whose clock lags still accepts them."""
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -123,7 +120,7 @@ class CertificateAuthority:
         days: int = AGENCY_DAYS,
     ) -> x509.Certificate:
         """An agency signing certificate: digitalSignature only, code in serialNumber and SAN."""
-        start = not_before or now() - CLOCK_SKEW
+        start = not_before or clock.now() - CLOCK_SKEW
         subject = x509.Name([
             x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, name or f"Agency {agency}"),
@@ -166,7 +163,7 @@ class CertificateAuthority:
         serial = format(cert.serial_number, "x")
         if any(e["serial"] == serial for e in entries):
             return False
-        entries.append({"serial": serial, "revoked_at": now().isoformat(),
+        entries.append({"serial": serial, "revoked_at": clock.now().isoformat(),
                         "subject": cert.subject.rfc4514_string(), "reason": reason})
         body = json.dumps({"revoked": entries}, indent=2, ensure_ascii=False) + "\n"
         write_atomic(self.directory / REVOKED, body.encode("utf-8"))
@@ -174,7 +171,7 @@ class CertificateAuthority:
 
     def crl(self, *, days: int = CRL_DAYS) -> x509.CertificateRevocationList:
         """A CRL of every revoked certificate, signed by the CA, valid for ``days``."""
-        issued = now() - CLOCK_SKEW
+        issued = clock.now() - CLOCK_SKEW
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.cert.subject)
@@ -211,7 +208,7 @@ def create_ca(name: str, *, days: int = CA_DAYS) -> tuple[x509.Certificate, ec.E
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
         x509.NameAttribute(NameOID.COMMON_NAME, name),
     ])
-    start = now() - CLOCK_SKEW
+    start = clock.now() - CLOCK_SKEW
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()

@@ -26,20 +26,19 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from signxml.signer import XMLSigner
 from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
+from exchange.clock import now
 from exchange.codes import AgencyCode
 from exchange.envelope.dossier import attachment_problems
 from exchange.envelope.model import (
-    DS_NS,
     PAYLOAD_OF_KIND,
     Header,
     Kind,
     VerifiedEnvelope,
     canonical,
     envelope_element,
-    q,
     read_header,
 )
-from exchange.envelope.pki import agency_of, cert_pem, load_cert, load_key, now
+from exchange.envelope.pki import agency_of, cert_pem, load_cert, load_key
 from exchange.envelope.trust import TrustStore
 from exchange.errors import (
     BadSignature,
@@ -50,6 +49,7 @@ from exchange.errors import (
     SenderMismatch,
 )
 from exchange.xml import safexml, schemas
+from exchange.xml.names import DS_NS, q
 
 EXC_C14N = CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"

@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from exchange.clock import now
 from exchange.codes import AgencyCode
-from exchange.envelope.pki import CA_CERT, agency_of, load_certs, now
+from exchange.envelope.pki import CA_CERT, agency_of, load_certs
 from exchange.errors import BadSignature, ConfigError, Expired, InvalidCode, Revoked, UntrustedSigner
 
 CACHE_SIZE = 4096
