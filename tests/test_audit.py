@@ -11,12 +11,15 @@ import pytest
 from exchange.audit import checkpoints, merkle
 from exchange.audit.checkpoints import NoteSigner, Verifier
 from exchange.audit.entries import Entry, Event
+from exchange.audit.log import AuditLog
 from exchange.audit.witness import Verdict, Witness
 from exchange.envelope import pki
 from exchange.errors import AuditError, LogDamaged, Unverifiable
+from exchange.store import schema
 from tests.audit_helpers import Node, filled, make_node, raw, transfer
 
 AGENCY = "000.04.10.H49"
+PACKAGE = Path(__file__).resolve().parent.parent / "exchange"
 
 
 @pytest.fixture
@@ -248,3 +251,43 @@ def test_witness_refuses_an_unsigned_checkpoint(tmp_path: Path, ca: pki.Certific
     assert latest is not None
     with pytest.raises(Unverifiable):
         Witness(me.log).observe(latest.note, NoteSigner.generate(latest.origin).verifier)
+
+
+def test_audit_log_migrates_a_bare_database(tmp_path: Path) -> None:
+    """An audit log opened on a new database migrates it: user_version is set and every audit and
+    witness table exists."""
+    conn = sqlite3.connect(tmp_path / "bare.db")
+    AuditLog(conn, AGENCY)
+    assert schema.version(conn) == schema.VERSION
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"audit_entries", "audit_nodes", "audit_checkpoints", "audit_keys", "peer_checkpoints",
+            "sent_checkpoints"} <= tables
+
+
+def test_audit_log_in_a_transaction_needs_a_migrated_database(tmp_path: Path) -> None:
+    """Opened inside a transaction on an unmigrated database, the audit log refuses rather than commit it."""
+    conn = sqlite3.connect(tmp_path / "bare.db")
+    conn.execute("BEGIN")
+    with pytest.raises(AuditError, match="not migrated"):
+        AuditLog(conn, AGENCY)
+    conn.rollback()
+    AuditLog(conn, AGENCY)
+    conn.execute("BEGIN")
+    assert AuditLog(conn, AGENCY).size == 0
+
+
+def test_missing_stored_hash_is_damage(node: Node) -> None:
+    """A subtree hash missing from the database is reported as LogDamaged, not a plain refusal."""
+    filled(node, 3)
+    with raw(node.database) as conn:
+        conn.execute("DELETE FROM audit_nodes WHERE level = 1 AND idx = 0")
+    with pytest.raises(LogDamaged, match="level 1 index 0"):
+        node.log.root(3)
+
+
+def test_audit_sql_lives_in_the_store_and_imports_go_down() -> None:
+    """No audit module runs SQL itself, and no store module imports the audit package."""
+    for module in (PACKAGE / "audit").glob("*.py"):
+        assert "execute(" not in module.read_text("utf-8"), module.name
+    for module in (PACKAGE / "store").glob("*.py"):
+        assert "exchange.audit" not in module.read_text("utf-8"), module.name

@@ -8,9 +8,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from exchange.audit import checkpoints
 from exchange.audit.entries import Event
 from exchange.cli import main
 from exchange.envelope import pki
@@ -18,6 +20,7 @@ from tests.audit_helpers import Node, filled, make_node, raw, transfer
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "auditing.md"
 POLICE = "000.30.10.H49"
+DOSSIER = "000.04.10.H49-261129-0002"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
@@ -176,29 +179,73 @@ def test_bundle_tampering_is_caught(node: Node, tmp_path: Path, capsys: pytest.C
     assert re.search(expected, err), err
 
 
-def test_prove_checks_with_the_documented_recipe(node: Node, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """The stand-alone recipe of docs/auditing.md (hashlib and cryptography only) accepts a proof
-    and refuses it once an entry is changed."""
-    code, out, _ = run(capsys, "audit", "prove", node.database, "--dossier", "000.04.10.H49-261129-0002")
-    assert code == 0
-    document = json.loads(out)
-    assert len(document["entries"]) == 5
+def documented_checker(tmp_path: Path, document: object, key_file: Path) -> subprocess.CompletedProcess[str]:
+    """Run the stand-alone checker of docs/auditing.md on a proof document."""
     recipe = DOCS.read_text("utf-8").split("<!-- recipe: check_proof.py -->\n```python\n")[1].split("```")[0]
     script = tmp_path / "check_proof.py"
     script.write_text(recipe, "utf-8")
     proof = tmp_path / "proof.json"
-    proof.write_text(out, "utf-8")
-    result = subprocess.run([sys.executable, str(script), str(proof), str(node.key_file)],
-                            capture_output=True, text=True, timeout=60)
+    proof.write_text(document if isinstance(document, str) else json.dumps(document), "utf-8")
+    return subprocess.run([sys.executable, str(script), str(proof), str(key_file)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_prove_checks_with_the_documented_recipe(node: Node, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The stand-alone recipe of docs/auditing.md (hashlib and cryptography only) accepts a proof
+    and refuses it once an entry is changed."""
+    code, out, _ = run(capsys, "audit", "prove", node.database, "--dossier", DOSSIER)
+    assert code == 0
+    document = json.loads(out)
+    assert len(document["entries"]) == 5
+    result = documented_checker(tmp_path, out, node.key_file)
     assert result.returncode == 0, result.stderr
     assert "all 5 entries are in vn-exchange/audit/000.04.10.H49" in result.stdout
     document["entries"][2]["entry"] = document["entries"][2]["entry"].replace('"published"', '"refused"')
-    proof.write_text(json.dumps(document), "utf-8")
-    result = subprocess.run([sys.executable, str(script), str(proof), str(node.key_file)],
-                            capture_output=True, text=True, timeout=60)
+    result = documented_checker(tmp_path, document, node.key_file)
     assert result.returncode == 1
     assert "FAILS" in result.stdout
+
+
+def test_prove_works_on_a_bundle_alone(node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bundle without its database proves a dossier, and the documented checker accepts the proof."""
+    bundle = export(capsys, node, tmp_path / "node.bundle")
+    node.database.unlink()
+    code, out, _ = run(capsys, "audit", "prove", bundle, "--dossier", DOSSIER)
+    assert code == 0, out
+    assert json.loads(out)["tree_size"] == 25
+    result = documented_checker(tmp_path, out, node.key_file)
+    assert result.returncode == 0, result.stderr
+    assert "all 5 entries are in vn-exchange/audit/000.04.10.H49 at size 25" in result.stdout
+
+
+@pytest.mark.parametrize("named_by", ["size", "file"])
+def test_prove_against_an_older_checkpoint(node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           named_by: str) -> None:
+    """--checkpoint (a size of the log's, or a note file) proves against that checkpoint, not the latest."""
+    checkpoint = "9" if named_by == "size" else str(checkpoint_files(node, tmp_path)[9])
+    code, out, _ = run(capsys, "audit", "prove", node.database, "--dossier", DOSSIER, "--checkpoint", checkpoint)
+    assert code == 0
+    document = json.loads(out)
+    assert document["tree_size"] == 9
+    assert [e["index"] for e in document["entries"]] == [2, 7]
+    assert [e["index"] for e in document["not_yet_checkpointed"]] == [12, 17, 22]
+    result = documented_checker(tmp_path, out, node.key_file)
+    assert result.returncode == 0, result.stderr
+    assert "all 2 entries are in vn-exchange/audit/000.04.10.H49 at size 9" in result.stdout
+
+
+def test_prove_refuses_a_checkpoint_the_log_does_not_produce(node: Node, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A signed checkpoint whose root the log's entries do not give, or a size it has none of, is refused."""
+    forged = tmp_path / "forged.txt"
+    forged.write_text(node.signer.sign(checkpoints.checkpoint_body(node.signer.name, 17, b"\x05" * 32)), "utf-8")
+    code, _, err = run(capsys, "audit", "prove", node.database, "--dossier", DOSSIER, "--checkpoint", forged)
+    assert code == 1
+    assert "checkpoint of size 17 does not match the log's entries" in err
+    code, _, err = run(capsys, "audit", "prove", node.database, "--dossier", DOSSIER, "--checkpoint", "10")
+    assert code == 1
+    assert "no checkpoint of size 10 (its checkpoints: 9, 17, 25)" in err
 
 
 def test_prove_unknown_dossier_exits_1(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,13 +271,85 @@ def test_consistency_of_two_checkpoints(node: Node, tmp_path: Path, capsys: pyte
                        "--cert", node.cert_file)
     assert code == 0
     assert "size 9 is a prefix of size 25" in out
-    from exchange.audit import checkpoints
-
     forged = node.signer.sign(checkpoints.checkpoint_body(node.signer.name, 25, b"\x05" * 32))
     files[25].write_text(forged, "utf-8")
     code, _, err = run(capsys, "audit", "consistency", files[9], files[25], "--bundle", bundle)
     assert code == 1
     assert "checkpoint of size 25 does not match" in err
+
+
+def consistency_json(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> dict[str, Any]:
+    code, out, err = run(capsys, "audit", "consistency", *argv, "--json")
+    assert code == 0, err
+    document: dict[str, Any] = json.loads(out)
+    return document
+
+
+@pytest.mark.parametrize(("old", "new"), [(9, 25), (17, 25), (9, 17), (25, 25)])
+def test_consistency_proof_checks_with_the_documented_checker(node: Node, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              old: int, new: int) -> None:
+    """The proof `consistency --json` prints is accepted by the checker of docs/auditing.md, and
+    refused once one of its hashes is changed."""
+    bundle = export(capsys, node, tmp_path / "node.bundle")
+    files = checkpoint_files(node, tmp_path)
+    document = consistency_json(capsys, files[old], files[new], "--bundle", bundle, "--cert", node.cert_file)
+    assert (document["old"]["size"], document["new"]["size"]) == (old, new)
+    result = documented_checker(tmp_path, document, node.key_file)
+    assert result.returncode == 0, result.stderr
+    assert f"size {old} is a prefix of size {new}" in result.stdout
+    if not document["proof"]:
+        return
+    document["proof"][-1] = "00" * 32
+    result = documented_checker(tmp_path, document, node.key_file)
+    assert result.returncode == 1
+    assert f"FAILS: size {old} is not a prefix of size {new}" in result.stdout
+
+
+def test_documented_checker_takes_an_old_size_that_is_a_power_of_two(tmp_path: Path, ca: pki.CertificateAuthority,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """From size 8 (a power of two, whose root RFC 9162 leaves out of the proof) the checker accepts the proof."""
+    node = filled(make_node(tmp_path / "node", ca), 15, checkpoint_every=7)
+    files = checkpoint_files(node, tmp_path)
+    assert sorted(files) == [8, 15, 16]
+    for new in (15, 16):
+        document = consistency_json(capsys, files[8], files[new], "--bundle", node.database)
+        result = documented_checker(tmp_path, document, node.key_file)
+        assert result.returncode == 0, result.stderr
+
+
+def test_consistency_prints_sizes_roots_and_proof_hashes(node: Node, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The text output names both sizes and roots and every proof hash, in hex as receipts carry them."""
+    files = checkpoint_files(node, tmp_path)
+    document = consistency_json(capsys, files[9], files[25], "--bundle", node.database)
+    code, out, _ = run(capsys, "audit", "consistency", files[9], files[25], "--bundle", node.database)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["old", "size", "9", "root", document["old"]["root"]]
+    assert lines[1].split() == ["new", "size", "25", "root", document["new"]["root"]]
+    assert [line.split()[-1] for line in lines[2:-1]] == document["proof"]
+    assert document["proof"]
+
+
+def test_consistency_refuses_checkpoints_in_the_wrong_order(node: Node, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The newer checkpoint given first is refused with a message saying which size came where."""
+    files = checkpoint_files(node, tmp_path)
+    code, out, err = run(capsys, "audit", "consistency", files[25], files[9], "--bundle", node.database)
+    assert code == 1
+    assert out == ""
+    assert "wrong order: OLD has size 25, NEW has size 9; give the older (smaller) checkpoint first" in err
+
+
+def test_consistency_takes_config_and_checkpoint_sizes(node: Node, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--config stands in for the log and the key, and OLD and NEW may name the log's own checkpoints by size."""
+    files = checkpoint_files(node, tmp_path)
+    by_size = consistency_json(capsys, "9", "25", "--config", node_config(node))
+    by_file = consistency_json(capsys, files[9], files[25], "--config", node_config(node))
+    assert by_size == by_file
+    assert by_size["old"]["checkpoint"] == files[9].read_text("utf-8")
 
 
 def pair(tmp_path: Path, ca: pki.CertificateAuthority, drop: str | None = None) -> tuple[Node, Node]:
@@ -279,6 +398,17 @@ def test_reconcile_lists_missing_halves(tmp_path: Path, ca: pki.CertificateAutho
     assert "msg-" in out
 
 
+def test_reconcile_takes_config_for_this_node(tmp_path: Path, ca: pki.CertificateAuthority,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """With --config naming this node, the other side alone is given, as a bundle or a database."""
+    commune, police = pair(tmp_path, ca)
+    b = export(capsys, police, tmp_path / "b.bundle")
+    for other in (b, police.database):
+        code, out, _ = run(capsys, "audit", "reconcile", "--config", node_config(commune), other)
+        assert code == 0
+        assert "3 transfer(s) matched on both sides, 0 without" in out
+
+
 def test_show_marks_late_hand_offs(tmp_path: Path, ca: pki.CertificateAuthority,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     """The processing-control view marks a hand-off after its due date as late."""
@@ -293,18 +423,27 @@ def test_show_marks_late_hand_offs(tmp_path: Path, ca: pki.CertificateAuthority,
     assert any("2020-01-01" in line and "LATE" in line for line in lines)
 
 
-def test_config_points_at_a_nodes_files(node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """--config NODE_TOML stands in for the database and the key."""
+def node_config(node: Node) -> Path:
+    """A node.toml naming the node's database (node.db in its state directory) and checkpoint key."""
     config = node.directory / "node.toml"
-    config.write_text('[node]\nagency = "000.04.10.H49"\nstate_dir = "."\n'
+    config.write_text(f'[node]\nagency = "{node.agency}"\nstate_dir = "."\n'
                       '[pki]\nca = "../ca/ca.pem"\ncert = "agency/cert.pem"\nkey = "agency/key.pem"\n'
                       '[audit]\ncheckpoint_key = "checkpoint-key.pem"\n[rules]\ndir = "rules"\n', "utf-8")
-    code, out, _ = run(capsys, "audit", "verify", "--config", config)
+    return config
+
+
+def test_config_points_at_a_nodes_files(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    """--config NODE_TOML stands in for the database and the key."""
+    code, out, _ = run(capsys, "audit", "verify", "--config", node_config(node))
     assert code == 0
     assert "holds" in out
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    """A missing action or a missing bundle argument is a usage error."""
+    """A missing action, a missing log, or a log given both ways is a usage error."""
     assert run(capsys, "audit")[0] == 2
     assert run(capsys, "audit", "consistency", "a", "b")[0] == 2
+    assert run(capsys, "audit", "consistency", "a", "b", "--bundle", "x", "--config", "y")[0] == 2
+    assert run(capsys, "audit", "verify", "db", "--config", "y", "--key", "k")[0] == 2
+    assert run(capsys, "audit", "reconcile", "a")[0] == 2
+    assert run(capsys, "audit", "reconcile", "a", "b", "--config", "y")[0] == 2
