@@ -1,5 +1,7 @@
-"""Every edge to the outside world: transports (RabbitMQ, embedded SQLite) and, later, the doors
-agency systems use. The core imports only the ports (``exchange.node.transport``)."""
+"""Every edge to the outside world: the transports (RabbitMQ, embedded SQLite) and the doors agency
+systems use (drop folder, HTTP API, webhooks, edXML). Each translates its library's errors into
+ours at its edge. The core knows only the ports (``exchange.node.transport``, ``exchange.node.doors``);
+the command line builds the adapters and hands them to the node."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Envelope value objects and their XML form (namespaces, building and reading the header).
+"""Envelope value objects and their XML form (building and reading the header).
 
 Signing and verification live in ``sealing``; this module only knows the shape.
 """
