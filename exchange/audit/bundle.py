@@ -4,10 +4,10 @@ and reconcile without the node's database (``sources.BundleSource`` reads it bac
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 from pathlib import Path
 
+from exchange import clock
 from exchange.audit.sources import BUNDLE_FORMAT, BUNDLE_VERSION, LogSource
 
 
@@ -16,7 +16,7 @@ def export(source: LogSource, out: Path) -> int:
     notes = source.checkpoint_notes()
     header = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "origin": source.origin,
               "entries": source.count(), "checkpoints": len(notes),
-              "exported_at": dt.datetime.now(dt.UTC).isoformat()}
+              "exported_at": clock.now().isoformat()}
     count = 0
     tmp = out.with_name(out.name + ".part")
     with tmp.open("w", encoding="utf-8") as handle:

@@ -26,7 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from exchange.audit.entries import Entry, Event, utc_now
+from exchange import clock
+from exchange.audit.entries import Entry, Event
 from exchange.audit.log import AuditLog
 from exchange.errors import AuditError, ConfigError, LogDamaged, Unverifiable
 from exchange.files import write_atomic, write_private
@@ -194,7 +195,7 @@ def register_key(audit: AuditLog, verifier: Verifier, attestation: str, cert_pem
     """Record a checkpoint key (new or rotated) and audit it, in the caller's transaction."""
     if rows.has_key(audit.conn, str(verifier)):
         return
-    rows.add_key(audit.conn, rows.KeyRecord(str(verifier), attestation, cert_pem, audit.size), utc_now().isoformat())
+    rows.add_key(audit.conn, rows.KeyRecord(str(verifier), attestation, cert_pem, audit.size), clock.now().isoformat())
     audit.append(Entry(Event.KEY_ROTATED, audit.node, detail={"verifier": str(verifier)}))
 
 
@@ -245,6 +246,6 @@ class Checkpointer:
             log.warning("audit.checkpoint_failed", size=size, error=str(exc))
             return None
         with conn:
-            rows.add_checkpoint(conn, size, root, note, utc_now().isoformat())
+            rows.add_checkpoint(conn, size, root, note, clock.now().isoformat())
         self._last_time = self.clock()
         return parse(note)

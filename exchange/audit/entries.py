@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from exchange import clock
 from exchange.errors import Unverifiable
 
 ENTRY_VERSION = 1
@@ -42,15 +43,6 @@ class Event(StrEnum):
     FORK_DETECTED = "fork-detected"
 
 
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def utc_text(moment: dt.datetime) -> str:
-    """A moment as the entries write it: UTC, milliseconds, a trailing Z."""
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One audited event. ``detail`` holds event-specific strings (a rules digest, a reason code,
@@ -58,7 +50,7 @@ class Entry:
 
     event: Event
     node: str
-    time: dt.datetime = field(default_factory=utc_now)
+    time: dt.datetime = field(default_factory=clock.now)
     dossier: str | None = None
     procedure: str | None = None
     step: str | None = None
@@ -71,7 +63,7 @@ class Entry:
         """The canonical form: sorted keys, no spaces, UTF-8, absent fields omitted, the leaf
         index included so that an entry cannot be moved to another position."""
         form: dict[str, Any] = {"v": ENTRY_VERSION, "i": index, "event": self.event.value,
-                                "node": self.node, "time": utc_text(self.time)}
+                                "node": self.node, "time": clock.utc(self.time)}
         optional = {"dossier": self.dossier, "procedure": self.procedure, "step": self.step,
                     "message": self.message_id, "counterpart": self.counterpart,
                     "envelope": self.envelope_sha256}
@@ -87,7 +79,7 @@ class Entry:
             form = json.loads(data)
             index, entry = form["i"], cls(
                 event=Event(form["event"]), node=form["node"],
-                time=dt.datetime.fromisoformat(form["time"].replace("Z", "+00:00")),
+                time=clock.parse(form["time"]),
                 dossier=form.get("dossier"), procedure=form.get("procedure"), step=form.get("step"),
                 message_id=form.get("message"), counterpart=form.get("counterpart"),
                 envelope_sha256=form.get("envelope"), detail=form.get("detail", {}))

@@ -12,8 +12,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 
+from exchange import clock
 from exchange.audit import merkle
-from exchange.audit.entries import Entry, utc_text
+from exchange.audit.entries import Entry
 from exchange.errors import AuditError, LogDamaged
 from exchange.store import audit as rows
 from exchange.store import schema
@@ -61,7 +62,7 @@ class AuditLog:
         indexes, new_entries, nodes = [], [], []
         for entry in entries:
             data = entry.encode(size)
-            new_entries.append(rows.EntryRow(size, data, entry.event.value, utc_text(entry.time),
+            new_entries.append(rows.EntryRow(size, data, entry.event.value, clock.utc(entry.time),
                                              entry.dossier, entry.message_id))
             nodes.extend(_finish(edge, size, merkle.leaf_hash(data)))
             indexes.append(size)

@@ -15,9 +15,10 @@ from enum import StrEnum
 
 import structlog
 
+from exchange import clock
 from exchange.audit import checkpoints, merkle
 from exchange.audit.checkpoints import Checkpoint, Verifier
-from exchange.audit.entries import Entry, Event, utc_now
+from exchange.audit.entries import Entry, Event
 from exchange.audit.log import AuditLog
 from exchange.store import audit as rows
 
@@ -76,7 +77,7 @@ class Witness:
             self._alarm(observation)
         if checkpoint.size not in held:
             rows.add_peer_checkpoint(self.audit.conn, checkpoint.origin, checkpoint.size, checkpoint.root, note,
-                                     received_at=utc_now().isoformat(),
+                                     received_at=clock.now().isoformat(),
                                      proven=observation.verdict is not Verdict.UNPROVEN)
         return observation
 
