@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 
 from exchange.adapters.webhooks import Webhooks
 from exchange.audit.entries import Entry
+from exchange.codes import AgencyCode
 from exchange.errors import ConfigError
+from exchange.node.config import NodeConfig
 from tests.node_cluster import COMMUNE, POLICE, Cluster, wait_until
 
 
@@ -77,7 +80,11 @@ def test_webhook_is_retried_until_the_agency_system_answers(tmp_path: Path, agen
     assert any(e.detail.get("via") == "webhook" for e in events)
 
 
-def test_only_http_urls() -> None:
-    """A webhook URL with another scheme is a configuration error."""
+def test_only_http_urls(tmp_path: Path) -> None:
+    """A webhook URL with another scheme is a configuration error; none at all is no webhooks."""
+    config = NodeConfig(source=tmp_path / "node.toml", agency=AgencyCode(COMMUNE), state_dir=tmp_path,
+                        ca=tmp_path, cert=tmp_path, key=tmp_path, checkpoint_key=tmp_path, rules=tmp_path)
+    Webhooks().check(config)
+    Webhooks().check(replace(config, webhook="https://agency.example/in"))
     with pytest.raises(ConfigError, match="http"):
-        Webhooks("file:///etc/passwd")
+        Webhooks().check(replace(config, webhook="file:///etc/passwd"))

@@ -1,0 +1,98 @@
+"""Delivery: hand each recorded dossier and status update to the agency system's folder, once.
+
+A file is written aside (``.pending/``), its delivery committed with its audit entry, and only
+then renamed into the folder: the agency system never sees a half-written file, and a crash
+between the commit and the rename is repaired at the next start (``recover``). Doors that
+follow a delivery (webhooks) queue their work in the same transaction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from exchange.audit.entries import Event
+from exchange.files import write_atomic
+from exchange.node.context import NodeContext
+from exchange.node.doors import Door
+from exchange.node.faults import fault
+from exchange.node.metrics import Metrics
+from exchange.store.node import InboxRecord
+
+PENDING = ".pending"
+"""Beside the delivered files, on the same file system: written here, renamed into place."""
+
+
+@dataclass
+class Deliverer:
+    ctx: NodeContext
+    metrics: Metrics
+    doors: Sequence[Door] = ()
+
+    @property
+    def folder(self) -> Path:
+        return self.ctx.config.delivery_dir
+
+    def deliver(self, limit: int = 256) -> int:
+        """Hand over up to ``limit`` accepted envelopes not yet delivered; returns how many."""
+        records = self.ctx.store.undelivered(limit)
+        if not records:
+            return 0
+        pending = self.folder / PENDING
+        names = [file_name(record) for record in records]
+        for name, record in zip(names, records, strict=True):
+            write_atomic(pending / name, record.payload or b"", sync=False)
+        os.sync()  # one flush for the window's files, before their delivery is recorded
+        with self.ctx.store.transaction():
+            for name, record in zip(names, records, strict=True):
+                self._record(record, name)
+            for door in self.doors:
+                door.delivered(self.ctx, [record.message_id for record in records])
+        fault("after-deliver-commit")
+        for name in names:
+            (pending / name).replace(self.folder / name)
+        _sync_dir(self.folder)
+        self.metrics.delivered.inc(len(names))
+        return len(names)
+
+    def _record(self, record: InboxRecord, name: str) -> None:
+        self.ctx.store.mark_delivered(record.message_id)
+        self.ctx.record(self.ctx.entry(Event.DELIVERED, dossier=record.dossier, step=record.step,
+                                       message_id=record.message_id, counterpart=record.sender,
+                                       envelope_sha256=record.envelope_sha256, detail={"file": name}))
+
+    def recover(self) -> int:
+        """After a crash: files whose delivery was committed but not yet renamed are renamed now
+        (the others are written again by the next ``deliver``); returns how many."""
+        pending = self.folder / PENDING
+        if not pending.is_dir():
+            return 0
+        renamed = 0
+        for path in pending.glob("*.xml"):
+            if self.ctx.store.delivered(message_id_of(path.name)):
+                path.replace(self.folder / path.name)
+                renamed += 1
+        if renamed:
+            _sync_dir(self.folder)
+        return renamed
+
+
+def file_name(record: InboxRecord) -> str:
+    """``kind-dossier-step-messageid.xml``: what the agency system sees, and the key back to the row."""
+    return f"{record.kind}-{record.dossier}-{record.step}-{record.message_id}.xml"
+
+
+def message_id_of(name: str) -> str:
+    """The message id (a UUID: five hyphenated groups) at the end of a delivered file's name."""
+    return "-".join(Path(name).stem.rsplit("-", 5)[-5:])
+
+
+def _sync_dir(path: Path) -> None:
+    """Make the renames durable: fsync the directory that holds them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,105 @@
+"""The outbox's dispatcher: publish what is due with publisher confirms, and only then mark it.
+
+A row is marked published only after the broker confirmed it, so a crash in between publishes
+the same envelope again, which its receiver recognizes. A transfer stays due until its receipt
+settles it: it is retransmitted on ``TRANSFER_RETRANSMISSION``'s backoff and given up at its
+bound (dead-lettered, audited, logged as an error). A receipt is sent once: nothing answers it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from exchange.audit.entries import Entry, Event
+from exchange.codes import AgencyCode
+from exchange.envelope.model import Kind
+from exchange.errors import TransportError, Unroutable
+from exchange.node.context import NodeContext
+from exchange.node.faults import fault
+from exchange.node.metrics import Metrics
+from exchange.node.transport import Message, Transport
+from exchange.retry import TRANSFER_RETRANSMISSION
+from exchange.store.node import OutboxRow
+from exchange.store.states import OutboxState
+
+log = structlog.get_logger(__name__)
+
+Failure = tuple[OutboxRow, TransportError]
+
+
+@dataclass
+class Dispatcher:
+    ctx: NodeContext
+    transport: Transport
+    metrics: Metrics
+
+    def dispatch(self, limit: int = 256) -> int:
+        """Publish up to ``limit`` due rows and record the outcome in one transaction; returns how
+        many the broker confirmed."""
+        rows = self.ctx.store.due_outbox(limit)
+        if not rows:
+            return 0
+        published, failed = self._publish(rows)
+        now = time.time()
+        with self.ctx.store.transaction():
+            for row in published:
+                self._published(row, now)
+            for row, error in failed:
+                self._failed(row, error, now)
+        fault("after-publish-marked")
+        return len(published)
+
+    def _publish(self, rows: list[OutboxRow]) -> tuple[list[OutboxRow], list[Failure]]:
+        """All at once; if that fails, one by one, to tell which ones the broker refuses."""
+        messages = [Message(AgencyCode(r.recipient), r.body, r.message_id, {"kind": r.kind}) for r in rows]
+        try:
+            self.transport.publish_many(messages)
+            fault("after-publish-before-mark")
+            return rows, []
+        except TransportError:
+            pass
+        published: list[OutboxRow] = []
+        failed: list[Failure] = []
+        for row, message in zip(rows, messages, strict=True):
+            try:
+                self.transport.publish(message)
+                published.append(row)
+            except TransportError as exc:
+                failed.append((row, exc))
+        return published, failed
+
+    def _published(self, row: OutboxRow, now: float) -> None:
+        attempt = row.attempts + 1
+        final = row.kind == Kind.RECEIPT  # nothing answers a receipt
+        state = OutboxState.SENT if final else OutboxState.PUBLISHED
+        self.ctx.store.mark_published(row.id, state, attempt, now + TRANSFER_RETRANSMISSION.delay(attempt))
+        self.metrics.published.labels(row.kind).inc()
+        if final:
+            return
+        event = Event.PUBLISHED if attempt == 1 else Event.RETRANSMITTED
+        if event is Event.RETRANSMITTED:
+            self.metrics.retransmitted.inc()
+        self.ctx.record(self._entry(event, row, {"attempt": str(attempt)}))
+        if TRANSFER_RETRANSMISSION.exhausted(attempt):
+            self._give_up(row, f"no receipt after {attempt} attempts")
+
+    def _failed(self, row: OutboxRow, error: TransportError, now: float) -> None:
+        attempt = row.attempts + 1
+        self.ctx.store.mark_failed(row.id, attempt, now + TRANSFER_RETRANSMISSION.delay(attempt), str(error))
+        if isinstance(error, Unroutable) or TRANSFER_RETRANSMISSION.exhausted(attempt):
+            self._give_up(row, str(error))
+
+    def _give_up(self, row: OutboxRow, reason: str) -> None:
+        self.ctx.store.mark_dead(row.id, reason)
+        self.ctx.record(self._entry(Event.DEAD_LETTERED, row, {"reason": reason[:300]}))
+        self.metrics.dead.inc()
+        log.error("transfer.dead_lettered", message=row.message_id, recipient=row.recipient,
+                  dossier=row.dossier, reason=reason)
+
+    def _entry(self, event: Event, row: OutboxRow, detail: dict[str, str]) -> Entry:
+        return self.ctx.entry(event, dossier=row.dossier, step=row.step, message_id=row.message_id,
+                              counterpart=row.recipient, envelope_sha256=row.envelope_sha256,
+                              detail=detail)
