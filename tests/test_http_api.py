@@ -1,4 +1,5 @@
-"""The agency-system HTTP API: token, submit, done, timeline (JSON and XML), overdue, OpenAPI."""
+"""The agency-system HTTP API: token, submit, done, timeline (JSON and XML), overdue, OpenAPI;
+requests share the daemon's context, each over a connection of its own, closed after use."""
 
 from __future__ import annotations
 
@@ -6,28 +7,47 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from exchange.adapters.http_api import ApiServer
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.demo import samples
+from exchange.errors import ConfigError
 from exchange.node.config import NodeConfig
-from tests.node_cluster import COMMUNE, Cluster
+from exchange.node.context import NodeContext
+from exchange.rules import load as rules_load
+from exchange.store.node import Store
+from tests.node_cluster import COMMUNE, Cluster, wait_until
 
 TOKEN = "s3cret-token"
+REQUESTS = 12
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[str]:
+def node(tmp_path: Path) -> Iterator[NodeContext]:
+    """The commune's context, as the daemon holds it, with the API token configured."""
     district = Cluster(tmp_path)
     district.init(COMMUNE)
-    server = ApiServer(NodeConfig.load(district.config(COMMUNE)), TOKEN)
+    config = NodeConfig.load(district.config(COMMUNE), environ={"EXCHANGE_AGENCY_SYSTEM_TOKEN": TOKEN})
+    with NodeContext.open(config) as ctx:
+        yield ctx
+
+
+@pytest.fixture
+def server(node: NodeContext) -> Iterator[ApiServer]:
+    server = ApiServer(node)
     server.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api(server: ApiServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def call(url: str, method: str = "GET", body: bytes | None = None, token: str | None = TOKEN,
@@ -94,3 +114,48 @@ def test_list_and_overdue(api: str) -> None:
     assert status == 200
     assert len(json.loads(body)) == 1
     assert json.loads(call(f"{api}/dossiers?overdue=1")[1]) == []
+
+
+def test_requests_share_the_daemons_context(node: NodeContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests use the daemon's rules, signer and opener (no context opened, no rules loaded per
+    request), each over a database connection of its own that is closed when it is done."""
+    loads, opens, closed = counting(monkeypatch, rules_load, "load"), counting(monkeypatch, NodeContext, "open"), \
+        counting(monkeypatch, Store, "close")
+    server = ApiServer(node)
+    server.start()
+    try:
+        api = f"http://127.0.0.1:{server.server_address[1]}"
+        assert call(f"{api}/dossiers", "POST", dossier(5))[0] == 201
+        for _ in range(REQUESTS - 1):
+            assert call(f"{api}/dossiers")[0] == 200
+        wait_until(lambda: len(closed) == REQUESTS, 10, "every request's connection closed")
+    finally:
+        server.stop()
+    assert (len(loads), len(opens), len(closed)) == (0, 0, REQUESTS)
+    assert all(store is not node.store for store in closed)
+
+
+def test_a_reloaded_token_is_the_one_asked_for(node: NodeContext, api: str) -> None:
+    """The API reads the token from the daemon's configuration, so a reload changes it at once."""
+    node.config = replace(node.config, token="rotated")
+    assert call(f"{api}/dossiers")[0] == 401
+    assert call(f"{api}/dossiers", token="rotated")[0] == 200
+
+
+def test_no_api_without_a_token(node: NodeContext) -> None:
+    """An API without a token is a configuration error, at start and for a reload."""
+    with pytest.raises(ConfigError, match="token"):
+        ApiServer(replace(node, config=replace(node.config, token="")))
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[Any]:
+    """Record the first argument of every call to ``owner.name`` (calls still go through)."""
+    calls: list[Any] = []
+    original = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0] if args else None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls

@@ -23,9 +23,10 @@ from xml.sax.saxutils import escape
 import structlog
 
 from exchange.codes import DossierCode
-from exchange.errors import ExchangeError, InvalidInput, RoutingError
+from exchange.errors import ConfigError, ExchangeError, InvalidInput, RoutingError
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
+from exchange.node.doors import Door
 from exchange.node.workflow import complete, submit
 
 log = structlog.get_logger(__name__)
@@ -201,28 +202,53 @@ ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
 ]
 
 
-class ApiServer(ThreadingHTTPServer):
-    """The API server; each handler thread gets its own node context (its own database connection)."""
+class ApiServer(ThreadingHTTPServer, Door):
+    """The API door. Requests use the daemon's context (its rules, signer and opener, swapped in
+    place by a reload), each over a database connection of its own, opened on the request's
+    thread when it first needs one and closed when the request is done."""
 
     daemon_threads = True
 
-    def __init__(self, config: NodeConfig, token: str, host: str = "127.0.0.1", port: int = 0) -> None:
-        if not token:
-            raise InvalidInput("the HTTP API needs a token: set EXCHANGE_AGENCY_SYSTEM_TOKEN")
+    def __init__(self, node: NodeContext, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.check(node.config)
         super().__init__((host, port), Handler)
-        self.config = config
-        self.token = token
+        self.node = node
         self._local = threading.local()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def token(self) -> str:
+        return self.node.config.token
+
+    def check(self, config: NodeConfig) -> None:
+        if not config.token:
+            raise ConfigError("the HTTP API needs a token: set EXCHANGE_AGENCY_SYSTEM_TOKEN")
 
     def context(self) -> NodeContext:
+        """The calling request's context (``for_thread``), opened on first use."""
         ctx: NodeContext | None = getattr(self._local, "ctx", None)
         if ctx is None:
-            ctx = NodeContext.open(self.config)
-            self._local.ctx = ctx
+            ctx = self._local.ctx = self.node.for_thread()
         return ctx
 
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="http-api", daemon=True)
-        thread.start()
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve one connection on its thread, then close the context it opened, if any."""
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            ctx: NodeContext | None = getattr(self._local, "ctx", None)
+            self._local.ctx = None
+            if ctx is not None:
+                ctx.close()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="http-api", daemon=True)
+        self._thread.start()
         log.info("http.listening", host=self.server_address[0], port=self.server_address[1])
-        return thread
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.server_close()
