@@ -19,6 +19,7 @@ from exchange.envelope.dossier import load as load_dossier
 from exchange.errors import ExchangeError, InvalidInput
 from exchange.files import write_atomic
 from exchange.node.context import NodeContext
+from exchange.node.doors import Door
 from exchange.node.workflow import submit
 
 log = structlog.get_logger(__name__)
@@ -27,7 +28,9 @@ FOLDERS = ("inbox", "processing", "accepted", "rejected")
 
 
 @dataclass
-class DropFolder:
+class DropFolder(Door):
+    """The drop-folder door: the housekeeping polls it."""
+
     root: Path
 
     def __post_init__(self) -> None:

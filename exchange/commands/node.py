@@ -6,29 +6,28 @@ import argparse
 import datetime as dt
 import getpass
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from exchange import logs
 from exchange.adapters import open_transport
-from exchange.audit.checkpoints import NoteSigner, attest, origin_for, register_key
-from exchange.audit.entries import Entry, Event
-from exchange.audit.log import AuditLog
-from exchange.codes import AgencyCode, DossierCode
+from exchange.adapters.dropfolder import DropFolder
+from exchange.adapters.http_api import ApiServer
+from exchange.adapters.webhooks import Webhooks
+from exchange.audit.entries import Event
+from exchange.codes import DossierCode
 from exchange.commands import agency_arg, read_input
 from exchange.envelope import pki
 from exchange.errors import ConfigError, ExchangeError, InvalidCode
-from exchange.files import write_atomic
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
+from exchange.node.doors import Door
+from exchange.node.provisioning import init_node
 from exchange.node.transport import DeadLetter, Transport
 from exchange.node.workflow import complete, submit
 from exchange.rules.load import load as load_rules
-from exchange.rules.model import RuleSet
-from exchange.store.node import Store
 
 
 def register(commands: Any) -> None:
@@ -96,37 +95,6 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def init_node(agency: AgencyCode, ca: pki.CertificateAuthority, rules_dir: Path, rules: RuleSet, broker: str,
-              out: Path, metrics_port: int = 0) -> Path:
-    """A node directory: key and certificate from the CA, checkpoint key, node.toml, database."""
-    if (out / "node.toml").exists():
-        raise ConfigError(f"{out / 'node.toml'} exists: refusing to overwrite a node")
-    name = rules.agency(agency).name  # the agency must be in the directory
-    pki.issue_agency(ca, agency, out, name=name)
-    shutil.copyfile(ca.directory / pki.CA_CERT, out / "ca.pem")
-    signer = NoteSigner.generate(origin_for(str(agency)))
-    signer.save(out / "checkpoint-key.pem")
-    (out / "state").mkdir(parents=True, exist_ok=True)
-    toml = (f'# exchange node for {agency} ({name})\n'
-            f'[node]\nagency = "{agency}"\nstate_dir = "state"\nmetrics_port = {metrics_port}\n\n'
-            f'[pki]\nca = "ca.pem"\ncert = "{pki.AGENCY_CERT}"\nkey = "{pki.AGENCY_KEY}"\n\n'
-            f'[audit]\ncheckpoint_key = "checkpoint-key.pem"\ncheckpoint_every_entries = 1000\n'
-            f'checkpoint_every_seconds = 60\n\n'
-            f'[rules]\ndir = "{rules_dir.resolve()}"\n\n'
-            f'[transport]\n# empty: the embedded transport shared by the nodes of this host\n'
-            f'broker = "{broker}"\nembedded = "../transport.db"\n')
-    write_atomic(out / "node.toml", toml.encode("utf-8"))
-    config = NodeConfig.load(out / "node.toml")
-    store = Store(config.database)
-    audit = AuditLog(store.conn, str(agency))
-    with store.transaction():
-        register_key(audit, signer.verifier, attest(signer.verifier, pki.load_key(out / pki.AGENCY_KEY)),
-                     (out / pki.AGENCY_CERT).read_text())
-        audit.append(Entry(Event.RULES_LOADED, str(agency), detail={"digest": rules.digest}))
-    store.close()
-    return out / "node.toml"
-
-
 def _open(args: argparse.Namespace) -> NodeContext:
     return NodeContext.open(NodeConfig.load(args.config))
 
@@ -134,12 +102,17 @@ def _open(args: argparse.Namespace) -> NodeContext:
 def _run(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
     logs.configure(config.log_format)
-    ctx = NodeContext.open(config)
-    try:
-        with open_transport(config) as transport:
-            return Daemon(ctx, transport).run()
-    finally:
-        ctx.close()
+    with NodeContext.open(config) as ctx, open_transport(config) as transport:
+        return Daemon(ctx, transport, doors=_doors(ctx)).run()
+
+
+def _doors(ctx: NodeContext) -> list[Door]:
+    """The agency system's doors the configuration asks for (webhooks follow the configured URL)."""
+    config = ctx.config
+    doors: list[Door] = [DropFolder(config.dropfolder_dir), Webhooks()]
+    if config.http_port:
+        doors.append(ApiServer(ctx, config.http_host, config.http_port))
+    return doors
 
 
 def _submit(args: argparse.Namespace) -> int:

@@ -32,7 +32,6 @@ from exchange.audit.reconcile import reconcile
 from exchange.audit.sources import BundleSource, DatabaseSource, Trust
 from exchange.audit.verify import verify as verify_log
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
-from exchange.commands.node import init_node
 from exchange.demo import samples
 from exchange.envelope import dossier as dossiers
 from exchange.envelope import pki
@@ -41,6 +40,7 @@ from exchange.envelope.sealing import Signer
 from exchange.errors import ExchangeError
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
+from exchange.node.provisioning import init_node
 from exchange.node.transport import Message
 from exchange.node.workflow import complete, submit
 from exchange.rules import tools as rules_tools

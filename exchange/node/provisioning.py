@@ -1,0 +1,53 @@
+"""Provisioning: a new node directory, ready for ``exchange run --config DIR/node.toml``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from exchange.audit.checkpoints import NoteSigner, attest, origin_for, register_key
+from exchange.audit.entries import Entry, Event
+from exchange.audit.log import AuditLog
+from exchange.codes import AgencyCode
+from exchange.envelope import pki
+from exchange.errors import ConfigError
+from exchange.files import write_atomic
+from exchange.node.config import NodeConfig
+from exchange.rules.model import RuleSet
+from exchange.store.node import Store
+
+
+def init_node(agency: AgencyCode, ca: pki.CertificateAuthority, rules_dir: Path, rules: RuleSet, broker: str,
+              out: Path, metrics_port: int = 0) -> Path:
+    """A node directory: key and certificate from the CA, checkpoint key, node.toml, database."""
+    if (out / "node.toml").exists():
+        raise ConfigError(f"{out / 'node.toml'} exists: refusing to overwrite a node")
+    name = rules.agency(agency).name  # the agency must be in the directory
+    pki.issue_agency(ca, agency, out, name=name)
+    shutil.copyfile(ca.directory / pki.CA_CERT, out / "ca.pem")
+    signer = NoteSigner.generate(origin_for(str(agency)))
+    signer.save(out / "checkpoint-key.pem")
+    (out / "state").mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "node.toml", _toml(agency, name, rules_dir, broker, metrics_port).encode("utf-8"))
+    config = NodeConfig.load(out / "node.toml")
+    store = Store(config.database)
+    try:
+        audit = AuditLog(store.conn, str(agency))
+        with store.transaction():
+            register_key(audit, signer.verifier, attest(signer.verifier, pki.load_key(out / pki.AGENCY_KEY)),
+                         (out / pki.AGENCY_CERT).read_text())
+            audit.append(Entry(Event.RULES_LOADED, str(agency), detail={"digest": rules.digest}))
+    finally:
+        store.close()
+    return out / "node.toml"
+
+
+def _toml(agency: AgencyCode, name: str, rules_dir: Path, broker: str, metrics_port: int) -> str:
+    return (f'# exchange node for {agency} ({name})\n'
+            f'[node]\nagency = "{agency}"\nstate_dir = "state"\nmetrics_port = {metrics_port}\n\n'
+            f'[pki]\nca = "ca.pem"\ncert = "{pki.AGENCY_CERT}"\nkey = "{pki.AGENCY_KEY}"\n\n'
+            f'[audit]\ncheckpoint_key = "checkpoint-key.pem"\ncheckpoint_every_entries = 1000\n'
+            f'checkpoint_every_seconds = 60\n\n'
+            f'[rules]\ndir = "{rules_dir.resolve()}"\n\n'
+            f'[transport]\n# empty: the embedded transport shared by the nodes of this host\n'
+            f'broker = "{broker}"\nembedded = "../transport.db"\n')
