@@ -10,6 +10,9 @@ envelope has a stable reason code, because signed receipts carry that code::
     │   ├── ConfigError              a missing or malformed file or setting
     │   ├── RuleError                routing rules that do not load; ``problems`` lists each
     │   ├── RoutingError             a question the rules cannot answer (unknown procedure...)
+    │   ├── UnknownDossier           no such dossier (or step) at this node
+    │   ├── AlreadySubmitted         a dossier code this node has taken in before
+    │   ├── StepNotReady             a step this node cannot report done now
     │   └── InvalidEnvelope          an envelope refused; ``reason_code`` says why
     │       ├── TooLarge                 too-large
     │       ├── MalformedXml             malformed-xml
@@ -82,6 +85,22 @@ class RuleError(InvalidInput):
 
 class RoutingError(InvalidInput):
     """A routing question the rules cannot answer: an unknown procedure, origin or step."""
+
+
+class UnknownDossier(InvalidInput):
+    """This node holds no such dossier, or no such step of it."""
+
+
+class AlreadySubmitted(InvalidInput):
+    """A dossier whose code this node has taken in before: submitting it again changes nothing."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        super().__init__(f"dossier {code} was already submitted")
+
+
+class StepNotReady(InvalidInput):
+    """A step reported done that this node cannot do now: another agency's, waiting, or done."""
 
 
 class PkiError(ExchangeError):

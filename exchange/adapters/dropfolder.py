@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from lxml import etree
 
 from exchange.envelope.dossier import load as load_dossier
-from exchange.errors import ExchangeError, InvalidInput
+from exchange.errors import AlreadySubmitted, ExchangeError
 from exchange.files import write_atomic
 from exchange.node.context import NodeContext
 from exchange.node.doors import Door
@@ -53,7 +54,7 @@ class DropFolder(Door):
         try:
             code = submit(ctx, data, source=path.name)
         except ExchangeError as exc:
-            if isinstance(exc, InvalidInput) and "already submitted" in str(exc) and self._same(data, ctx):
+            if isinstance(exc, AlreadySubmitted) and self._same(data, exc.code, ctx):
                 log.info("dropfolder.retaken", file=path.name)  # a crash after submit, before the move
                 path.replace(self.root / "accepted" / path.name)
                 return
@@ -66,8 +67,8 @@ class DropFolder(Door):
         log.info("dropfolder.submitted", file=path.name, dossier=str(code))
 
     @staticmethod
-    def _same(data: bytes, ctx: NodeContext) -> bool:
-        """Whether the stored dossier with this file's code is this file's dossier."""
-        _, info = load_dossier(data)
-        row = ctx.store.conn.execute("SELECT origin FROM dossiers WHERE code = ?", (str(info.code),)).fetchone()
-        return row is not None and row[0] == str(ctx.agency)
+    def _same(data: bytes, code: str, ctx: NodeContext) -> bool:
+        """Whether the stored dossier with this file's code is this file's dossier, byte for byte
+        as submit stored it (another file reusing the code is refused, not taken as a retry)."""
+        root, _ = load_dossier(data)
+        return ctx.store.dossier_payload(code) == etree.tostring(root)

@@ -20,8 +20,12 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from exchange import clock
+from exchange.codes import AgencyCode, ProcedureCode
 from exchange.envelope.dossier import DossierInfo, d, load
-from exchange.errors import InvalidDossier, InvalidEnvelope
+from exchange.errors import InvalidDossier, InvalidEnvelope, UnknownDossier
+from exchange.node.context import NodeContext
+from exchange.store.states import DossierState
 from exchange.xml import safexml
 
 NS = "http://www.mic.gov.vn/TBT/QCVN_102_2016"
@@ -158,3 +162,38 @@ def export_status(dossier_code: str, sender: Organ, status_code: str, descriptio
     _sub(staff_el, "Department", sender.name)
     _sub(staff_el, "Staff", staff or "exchange node")
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+
+
+# A node's stored dossiers as packages -------------------------------------------------------
+
+STATE_TO_STATUS = {DossierState.COMPLETED: "06", DossierState.REFUSED: "02", DossierState.PROCESSING: "05"}
+"""edXML status codes for a dossier's state at this node, when no peer status says more."""
+
+
+def _organ_of(ctx: NodeContext, code: str) -> Organ:
+    agency = ctx.rules.agencies.get(code)  # type: ignore[call-overload]
+    return Organ(code, agency.name if agency else code)
+
+
+def export_stored(ctx: NodeContext, code: str, to: AgencyCode) -> bytes:
+    """A dossier held at this node as an edXML package for ``to``."""
+    row, payload = ctx.store.dossier(code), ctx.store.dossier_payload(code)
+    if row is None or payload is None:
+        raise UnknownDossier(f"this node knows no dossier {code}")
+    dossier = safexml.parse(payload, source=f"dossier {code}")
+    subject = ctx.rules.procedure(ProcedureCode(row.procedure)).name
+    return export_transfer(dossier, _organ_of(ctx, str(ctx.agency)), _organ_of(ctx, str(to)), subject)
+
+
+def export_stored_status(ctx: NodeContext, code: str) -> tuple[str, bytes]:
+    """The edXML status code of a dossier held here, and its status package."""
+    row = ctx.store.dossier(code)
+    if row is None:
+        raise UnknownDossier(f"this node knows no dossier {code}")
+    statuses = ctx.store.statuses(code)
+    last = statuses[-1] if statuses else None
+    if last is not None and row.state is DossierState.PROCESSING:
+        status, note = last.exchange_status, last.note or ""
+    else:
+        status, note = STATE_TO_STATUS.get(row.state, "05"), f"dossier {row.state}"
+    return status, export_status(code, _organ_of(ctx, str(ctx.agency)), status, note, clock.now())

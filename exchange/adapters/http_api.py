@@ -9,7 +9,6 @@ description needs ``Authorization: Bearer <token>``.
 
 from __future__ import annotations
 
-import datetime as dt
 import hmac
 import json
 import re
@@ -23,10 +22,11 @@ from xml.sax.saxutils import escape
 import structlog
 
 from exchange.codes import DossierCode
-from exchange.errors import ConfigError, ExchangeError, InvalidInput, RoutingError
+from exchange.errors import ConfigError, ExchangeError, InvalidInput, UnknownDossier
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.doors import Door
+from exchange.node.status import dossier_list, timeline
 from exchange.node.workflow import complete, submit
 
 log = structlog.get_logger(__name__)
@@ -113,9 +113,11 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         try:
             status, payload = route(self, self.server.context(), params, body)
-        except (RoutingError, InvalidInput) as exc:
-            missing = "knows no" in str(exc)
-            self._send(HTTPStatus.NOT_FOUND if missing else HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        except UnknownDossier as exc:
+            self._send(HTTPStatus.NOT_FOUND, {"error": str(exc)})
+            return
+        except InvalidInput as exc:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
             return
         except ExchangeError as exc:
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)})
@@ -154,19 +156,8 @@ def _done(handler: Handler, ctx: NodeContext, params: dict[str, str], body: byte
 
 
 def _timeline(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
-    code = _code(params["code"])
-    conn = ctx.store.conn
-    row = conn.execute("SELECT procedure, origin, state FROM dossiers WHERE code = ?", (str(code),)).fetchone()
-    if row is None:
-        raise InvalidInput(f"this node knows no dossier {code}")
-    steps = [dict(zip(("step", "agency", "state", "due", "done_at", "result"), r, strict=True)) for r in conn.execute(
-        "SELECT step, agency, state, due, done_at, result FROM steps WHERE dossier = ? ORDER BY rowid", (str(code),))]
-    statuses = [dict(zip(("sender", "step", "exchange_status", "dossier_status", "at", "note"), r, strict=True))
-                for r in conn.execute("SELECT sender, step, exchange_status, dossier_status, at, note FROM statuses "
-                                      "WHERE dossier = ? ORDER BY rowid", (str(code),))]
-    timeline = {"code": str(code), "procedure": row[0], "origin": row[1], "state": row[2], "steps": steps,
-                "statuses": statuses}
-    return HTTPStatus.OK, (_timeline_xml(timeline) if handler.wants_xml() else timeline)
+    found = timeline(ctx, str(_code(params["code"])))
+    return HTTPStatus.OK, (_timeline_xml(found) if handler.wants_xml() else found)
 
 
 def _timeline_xml(timeline: dict[str, Any]) -> bytes:
@@ -177,14 +168,7 @@ def _timeline_xml(timeline: dict[str, Any]) -> bytes:
 
 
 def _list(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
-    overdue_only = "overdue=1" in params.get("query", "")
-    today = dt.datetime.now(ctx.rules.calendar.timezone).date().isoformat()
-    rows = ctx.store.conn.execute(
-        "SELECT d.code, d.procedure, d.state, s.step, s.due FROM dossiers d LEFT JOIN steps s ON s.dossier = d.code "
-        "AND s.agency = ? AND s.state = 'ready' ORDER BY d.code", (str(ctx.agency),)).fetchall()
-    items = [{"code": c, "procedure": p, "state": st, "pending_step": step, "due": due,
-              "overdue": bool(due and due < today)} for c, p, st, step, due in rows]
-    return HTTPStatus.OK, [i for i in items if i["overdue"]] if overdue_only else items
+    return HTTPStatus.OK, dossier_list(ctx, overdue_only="overdue=1" in params.get("query", ""))
 
 
 def _code(text: str) -> DossierCode:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import getpass
 import json
 import sys
@@ -15,7 +14,6 @@ from exchange.adapters import open_transport
 from exchange.adapters.dropfolder import DropFolder
 from exchange.adapters.http_api import ApiServer
 from exchange.adapters.webhooks import Webhooks
-from exchange.audit.entries import Event
 from exchange.codes import DossierCode
 from exchange.commands import agency_arg, read_input
 from exchange.envelope import pki
@@ -23,11 +21,14 @@ from exchange.errors import ConfigError, ExchangeError, InvalidCode
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
+from exchange.node.dead_letters import DeadLetters, replay
 from exchange.node.doors import Door
 from exchange.node.provisioning import init_node
-from exchange.node.transport import DeadLetter, Transport
+from exchange.node.status import status_rows
+from exchange.node.transport import DeadLetter
 from exchange.node.workflow import complete, submit
 from exchange.rules.load import load as load_rules
+from exchange.store.node import OutboxRow
 
 
 def register(commands: Any) -> None:
@@ -116,31 +117,22 @@ def _doors(ctx: NodeContext) -> list[Door]:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    ctx = _open(args)
-    try:
+    with _open(args) as ctx:
         code = submit(ctx, read_input(args.dossier), str(args.dossier))
-    finally:
-        ctx.close()
     print(code)
     return 0
 
 
 def _done(args: argparse.Namespace) -> int:
-    ctx = _open(args)
-    try:
+    with _open(args) as ctx:
         sent = complete(ctx, _dossier_code(args.dossier), args.step, args.result)
-    finally:
-        ctx.close()
     print(f"{args.dossier} step {args.step} done ({args.result})" + (f": {', '.join(sent)}" if sent else ""))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    ctx = _open(args)
-    try:
-        rows = _status_rows(ctx, args.dossier)
-    finally:
-        ctx.close()
+    with _open(args) as ctx:
+        rows = status_rows(ctx, args.dossier)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
@@ -156,78 +148,40 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_rows(ctx: NodeContext, dossier: str | None) -> list[dict[str, Any]]:
-    conn = ctx.store.conn
-    query = "SELECT code, procedure, state FROM dossiers"
-    params: tuple[str, ...] = ()
-    if dossier:
-        query += " WHERE code = ?"
-        params = (dossier,)
-    today = dt.datetime.now(ctx.rules.calendar.timezone).date().isoformat()
-    result = []
-    for code, procedure, state in conn.execute(query + " ORDER BY code", params).fetchall():
-        steps = [{"step": s, "agency": a, "state": st, "due": due, "done_at": done,
-                  "overdue": bool(st == "ready" and due and due < today)}
-                 for s, a, st, due, done in conn.execute(
-                     "SELECT step, agency, state, due, done_at FROM steps WHERE dossier = ? ORDER BY rowid", (code,))]
-        pending_here = [s["step"] for s in steps if s["agency"] == str(ctx.agency) and s["state"] == "ready"]
-        result.append({"code": code, "procedure": procedure, "state": state, "pending_here": pending_here,
-                       "steps": steps})
-    return result
-
-
 def _dead(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
-    ctx = NodeContext.open(config)
-    try:
-        return _dead_action(args, ctx, config)
-    finally:
-        ctx.close()
-
-
-def _dead_action(args: argparse.Namespace, ctx: NodeContext, config: NodeConfig) -> int:
-    conn = ctx.store.conn
-    outgoing = conn.execute("SELECT message_id, recipient, kind, dossier, step, last_error FROM outbox "
-                            "WHERE state = 'dead' ORDER BY id").fetchall()
-    with open_transport(config) as transport:
-        incoming = transport.dead_letters(config.agency)
+    with NodeContext.open(config) as ctx, open_transport(config) as transport:
+        letters = DeadLetters.of(ctx, transport)
         if args.action == "list":
-            for mid, recipient, kind, dossier, step, error in outgoing:
-                print(f"out  {mid}  {kind} to {recipient}  dossier {dossier} step {step}: {error}")
-            for letter in incoming:
-                print(f"in   {letter.key}  message {letter.message.message_id}: {letter.reason}")
-            print(f"{len(outgoing)} outgoing, {len(incoming)} incoming dead letters")
+            _print_dead(letters)
             return 0
         if not args.id:
             raise ConfigError("give --id (see `exchange dead list`)")
-        return _dead_one(args, ctx, transport, outgoing, incoming)
-
-
-def _dead_one(args: argparse.Namespace, ctx: NodeContext, transport: Transport, outgoing: list[Any],
-              incoming: list[DeadLetter]) -> int:
-    out = next((row for row in outgoing if row[0] == args.id), None)
-    letter = next((item for item in incoming if item.key == args.id), None)
-    if out is None and letter is None:
-        raise ConfigError(f"no dead letter {args.id}")
-    if args.action == "show":
-        if out is not None:
-            print(json.dumps(dict(zip(("message_id", "recipient", "kind", "dossier", "step", "error"), out,
-                                      strict=True)), ensure_ascii=False, indent=2))
-        elif letter is not None:
-            sys.stdout.write(letter.message.body.decode("utf-8", errors="replace") + f"\n<!-- {letter.reason} -->\n")
-        return 0
-    with ctx.store.transaction() as conn:
-        if out is not None:
-            conn.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt = 0 WHERE message_id = ?",
-                         (args.id,))
-        replayed = out[0] if out is not None else (letter.message.message_id if letter is not None else "")
-        ctx.record(ctx.entry(Event.REPLAYED, message_id=replayed,
-                                   dossier=out[3] if out else None, detail={"operator": args.operator,
-                                                                            "direction": "out" if out else "in"}))
-    if letter is not None and out is None:
-        transport.replay(ctx.agency, letter.key)
+        letter = letters.find(args.id)
+        if args.action == "show":
+            _show_dead(letter, ctx)
+            return 0
+        replay(ctx, transport, letter, args.operator)
     print(f"replayed {args.id} (audited as done by {args.operator})")
     return 0
+
+
+def _print_dead(letters: DeadLetters) -> None:
+    for row in letters.outgoing:
+        print(f"out  {row.message_id}  {row.kind} to {row.recipient}  dossier {row.dossier} step {row.step}: "
+              f"{row.last_error}")
+    for letter in letters.incoming:
+        print(f"in   {letter.key}  message {letter.message.message_id}: {letter.reason}")
+    print(f"{len(letters.outgoing)} outgoing, {len(letters.incoming)} incoming dead letters")
+
+
+def _show_dead(letter: OutboxRow | DeadLetter, ctx: NodeContext) -> None:
+    if isinstance(letter, OutboxRow):
+        print(json.dumps({"message_id": letter.message_id, "recipient": letter.recipient, "kind": letter.kind,
+                          "dossier": letter.dossier, "step": letter.step, "error": letter.last_error},
+                         ensure_ascii=False, indent=2))
+    else:
+        sys.stdout.write(letter.message.body.decode("utf-8", errors="replace") + f"\n<!-- {letter.reason} -->\n")
 
 
 def _check(args: argparse.Namespace) -> int:

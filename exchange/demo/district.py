@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import itertools
+import json
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,7 @@ from exchange.node.transport import Message
 from exchange.node.workflow import complete, submit
 from exchange.rules import tools as rules_tools
 from exchange.rules.load import load as load_rules
+from exchange.store.states import DossierState
 
 ICT = dt.timezone(dt.timedelta(hours=7))
 COMMUNES = ("000.01.10.H49", "000.02.10.H49", "000.04.10.H49", "000.05.10.H49")
@@ -100,7 +102,7 @@ class Demo:
         deadline = time.monotonic() + 60
         for agency in self.processes:
             path = self.out / "nodes" / agency / "node.log"
-            while b"node.started" not in path.read_bytes():
+            while not _logged(path, "node.started"):
                 if time.monotonic() > deadline or self.processes[agency].poll() is not None:
                     raise ExchangeError(f"node {agency} did not start; see {path}")
                 time.sleep(0.1)
@@ -178,12 +180,10 @@ class Demo:
         for agency, ctx in self.contexts.items():
             if agency == SLOW_AGENCY and time.monotonic() - self.started < SLOW_SECONDS:
                 continue  # this agency's system is down for a while
-            rows = ctx.store.conn.execute("SELECT dossier, step FROM steps WHERE agency = ? AND state = 'ready'",
-                                          (agency,)).fetchall()
-            for code, step in rows:
-                complete(ctx, DossierCode(code), step)
+            for step in ctx.store.ready_steps(agency):
+                complete(ctx, DossierCode(step.dossier), step.step)
                 progressed = True
-            for (code,) in ctx.store.conn.execute("SELECT code FROM dossiers WHERE state = 'completed'"):
+            for code in (row.code for row in ctx.store.dossiers(state=DossierState.COMPLETED)):
                 if code in self.submitted and code not in done:
                     done.add(code)
                     procedure, desk, _ = self.submitted[code]
@@ -269,16 +269,25 @@ def _picture(source: str) -> str:
     return f"<pre class='route'>{html.escape(source)}</pre>"
 
 
-def _timeline(demo: Demo, code: str) -> str:
-    rows = []
-    for agency in demo.agencies[:-1]:
-        db = NodeConfig.load(demo.config(agency)).database
-        import sqlite3
+def _logged(path: Path, event: str) -> bool:
+    """Whether a node's JSON log holds ``event``: read as data, line by line, not searched as text."""
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            if json.loads(line).get("event") == event:
+                return True
+        except (ValueError, AttributeError):
+            continue  # a line that is not an event (a traceback's continuation)
+    return False
 
-        with sqlite3.connect(db) as conn:
-            for (data,) in conn.execute("SELECT data FROM audit_entries WHERE dossier = ?", (code,)):
-                entry = Entry.decode(bytes(data))[1]
-                rows.append(entry)
+
+def _timeline(demo: Demo, code: str) -> str:
+    rows: list[Entry] = []
+    for agency in demo.agencies[:-1]:
+        source = DatabaseSource(NodeConfig.load(demo.config(agency)).database)
+        try:
+            rows.extend(Entry.decode(data)[1] for _, data in source.dossier_entries(code))
+        finally:
+            source.conn.close()
     rows.sort(key=lambda e: e.time)
     procedure, desk, _ = demo.submitted[code]
     body = "".join(

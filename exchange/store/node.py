@@ -1,17 +1,21 @@
-"""The node's state beside its audit log, in the same SQLite database: outbox, inbox (the
-de-duplication record), dossiers and their steps. Every change here commits in one transaction
-with the audit entry that records it (``Store.transaction``)."""
+"""The node's state tables, in the same SQLite database as its audit log: outbox, inbox (the
+de-duplication record), dossiers, their steps and statuses, webhooks. Every statement about them
+is here; callers get frozen rows and enum states. Every change commits in one transaction with
+the audit entries that record it (``Store.transaction``)."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from exchange.store import db, schema
+from exchange.store.states import DossierState, OutboxState, Outcome, StepState, WebhookState
+
+_OUTBOX_COLUMNS = "id, message_id, recipient, kind, dossier, step, body, envelope_sha256, state, attempts, last_error"
 
 
 @dataclass(frozen=True)
@@ -24,12 +28,75 @@ class OutboxRow:
     step: str | None
     body: bytes
     envelope_sha256: str
-    state: str
+    state: OutboxState
+    attempts: int
+    last_error: str | None = None
+
+    @classmethod
+    def of(cls, row: tuple[object, ...]) -> OutboxRow:
+        values = list(row)
+        values[8] = OutboxState(str(values[8]))
+        return cls(*values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DossierRow:
+    code: str
+    procedure: str
+    origin: str
+    received_at: str
+    state: DossierState
+
+
+@dataclass(frozen=True)
+class StepRow:
+    dossier: str
+    step: str
+    agency: str
+    state: StepState
+    due: str | None
+    done_at: str | None
+    result: str | None
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    dossier: str
+    sender: str
+    step: str | None
+    exchange_status: str
+    dossier_status: int
+    at: str
+    note: str | None
+
+
+@dataclass(frozen=True)
+class InboxRecord:
+    """One incoming envelope as the inbox records it (its id is the de-duplication key)."""
+
+    message_id: str
+    sender: str
+    kind: str
+    dossier: str | None
+    step: str | None
+    envelope_sha256: str
+    outcome: Outcome
+    payload: bytes | None = None
+    reason: str | None = None
+    delivered: bool = False
+
+
+
+@dataclass(frozen=True)
+class PendingWebhook:
+    """A webhook due to be pushed: the delivery it announces, and the attempts made so far."""
+
+    inbox: InboxRecord
     attempts: int
 
 
 class Store:
-    """One node's database: its state tables and its audit log, on one connection."""
+    """One node's state tables on one connection (the audit log shares it: see ``NodeContext``)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,32 +126,230 @@ class Store:
 
     def due_outbox(self, limit: int) -> list[OutboxRow]:
         rows = self.conn.execute(
-            "SELECT id, message_id, recipient, kind, dossier, step, body, envelope_sha256, state, attempts "
-            "FROM outbox WHERE state IN ('pending', 'published') AND next_attempt <= ? ORDER BY id LIMIT ?",
-            (time.time(), limit)).fetchall()
-        return [OutboxRow(*row) for row in rows]
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state IN (?, ?) AND next_attempt <= ? "  # noqa: S608
+            "ORDER BY id LIMIT ?", (*OutboxState.due(), time.time(), limit)).fetchall()
+        return [OutboxRow.of(row) for row in rows]
 
     def outbox_by_message(self, message_id: str) -> OutboxRow | None:
-        row = self.conn.execute(
-            "SELECT id, message_id, recipient, kind, dossier, step, body, envelope_sha256, state, attempts "
-            "FROM outbox WHERE message_id = ?", (message_id,)).fetchone()
-        return OutboxRow(*row) if row else None
+        row = self.conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE message_id = ?",  # noqa: S608
+                                (message_id,)).fetchone()
+        return OutboxRow.of(row) if row else None
+
+    def dead_outbox(self) -> list[OutboxRow]:
+        rows = self.conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = ? ORDER BY id",  # noqa: S608
+                                 (OutboxState.DEAD,)).fetchall()
+        return [OutboxRow.of(row) for row in rows]
+
+    def settle(self, row_id: int, state: OutboxState) -> None:
+        """A receipt came: the transfer is acknowledged or refused, unless already settled."""
+        self.conn.execute("UPDATE outbox SET state = ? WHERE id = ? AND state IN (?, ?)",
+                          (state, row_id, *OutboxState.due()))
+
+    def republish(self, message_id: str, *, kind: str | None = None) -> None:
+        """Due again at once, with a fresh retry budget (a replay, or a receipt asked for again)."""
+        if kind is None:
+            self.conn.execute("UPDATE outbox SET state = ?, attempts = 0, next_attempt = 0 WHERE message_id = ?",
+                              (OutboxState.PENDING, message_id))
+        else:
+            self.conn.execute("UPDATE outbox SET state = ?, next_attempt = 0 WHERE message_id = ? AND kind = ?",
+                              (OutboxState.PENDING, message_id, kind))
 
     # inbox
 
-    def known(self, message_id: str) -> tuple[str, str | None] | None:
+    def known(self, message_id: str) -> tuple[Outcome, str | None] | None:
         """(outcome, receipt message id) of a message already recorded, else None."""
         row = self.conn.execute("SELECT outcome, receipt_id FROM inbox WHERE message_id = ?",
                                 (message_id,)).fetchone()
-        return (row[0], row[1]) if row else None
+        return (Outcome(row[0]), row[1]) if row else None
+
+    def record_inbox(self, record: InboxRecord, received_at: float) -> None:
+        self.conn.execute(
+            "INSERT INTO inbox (message_id, sender, kind, dossier, step, envelope_sha256, received_at, outcome, "
+            "reason, payload, delivered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.message_id, record.sender, record.kind, record.dossier, record.step, record.envelope_sha256,
+             received_at, record.outcome, record.reason, record.payload,
+             int(record.delivered or record.outcome is not Outcome.ACCEPTED)))
+
+    def set_receipt(self, message_ids: Iterable[str], receipt_id: str) -> None:
+        self.conn.executemany("UPDATE inbox SET receipt_id = ? WHERE message_id = ?",
+                              [(receipt_id, message_id) for message_id in message_ids])
+
+    # dossiers
+
+    def dossier(self, code: str) -> DossierRow | None:
+        row = self.conn.execute("SELECT code, procedure, origin, received_at, state FROM dossiers WHERE code = ?",
+                                (code,)).fetchone()
+        return _dossier(row) if row else None
+
+    def dossiers(self, code: str | None = None, state: DossierState | None = None) -> list[DossierRow]:
+        """Every dossier at this node by code, or the one named, or those in ``state``."""
+        query, params = "SELECT code, procedure, origin, received_at, state FROM dossiers", []
+        if code is not None:
+            query, params = query + " WHERE code = ?", [code]
+        elif state is not None:
+            query, params = query + " WHERE state = ?", [state]
+        rows = self.conn.execute(query + " ORDER BY code", params).fetchall()
+        return [_dossier(row) for row in rows]
+
+    def dossier_payload(self, code: str) -> bytes | None:
+        row = self.conn.execute("SELECT payload FROM dossiers WHERE code = ?", (code,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def add_dossier(self, row: DossierRow, payload: bytes) -> None:
+        self.conn.execute("INSERT INTO dossiers (code, procedure, origin, received_at, state, payload, updated) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          (row.code, row.procedure, row.origin, row.received_at, row.state, payload, time.time()))
+
+    def replace_payload(self, code: str, payload: bytes) -> None:
+        self.conn.execute("UPDATE dossiers SET payload = ?, updated = ? WHERE code = ?", (payload, time.time(), code))
+
+    def set_dossier_state(self, code: str, state: DossierState) -> None:
+        self.conn.execute("UPDATE dossiers SET state = ?, updated = ? WHERE code = ?", (state, time.time(), code))
+
+    # steps
+
+    def steps(self, dossier: str) -> list[StepRow]:
+        """A dossier's steps known here, in the order this node learnt of them."""
+        rows = self.conn.execute("SELECT dossier, step, agency, state, due, done_at, result FROM steps "
+                                 "WHERE dossier = ? ORDER BY rowid", (dossier,)).fetchall()
+        return [_step(row) for row in rows]
+
+    def step(self, dossier: str, step: str) -> StepRow | None:
+        row = self.conn.execute("SELECT dossier, step, agency, state, due, done_at, result FROM steps "
+                                "WHERE dossier = ? AND step = ?", (dossier, step)).fetchone()
+        return _step(row) if row else None
+
+    def ready_steps(self, agency: str) -> list[StepRow]:
+        """The steps ``agency`` can do now, oldest dossier first."""
+        rows = self.conn.execute("SELECT dossier, step, agency, state, due, done_at, result FROM steps "
+                                 "WHERE agency = ? AND state = ? ORDER BY dossier, rowid",
+                                 (agency, StepState.READY)).fetchall()
+        return [_step(row) for row in rows]
+
+    def overdue_steps(self, today: str) -> list[StepRow]:
+        """Steps ready and past their due date (ISO dates compare as text): the one definition of
+        overdue, behind the status command, the HTTP API and the demo alike."""
+        rows = self.conn.execute("SELECT dossier, step, agency, state, due, done_at, result FROM steps "
+                                 "WHERE state = ? AND due IS NOT NULL AND due < ? ORDER BY due, dossier",
+                                 (StepState.READY, today)).fetchall()
+        return [_step(row) for row in rows]
+
+    def done_steps(self, dossier: str) -> dict[str, str]:
+        """Each done step of a dossier and when it was done (ISO text)."""
+        rows = self.conn.execute("SELECT step, done_at FROM steps WHERE dossier = ? AND state = ?",
+                                 (dossier, StepState.DONE))
+        return {step: at for step, at in rows}
+
+    def add_steps(self, dossier: str, agencies: Iterable[tuple[str, str]]) -> None:
+        """Steps not yet known here, as pending, each with its performing agency."""
+        self.conn.executemany("INSERT OR IGNORE INTO steps (dossier, step, agency, state) VALUES (?, ?, ?, ?)",
+                              [(dossier, step, agency, StepState.PENDING) for step, agency in agencies])
+
+    def finish_step(self, dossier: str, step: str, agency: str, done_at: str, result: str | None = None) -> None:
+        """A step done, here or (learnt from a hand-off) by the agency that sent the dossier on."""
+        self.conn.execute("INSERT INTO steps (dossier, step, agency, state, done_at, result) VALUES (?, ?, ?, ?, ?, ?) "
+                          "ON CONFLICT (dossier, step) DO UPDATE SET state = excluded.state, "
+                          "done_at = excluded.done_at, result = COALESCE(excluded.result, steps.result)",
+                          (dossier, step, agency, StepState.DONE, done_at, result))
+
+    def make_ready(self, dossier: str, step: str, agency: str, due: str | None) -> None:
+        """A pending (or new) step becomes ready with its due date; a step further along is left alone."""
+        self.conn.execute("INSERT INTO steps (dossier, step, agency, state, due) VALUES (?, ?, ?, ?, ?) "
+                          "ON CONFLICT (dossier, step) DO UPDATE SET state = excluded.state, due = excluded.due "
+                          "WHERE steps.state = ?", (dossier, step, agency, StepState.READY, due, StepState.PENDING))
+
+    # statuses
+
+    def add_status(self, status: StatusRow) -> None:
+        self.conn.execute("INSERT INTO statuses (dossier, sender, step, exchange_status, dossier_status, at, note) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          (status.dossier, status.sender, status.step, status.exchange_status,
+                           status.dossier_status, status.at, status.note))
+
+    def statuses(self, dossier: str) -> list[StatusRow]:
+        rows = self.conn.execute("SELECT dossier, sender, step, exchange_status, dossier_status, at, note "
+                                 "FROM statuses WHERE dossier = ? ORDER BY rowid", (dossier,)).fetchall()
+        return [StatusRow(*row) for row in rows]
 
     def counts(self) -> dict[str, int]:
         """Gauges for metrics and the health check."""
         result = {f"outbox_{state}": n for state, n in
                   self.conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")}
         result["inbox_undelivered"] = self.conn.execute(
-            "SELECT COUNT(*) FROM inbox WHERE delivered = 0 AND outcome = 'accepted'").fetchone()[0]
+            "SELECT COUNT(*) FROM inbox WHERE delivered = 0 AND outcome = ?", (Outcome.ACCEPTED,)).fetchone()[0]
         return result
+
+    # the daemon's dispatcher, delivery and webhooks --------------------------------------
+
+    def mark_published(self, row_id: int, state: OutboxState, attempts: int, next_attempt: float) -> None:
+        """The broker confirmed a publication; a receipt that settled the row meanwhile is kept."""
+        self.conn.execute("UPDATE outbox SET state = CASE WHEN state IN (?, ?) THEN ? ELSE state END, "
+                          "attempts = ?, next_attempt = ? WHERE id = ?",
+                          (*OutboxState.due(), state, attempts, next_attempt, row_id))
+
+    def mark_failed(self, row_id: int, attempts: int, next_attempt: float, error: str) -> None:
+        """A publication failed; the row stays due at ``next_attempt``."""
+        self.conn.execute("UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
+                          (attempts, next_attempt, error[:500], row_id))
+
+    def mark_dead(self, row_id: int, reason: str) -> None:
+        self.conn.execute("UPDATE outbox SET state = ?, last_error = ? WHERE id = ?",
+                          (OutboxState.DEAD, reason[:500], row_id))
+
+    def undelivered(self, limit: int) -> list[InboxRecord]:
+        """Accepted envelopes not yet handed to the agency system, oldest first."""
+        rows = self.conn.execute(
+            "SELECT message_id, sender, kind, dossier, step, envelope_sha256, payload FROM inbox "
+            "WHERE delivered = 0 AND outcome = ? ORDER BY received_at LIMIT ?", (Outcome.ACCEPTED, limit)).fetchall()
+        return [_accepted(row) for row in rows]
+
+    def mark_delivered(self, message_id: str) -> None:
+        self.conn.execute("UPDATE inbox SET delivered = 1 WHERE message_id = ?", (message_id,))
+
+    def delivered(self, message_id: str) -> bool:
+        """Whether the agency system's copy of this envelope was recorded as handed over."""
+        row = self.conn.execute("SELECT delivered FROM inbox WHERE message_id = ?", (message_id,)).fetchone()
+        return bool(row and row[0])
+
+    def webhook_enqueue(self, message_id: str, at: float) -> None:
+        """Queue a push (once per delivery), in the transaction that records the delivery."""
+        self.conn.execute("INSERT OR IGNORE INTO webhooks (message_id, state, next_attempt) VALUES (?, ?, ?)",
+                          (message_id, WebhookState.PENDING, at))
+
+    def webhooks_due(self, now: float, limit: int) -> list[PendingWebhook]:
+        rows = self.conn.execute(
+            "SELECT i.message_id, i.sender, i.kind, i.dossier, i.step, i.envelope_sha256, i.payload, w.attempts "
+            "FROM webhooks w JOIN inbox i ON i.message_id = w.message_id "
+            "WHERE w.state = ? AND w.next_attempt <= ? ORDER BY w.next_attempt LIMIT ?",
+            (WebhookState.PENDING, now, limit)).fetchall()
+        return [PendingWebhook(_accepted(row[:7]), int(row[7])) for row in rows]
+
+    def webhook_done(self, message_id: str, attempts: int) -> None:
+        self.conn.execute("UPDATE webhooks SET state = ?, attempts = ? WHERE message_id = ?",
+                          (WebhookState.DONE, attempts, message_id))
+
+    def webhook_retry(self, message_id: str, attempts: int, next_attempt: float, error: str, *,
+                      dead: bool = False) -> None:
+        """A push failed: due again at ``next_attempt``, or given up for good when ``dead``."""
+        self.conn.execute("UPDATE webhooks SET state = ?, attempts = ?, next_attempt = ?, last_error = ? "
+                          "WHERE message_id = ?", (WebhookState.DEAD if dead else WebhookState.PENDING,
+                                                   attempts, next_attempt, error[:500], message_id))
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _accepted(row: tuple[str, str, str, str | None, str | None, str, bytes]) -> InboxRecord:
+    """An accepted inbox row from (message_id, sender, kind, dossier, step, envelope_sha256, payload)."""
+    message_id, sender, kind, dossier, step, digest, payload = row
+    return InboxRecord(message_id, sender, kind, dossier, step, digest, Outcome.ACCEPTED, bytes(payload))
+
+
+def _step(row: tuple[object, ...]) -> StepRow:
+    dossier, step, agency, state, due, done_at, result = row
+    return StepRow(str(dossier), str(step), str(agency), StepState(state), due, done_at, result)  # type: ignore[arg-type]
+
+
+def _dossier(row: tuple[object, ...]) -> DossierRow:
+    code, procedure, origin, received_at, state = row
+    return DossierRow(str(code), str(procedure), str(origin), str(received_at), DossierState(str(state)))

@@ -1,0 +1,286 @@
+"""What arrives from peers: a window of envelopes verified, authorized by the rules,
+de-duplicated and recorded in one transaction, with one receipt per sender queued in the same
+transaction. The daemon acks the window only after this commits.
+
+Checks, in order, each one a refusal with its reason code: the envelope opens (schema,
+signature, trust, sender); it is addressed to this node; it is not known already (a known one
+gets its receipt again and nothing else); the rules name its sender for its step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import structlog
+from lxml import etree
+
+from exchange.audit.checkpoints import Verifier, check_attestation, origin_for
+from exchange.audit.entries import Event
+from exchange.audit.witness import Witness
+from exchange.clock import utc
+from exchange.codes import AgencyCode, DossierCode, ProcedureCode
+from exchange.envelope import dossier as dossiers
+from exchange.envelope.messages import Ack, Witnessed, read_acks, read_witnessed, receipt_element
+from exchange.envelope.messages import Outcome as ReceiptOutcome
+from exchange.envelope.model import Header, Kind, VerifiedEnvelope
+from exchange.errors import InvalidEnvelope, NotAuthorized, RoutingError, Unverifiable
+from exchange.node.context import NodeContext
+from exchange.node.workflow import enqueue, refresh_ready
+from exchange.store import audit as audit_tables
+from exchange.store.node import DossierRow, InboxRecord, StatusRow
+from exchange.store.states import DossierState, OutboxState, Outcome
+from exchange.xml import safexml
+from exchange.xml.names import STATUS_NS, q
+
+log = structlog.get_logger(__name__)
+
+Acks = dict[AgencyCode, list[Ack]]
+"""The receipts a window owes, by the sender they go back to."""
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What became of one delivery, and why when it was refused."""
+
+    outcome: Outcome
+    reason: str = ""
+
+
+def receive_batch(ctx: NodeContext, bodies: list[tuple[str, bytes]]) -> list[Handled]:
+    """Verify, authorize, de-duplicate and record a window of envelopes in one transaction; queue one
+    receipt per sender covering all its envelopes of the window."""
+    acks: Acks = defaultdict(list)
+    results = []
+    with ctx.store.transaction():
+        for message_id, body in bodies:
+            results.append(_receive_one(ctx, message_id, body, acks))
+        for sender, items in acks.items():
+            _send_receipt(ctx, sender, items)
+    return results
+
+
+def _receive_one(ctx: NodeContext, message_id: str, body: bytes, acks: Acks) -> Handled:
+    try:
+        env = ctx.opener.open(body, source=f"message {message_id}")
+        if env.header.recipient != ctx.agency:
+            raise NotAuthorized(f"the envelope is addressed to {env.header.recipient}, not to this node")
+    except InvalidEnvelope as exc:
+        return _refuse_unverified(ctx, message_id, body, exc, acks)
+    known = ctx.store.known(env.header.message_id)
+    if known is not None:
+        _resend_receipt(ctx, known[1])
+        return Handled(Outcome.DUPLICATE)
+    try:
+        if env.header.kind is Kind.RECEIPT:
+            _take_receipt(ctx, env)
+            return Handled(Outcome.ACCEPTED)
+        _authorize(ctx, env)
+    except InvalidEnvelope as exc:
+        return _refuse(ctx, env, exc, acks)
+    if env.header.kind is Kind.TRANSFER:
+        _take_transfer(ctx, env)
+    else:
+        _take_status(ctx, env)
+    acks[env.header.sender].append(Ack(env.header.message_id, env.envelope_digest, ReceiptOutcome.ACCEPTED))
+    return Handled(Outcome.ACCEPTED)
+
+
+def _routed(header: Header) -> tuple[DossierCode, ProcedureCode, str]:
+    """The dossier, procedure and step of a transfer or status (the schema requires all three)."""
+    assert header.dossier is not None
+    assert header.procedure is not None
+    assert header.step is not None
+    return header.dossier, header.procedure, header.step
+
+
+def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+    header = env.header
+    code, procedure, step = _routed(header)
+    rules = ctx.rules
+    if header.kind is Kind.TRANSFER:
+        decision = rules.authorize(header.sender, ctx.agency, procedure, step, code.agency)
+        if not decision:
+            raise NotAuthorized(decision.reason)
+        return
+    try:
+        route = rules.route(procedure, code.agency)
+    except RoutingError as exc:
+        raise NotAuthorized(str(exc)) from None
+    if header.sender not in route.values() or code.agency != ctx.agency:
+        raise NotAuthorized(f"{header.sender} is not on the route of dossier {code}, or this node is not its origin")
+
+
+# Taking in what was accepted -------------------------------------------------------------
+
+def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+    header = env.header
+    code, procedure, step = _routed(header)
+    payload = etree.tostring(env.payload)
+    if ctx.store.dossier(str(code)) is not None:
+        ctx.store.replace_payload(str(code), payload)
+    else:
+        info = dossiers.DossierInfo.of(env.payload)
+        ctx.store.add_dossier(DossierRow(str(code), str(procedure), str(code.agency), utc(info.received_at),
+                                         DossierState.PROCESSING), payload)
+    route = ctx.rules.route(procedure, code.agency)
+    finished = next((hop.at for hop in reversed(header.trace) if hop.agency == header.sender), header.created)
+    for before in ctx.rules.procedure(procedure).step(step).after:
+        if route[before] == header.sender:
+            ctx.store.finish_step(str(code), before, str(header.sender), utc(min(finished, header.created)))
+    ctx.store.add_steps(str(code), [(step, str(ctx.agency))])
+    due = refresh_ready(ctx, code)
+    _record_inbox(ctx, env, Outcome.ACCEPTED, payload)
+    ctx.record(ctx.entry(Event.RECEIVED, dossier=str(code), procedure=str(procedure), step=step,
+                         message_id=header.message_id, counterpart=str(header.sender),
+                         envelope_sha256=env.envelope_digest, detail={"due": due[step]} if step in due else {}))
+
+
+def _take_status(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+    payload, header = env.payload, env.header
+    exchange_status = payload.findtext(q("ExchangeStatus", STATUS_NS)) or ""
+    ctx.store.add_status(StatusRow(str(header.dossier), str(header.sender), payload.findtext(q("Step", STATUS_NS)),
+                                   exchange_status, int(payload.findtext(q("DossierStatus", STATUS_NS)) or 0),
+                                   payload.findtext(q("Timestamp", STATUS_NS)) or "",
+                                   payload.findtext(q("Description", STATUS_NS))))
+    _record_inbox(ctx, env, Outcome.ACCEPTED, etree.tostring(payload))
+    ctx.record(ctx.entry(Event.STATUS_RECEIVED, dossier=str(header.dossier), procedure=str(header.procedure),
+                         step=header.step, message_id=header.message_id, counterpart=str(header.sender),
+                         envelope_sha256=env.envelope_digest, detail={"status": exchange_status}))
+
+
+def _take_receipt(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+    for ack in read_acks(env.payload):
+        row = ctx.store.outbox_by_message(ack.message_id)
+        if row is None or row.recipient != str(env.header.sender):
+            log.warning("receipt.unknown", message=ack.message_id, sender=str(env.header.sender))
+            continue
+        if row.envelope_sha256 != ack.envelope_digest:
+            log.warning("receipt.digest_mismatch", message=ack.message_id)
+        if row.state is OutboxState.PENDING:
+            # The node died after the broker confirmed and before it marked the row: the receipt
+            # proves the publication, which the audit log must still show.
+            ctx.record(ctx.entry(Event.PUBLISHED, dossier=row.dossier, step=row.step, message_id=row.message_id,
+                                 counterpart=row.recipient, envelope_sha256=row.envelope_sha256,
+                                 detail={"attempt": "recovered"}))
+        accepted = ack.outcome is ReceiptOutcome.ACCEPTED
+        ctx.store.settle(row.id, OutboxState.ACKNOWLEDGED if accepted else OutboxState.REFUSED)
+        detail = {"outcome": ack.outcome.value, **({"reason": ack.reason_code} if ack.reason_code else {})}
+        ctx.record(ctx.entry(Event.RECEIPT_RECEIVED, dossier=row.dossier, step=row.step, message_id=ack.message_id,
+                             counterpart=str(env.header.sender), envelope_sha256=row.envelope_sha256, detail=detail))
+        if not accepted:
+            log.error("transfer.refused_by_peer", message=ack.message_id, peer=str(env.header.sender),
+                      reason=ack.reason_code, text=ack.reason_text)
+    _observe(ctx, env)
+    _record_inbox(ctx, env, Outcome.ACCEPTED, None, delivered=True)
+
+
+def _record_inbox(ctx: NodeContext, env: VerifiedEnvelope, outcome: Outcome, payload: bytes | None,
+                  reason: str | None = None, delivered: bool = False) -> None:
+    header = env.header
+    ctx.store.record_inbox(InboxRecord(header.message_id, str(header.sender), header.kind.value,
+                                       str(header.dossier) if header.dossier else None, header.step,
+                                       env.envelope_digest, outcome, payload, reason, delivered), time.time())
+
+
+# Refusals ----------------------------------------------------------------------------------
+
+def _refuse(ctx: NodeContext, env: VerifiedEnvelope, exc: InvalidEnvelope, acks: Acks) -> Handled:
+    header = env.header
+    _record_inbox(ctx, env, Outcome.REFUSED, None, reason=exc.reason_code)
+    ctx.record(ctx.entry(Event.REFUSED, dossier=str(header.dossier) if header.dossier else None, step=header.step,
+                         message_id=header.message_id, counterpart=str(header.sender),
+                         envelope_sha256=env.envelope_digest,
+                         detail={"reason": exc.reason_code, "text": exc.message[:300]}))
+    acks[header.sender].append(Ack(header.message_id, env.envelope_digest, ReceiptOutcome.REFUSED,
+                                   exc.reason_code, exc.message[:1000]))
+    log.warning("envelope.refused", message=header.message_id, sender=str(header.sender), reason=exc.reason_code,
+                text=exc.message)
+    return Handled(Outcome.REFUSED, f"{exc.reason_code}: {exc.message}")
+
+
+def _refuse_unverified(ctx: NodeContext, message_id: str, body: bytes, exc: InvalidEnvelope, acks: Acks) -> Handled:
+    """A refusal of an envelope that did not verify: audited; a refusal receipt goes to the
+    sender the envelope claims, when it names one, so an honest sender learns of its fault."""
+    digest = hashlib.sha256(body).hexdigest()
+    claimed = _claimed(body)
+    ctx.record(ctx.entry(Event.REFUSED, message_id=message_id, envelope_sha256=digest,
+                         counterpart=str(claimed[0]) if claimed else None,
+                         detail={"reason": exc.reason_code, "text": exc.message[:300]}))
+    if claimed is not None and claimed[0] != ctx.agency:
+        acks[claimed[0]].append(Ack(claimed[1], digest, ReceiptOutcome.REFUSED, exc.reason_code, exc.message[:1000]))
+    log.warning("envelope.refused", message=message_id, reason=exc.reason_code, text=exc.message)
+    return Handled(Outcome.REFUSED, f"{exc.reason_code}: {exc.message}")
+
+
+def refuse_internal(ctx: NodeContext, message_id: str, exc: Exception) -> Handled:
+    """A delivery that broke the node's own code: refused as an internal error and audited, in its
+    own transaction, so that the node goes on with the others."""
+    reason = f"internal-error: {type(exc).__name__}: {exc}"[:500]
+    with ctx.store.transaction():
+        ctx.record(ctx.entry(Event.REFUSED, message_id=message_id,
+                             detail={"reason": "internal-error", "text": reason[:300]}))
+    return Handled(Outcome.REFUSED, reason)
+
+
+def _claimed(body: bytes) -> tuple[AgencyCode, str] | None:
+    try:
+        root = safexml.parse(body)
+        sender = root.findtext(f"{q('Header')}/{q('From')}")
+        message_id = root.findtext(f"{q('Header')}/{q('MessageId')}")
+        if sender and message_id and len(message_id) == 36:
+            return AgencyCode(sender), message_id
+    except (InvalidEnvelope, ValueError):
+        return None
+    return None
+
+
+# Receipts and witnessing -----------------------------------------------------------------
+
+def _send_receipt(ctx: NodeContext, sender: AgencyCode, acks: list[Ack]) -> None:
+    header = Header(kind=Kind.RECEIPT, sender=ctx.agency, recipient=sender,
+                    in_reply_to=acks[0].message_id if len(acks) == 1 else None)
+    receipt_id = enqueue(ctx, header, receipt_element(tuple(acks), _witnessed(ctx, sender)), None)
+    ctx.store.set_receipt([ack.message_id for ack in acks], receipt_id)
+    for ack in acks:
+        # One entry per acknowledged envelope, named by its id: what reconciliation matches.
+        ctx.record(ctx.entry(Event.RECEIPT_SENT, message_id=ack.message_id, counterpart=str(sender),
+                             envelope_sha256=ack.envelope_digest,
+                             detail={"outcome": ack.outcome.value, "receipt": receipt_id,
+                                     **({"reason": ack.reason_code} if ack.reason_code else {})}))
+
+
+def _witnessed(ctx: NodeContext, peer: AgencyCode) -> Witnessed | None:
+    """This node's latest checkpoint for a receipt, proven from the one last sent to ``peer``, with
+    the checkpoint key and the agency key's attestation of it: every peer keeps our tree heads."""
+    attachment = Witness(ctx.audit).attachment_for(str(peer), ctx.checkpointer.latest())
+    if attachment is None:
+        return None
+    keys = audit_tables.key_records(ctx.store.conn)
+    key = keys[-1] if keys else None
+    return Witnessed(attachment.note, attachment.from_size, attachment.proof,
+                     key.verifier if key else None, key.attestation if key else None)
+
+
+def _observe(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+    """Keep the checkpoint a peer's receipt carries, checked against the last one it sent."""
+    witnessed = read_witnessed(env.payload)
+    if witnessed is None or not witnessed.key or not witnessed.attestation or env.signer_certificate is None:
+        return
+    try:
+        verifier = Verifier.parse(witnessed.key)
+        if verifier.name != origin_for(str(env.header.sender)) or not check_attestation(
+                verifier, witnessed.attestation, env.signer_certificate):
+            log.warning("witness.key_not_attested", peer=str(env.header.sender))
+            return
+        Witness(ctx.audit).observe(witnessed.note, verifier, witnessed.from_size, witnessed.proof)
+    except Unverifiable as exc:  # a peer's bad checkpoint; damage to our own log is not swallowed here
+        log.warning("witness.checkpoint_refused", peer=str(env.header.sender), error=str(exc))
+
+
+def _resend_receipt(ctx: NodeContext, receipt_id: str | None) -> None:
+    """A redelivered known message: send the same receipt again, deliver nothing."""
+    if receipt_id:
+        ctx.store.republish(receipt_id, kind=Kind.RECEIPT.value)
