@@ -28,6 +28,7 @@ from exchange.node.context import NodeContext
 from exchange.node.doors import Door
 from exchange.node.status import dossier_list, timeline
 from exchange.node.workflow import complete, submit
+from exchange.store.states import Result
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +68,7 @@ def openapi() -> dict[str, Any]:
                          "parameters": [code, {"name": "step", "in": "path", "required": True,
                                                "schema": {"type": "string"}}],
                          "requestBody": {"content": {"application/json": {"schema": {
-                             "type": "object", "properties": {"result": {"enum": ["accepted", "refused"]}}}}}},
+                             "type": "object", "properties": {"result": {"enum": [r.value for r in Result]}}}}}},
                          "responses": {"200": {"description": "done; what was sent"}, "400": error, "404": error}}},
         },
     }
@@ -146,10 +147,10 @@ def _submit(handler: Handler, ctx: NodeContext, params: dict[str, str], body: by
 
 def _done(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
     try:
-        result = json.loads(body or b"{}").get("result", "accepted")
+        result = json.loads(body or b"{}").get("result", Result.ACCEPTED)
     except (ValueError, AttributeError):
         raise InvalidInput("the body must be JSON such as {\"result\": \"accepted\"}") from None
-    if result not in ("accepted", "refused"):
+    if result not in set(Result):
         raise InvalidInput(f"result must be accepted or refused, not {result!r}")
     sent = complete(ctx, _code(params["code"]), params["step"], result)
     return HTTPStatus.OK, {"code": params["code"], "step": params["step"], "result": result, "sent": sent}

@@ -29,6 +29,7 @@ from exchange.node.transport import DeadLetter
 from exchange.node.workflow import complete, submit
 from exchange.rules.load import load as load_rules
 from exchange.store.node import OutboxRow
+from exchange.store.states import Result
 
 
 def register(commands: Any) -> None:
@@ -56,7 +57,7 @@ def register(commands: Any) -> None:
     _config(done)
     done.add_argument("--dossier", required=True, metavar="CODE")
     done.add_argument("--step", required=True, metavar="STEP")
-    done.add_argument("--result", choices=("accepted", "refused"), default="accepted")
+    done.add_argument("--result", choices=[r.value for r in Result], default=Result.ACCEPTED.value)
     done.set_defaults(handler=_done)
 
     status = commands.add_parser("status", help="where each dossier is")
