@@ -15,6 +15,8 @@ from exchange.xml.names import RECEIPT_NS, STATUS_NS, q
 
 
 class Outcome(StrEnum):
+    """A receipt's verdict on one envelope: taken in, or refused with a reason code."""
+
     ACCEPTED = "accepted"
     REFUSED = "refused"
 

@@ -30,6 +30,8 @@ class StepState(StrEnum):
 
 
 class DossierState(StrEnum):
+    """A dossier as this node holds it: still on its route, or finished one way or the other."""
+
     PROCESSING = "processing"
     COMPLETED = "completed"
     REFUSED = "refused"
@@ -47,10 +49,14 @@ class Result(StrEnum):
     """What the agency decided at a step (``exchange done --result``)."""
 
     ACCEPTED = "accepted"
+    """The step is done and the dossier goes on along its route."""
     REFUSED = "refused"
+    """The applicant is not eligible: the dossier stops here."""
 
 
 class WebhookState(StrEnum):
+    """A push of one delivery to the agency system's webhook."""
+
     PENDING = "pending"
     DONE = "done"
     DEAD = "dead"
