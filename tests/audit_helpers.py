@@ -12,6 +12,7 @@ from exchange.audit.log import AuditLog
 from exchange.codes import AgencyCode
 from exchange.envelope import pki
 from exchange.store import db
+from tests.agencies import COMMUNE, POLICE
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Node:
         assert self.checkpointer.make() is not None
 
 
-def make_node(directory: Path, ca: pki.CertificateAuthority, agency: str = "000.04.10.H49") -> Node:
+def make_node(directory: Path, ca: pki.CertificateAuthority, agency: str = str(COMMUNE)) -> Node:
     directory.mkdir(parents=True, exist_ok=True)
     pki.issue_agency(ca, AgencyCode(agency), directory / "agency", force=True)
     agency_key = pki.load_key(directory / "agency" / pki.AGENCY_KEY)
@@ -68,7 +69,7 @@ def transfer(node: str, event: Event, message: str, counterpart: str, dossier: s
 def filled(node: Node, count: int, checkpoint_every: int = 10) -> Node:
     """Append ``count`` entries (after the key entry), checkpointing every few, and at the end."""
     for i in range(count):
-        node.add(transfer(node.agency, Event.PUBLISHED, f"m{i}", "000.30.10.H49",
+        node.add(transfer(node.agency, Event.PUBLISHED, f"m{i}", str(POLICE),
                           dossier=f"000.04.10.H49-261129-{i % 5 + 1:04d}"))
         if (i + 1) % checkpoint_every == 0:
             node.checkpoint()

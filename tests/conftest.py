@@ -18,7 +18,7 @@ from exchange.envelope import pki
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Opener, Signer
 from exchange.envelope.trust import TrustStore
-from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE  # noqa: F401 (INSURANCE: older imports from conftest)
+from tests.agencies import BIRTH, COMMUNE, POLICE
 
 
 @dataclass(frozen=True)

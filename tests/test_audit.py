@@ -16,9 +16,10 @@ from exchange.audit.witness import Verdict, Witness
 from exchange.envelope import pki
 from exchange.errors import AuditError, LogDamaged, Unverifiable
 from exchange.store import schema
+from tests.agencies import COMMUNE, POLICE
 from tests.audit_helpers import Node, filled, make_node, raw, transfer
 
-AGENCY = "000.04.10.H49"
+AGENCY = str(COMMUNE)
 PACKAGE = Path(__file__).resolve().parent.parent / "exchange"
 
 
@@ -34,7 +35,7 @@ def node(tmp_path: Path, ca: pki.CertificateAuthority) -> Node:
 
 def test_entry_encoding_is_canonical_and_versioned() -> None:
     """An entry encodes to sorted-key JSON with its version and index, and decodes back."""
-    entry = transfer(AGENCY, Event.PUBLISHED, "m1", "000.30.10.H49", due="2026-12-01")
+    entry = transfer(AGENCY, Event.PUBLISHED, "m1", str(POLICE), due="2026-12-01")
     data = entry.encode(7)
     assert data.startswith(b'{"counterpart":"000.30.10.H49","detail":{"due":"2026-12-01"}')
     assert b'"i":7' in data
@@ -192,7 +193,7 @@ def test_second_checkpoint_of_the_same_size_is_refused(node: Node) -> None:
 
 def test_witness_accepts_a_growing_honest_peer(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
     """Checkpoints carried on receipts, with proofs from the last one sent, verify as consistent."""
-    peer = make_node(tmp_path / "peer", ca, "000.30.10.H49")
+    peer = make_node(tmp_path / "peer", ca, str(POLICE))
     me = make_node(tmp_path / "me", ca)
     witness, peer_witness = Witness(me.log), Witness(peer.log)
     verdicts = []
@@ -210,7 +211,7 @@ def test_witness_accepts_a_growing_honest_peer(tmp_path: Path, ca: pki.Certifica
 
 def test_witness_detects_a_fork(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
     """Two roots for one size from one peer are a fork: logged, audited, and the node goes on."""
-    peer = filled(make_node(tmp_path / "peer", ca, "000.30.10.H49"), 4)
+    peer = filled(make_node(tmp_path / "peer", ca, str(POLICE)), 4)
     me = make_node(tmp_path / "me", ca)
     witness = Witness(me.log)
     honest = peer.checkpointer.latest()
@@ -230,7 +231,7 @@ def test_witness_detects_a_fork(tmp_path: Path, ca: pki.CertificateAuthority) ->
 
 def test_witness_detects_an_inconsistent_proof(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
     """A larger checkpoint whose proof does not link it to the held one is a fork."""
-    peer = filled(make_node(tmp_path / "peer", ca, "000.30.10.H49"), 4)
+    peer = filled(make_node(tmp_path / "peer", ca, str(POLICE)), 4)
     me = make_node(tmp_path / "me", ca)
     witness = Witness(me.log)
     first = peer.checkpointer.latest()
@@ -245,7 +246,7 @@ def test_witness_detects_an_inconsistent_proof(tmp_path: Path, ca: pki.Certifica
 
 def test_witness_refuses_an_unsigned_checkpoint(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
     """A checkpoint signed by another key than the peer's is refused outright."""
-    peer = filled(make_node(tmp_path / "peer", ca, "000.30.10.H49"), 2)
+    peer = filled(make_node(tmp_path / "peer", ca, str(POLICE)), 2)
     me = make_node(tmp_path / "me", ca)
     latest = peer.checkpointer.latest()
     assert latest is not None

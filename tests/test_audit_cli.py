@@ -16,10 +16,11 @@ from exchange.audit import checkpoints
 from exchange.audit.entries import Event
 from exchange.cli import main
 from exchange.envelope import pki
+from tests.agencies import DAM_HA_POLICE
 from tests.audit_helpers import Node, filled, make_node, raw, transfer
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "auditing.md"
-POLICE = "000.30.10.H49"
+POLICE = str(DAM_HA_POLICE)
 DOSSIER = "000.04.10.H49-261129-0002"
 
 
