@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Opener, Signer
 from exchange.envelope.trust import TrustStore
 from tests.agencies import BIRTH, COMMUNE, POLICE
+from tests.rabbit_node import RabbitNode, RabbitNodeError, private_node
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,25 @@ def past() -> Callable[[int], dt.datetime]:
     def days_ago(days: int) -> dt.datetime:
         return dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
     return days_ago
+
+
+@pytest.fixture(scope="session")
+def private_rabbit_session() -> Iterator[RabbitNode]:
+    """One private RabbitMQ node (tests/rabbit_node.py) for the whole session, started on first
+    use (about 6 s), always stopped and removed at the end. Tests take ``private_rabbit``."""
+    with contextlib.ExitStack() as stack:
+        try:
+            node = stack.enter_context(private_node())
+        except (RabbitNodeError, OSError, subprocess.SubprocessError) as exc:
+            if os.environ.get("CI"):
+                pytest.fail(f"cannot start a private RabbitMQ node: {exc}")
+            pytest.skip(f"cannot start a private RabbitMQ node: {exc}")
+        yield node
+
+
+@pytest.fixture
+def private_rabbit(private_rabbit_session: RabbitNode) -> RabbitNode:
+    """A private RabbitMQ node that this test may stop, kill, restart or add users to (never the
+    host's broker); running when the test starts, whatever the previous test left it in."""
+    private_rabbit_session.ensure_running()
+    return private_rabbit_session

@@ -1,5 +1,8 @@
-"""What only the RabbitMQ adapter promises, on the real broker: surviving a broker restart,
-stale tags after a reconnect, errors translated, and least-privilege users per agency."""
+"""What only the RabbitMQ adapter promises, on a real broker: surviving a broker restart,
+stale tags after a reconnect, errors translated, and least-privilege users per agency.
+
+Tests that stop the broker or add users to it do so on a private node (``private_rabbit``), never
+on the host's broker, where tests only publish and consume on fresh queues."""
 
 from __future__ import annotations
 
@@ -18,32 +21,26 @@ from exchange.codes import AgencyCode
 from exchange.errors import AccessRefused, ConfigError, StaleDelivery, TransportUnavailable
 from exchange.node.config import NodeConfig
 from exchange.node.transport import Message
+from tests.rabbit_node import RabbitNode
 from tests.test_transport_contract import drain
-from tests.transport_helpers import (
-    BROKER,
-    delete_queues,
-    fresh_agency,
-    message,
-    rabbitmqctl,
-    require_broker,
-    wait_for_broker,
-)
+from tests.transport_helpers import delete_queues, fresh_agency, message, require_broker, wait_for_broker
 
 
 @pytest.fixture
-def transport() -> Iterator[AmqpTransport]:
-    require_broker()
-    with AmqpTransport(BROKER, reconnect_for=180) as transport:
+def transport(private_rabbit: RabbitNode) -> Iterator[AmqpTransport]:
+    """A transport to the private node, which the test may stop and start."""
+    with AmqpTransport(private_rabbit.url, reconnect_for=180) as transport:
         yield transport
 
 
 @pytest.fixture
-def agency(transport: AmqpTransport) -> Iterator[AgencyCode]:
+def agency(transport: AmqpTransport, private_rabbit: RabbitNode) -> Iterator[AgencyCode]:
     code = fresh_agency()
     transport.declare(code)
     yield code
-    wait_for_broker()
-    delete_queues(code)
+    private_rabbit.ensure_running()
+    wait_for_broker(url=private_rabbit.url)
+    delete_queues(code, url=private_rabbit.url)
 
 
 def publish_patiently(transport: AmqpTransport, item: Message, within: float = 90) -> None:
@@ -59,19 +56,20 @@ def publish_patiently(transport: AmqpTransport, item: Message, within: float = 9
             time.sleep(0.5)
 
 
-def test_broker_restart_loses_nothing(transport: AmqpTransport, agency: AgencyCode) -> None:
+def test_broker_restart_loses_nothing(transport: AmqpTransport, agency: AgencyCode,
+                                      private_rabbit: RabbitNode) -> None:
     """Messages published before, during and after `rabbitmqctl stop_app`/`start_app` all arrive,
     the client reconnects by itself, and deliveries from before the restart cannot be acked."""
     consumer = transport.consume(agency, prefetch=10)
     before = [message(agency) for _ in range(20)]
     transport.publish_many(before)
     held = drain(consumer, 5)
-    assert rabbitmqctl("stop_app").returncode == 0
+    private_rabbit.stop_app()
     try:
         during = message(agency)
         time.sleep(1)
     finally:
-        assert rabbitmqctl("start_app").returncode == 0
+        private_rabbit.start_app()
     publish_patiently(transport, during)
     after = [message(agency) for _ in range(20)]
     for item in after:
@@ -145,17 +143,19 @@ def permissions_for(agency: AgencyCode) -> list[str]:
 
 
 @pytest.fixture
-def agency_user(transport: AmqpTransport) -> Iterator[tuple[AgencyCode, AgencyCode, str]]:
-    """Two agencies' queues made by the administrator, and a broker user for the first one."""
+def agency_user(transport: AmqpTransport,
+                private_rabbit: RabbitNode) -> Iterator[tuple[AgencyCode, AgencyCode, str]]:
+    """Two agencies' queues made by the administrator, and a user for the first one on the
+    private node (never on the host's broker)."""
     mine, theirs = fresh_agency(), fresh_agency()
     transport.declare(mine)
     transport.declare(theirs)
     user, password = f"agency-{mine}", secrets.token_hex(12)
-    assert rabbitmqctl("add_user", user, password).returncode == 0
-    assert rabbitmqctl("set_permissions", "-p", "/", user, *permissions_for(mine)).returncode == 0
-    yield mine, theirs, f"amqp://{user}:{password}@127.0.0.1:5672/%2F"
-    rabbitmqctl("delete_user", user)
-    delete_queues(mine, theirs)
+    private_rabbit.add_user(user, password)
+    private_rabbit.set_permissions(user, *permissions_for(mine))
+    yield mine, theirs, private_rabbit.url_for(user, password)
+    private_rabbit.delete_user(user)
+    delete_queues(mine, theirs, url=private_rabbit.url)
 
 
 def test_agency_user_reads_only_its_own_queue(transport: AmqpTransport,

@@ -1,11 +1,13 @@
-"""Transports for tests: the real local RabbitMQ (fail in CI when it is down) and embedded files."""
+"""Transports for tests: the real local RabbitMQ (fail in CI when it is down) and embedded files.
+
+Tests here only publish and consume on the host's broker, on fresh queues; whatever stops, kills or
+reconfigures a broker uses a private node (``private_rabbit`` in conftest, tests/rabbit_node.py)."""
 
 from __future__ import annotations
 
 import os
 import random
 import socket
-import subprocess
 import time
 import uuid
 
@@ -45,9 +47,9 @@ def message(agency: AgencyCode, body: bytes = b"<Envelope/>", **headers: str) ->
     return Message(agency, body, str(uuid.uuid4()), headers)
 
 
-def delete_queues(*agencies: AgencyCode) -> None:
-    """Remove test queues from the broker."""
-    conn = pika.BlockingConnection(pika.URLParameters(BROKER))
+def delete_queues(*agencies: AgencyCode, url: str = BROKER) -> None:
+    """Remove test queues from the broker (the host's unless ``url`` names another)."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = conn.channel()
         for agency in agencies:
@@ -57,15 +59,11 @@ def delete_queues(*agencies: AgencyCode) -> None:
         conn.close()
 
 
-def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=120, check=False)
-
-
-def wait_for_broker(timeout: float = 90) -> None:
+def wait_for_broker(timeout: float = 90, url: str = BROKER) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            pika.BlockingConnection(pika.URLParameters(BROKER)).close()
+            pika.BlockingConnection(pika.URLParameters(url)).close()
             return
         except pika.exceptions.AMQPError:
             time.sleep(0.5)
