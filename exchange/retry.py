@@ -40,5 +40,9 @@ class Backoff:
 
 TRANSFER_RETRANSMISSION = Backoff(first=5.0, maximum=600.0, attempts=10)
 """A transfer without a receipt: ten publications over about half an hour, then dead-lettered."""
+PUBLISH_FAILURE = Backoff(first=1.0, maximum=30.0, attempts=10)
+"""A publication the broker did not confirm. A transport that is down is retried on this backoff
+for as long as it takes (an outage is not the envelope's fault: health reports it); an error
+about the one message (a nack) gives up after ``attempts``."""
 WEBHOOK_PUSH = Backoff(first=2.0, maximum=300.0, attempts=12)
 """A webhook the agency system does not take: twelve pushes over about 25 minutes, then dead-lettered."""

@@ -2,8 +2,15 @@
 
 A row is marked published only after the broker confirmed it, so a crash in between publishes
 the same envelope again, which its receiver recognizes. A transfer stays due until its receipt
-settles it: it is retransmitted on ``TRANSFER_RETRANSMISSION``'s backoff and given up at its
-bound (dead-lettered, audited, logged as an error). A receipt is sent once: nothing answers it.
+settles it: it is retransmitted on ``TRANSFER_RETRANSMISSION``'s backoff and, when its last
+publication brought no receipt either, given up (dead-lettered, audited, logged as an error). A
+receipt is sent once: nothing answers it.
+
+Only confirmed publications count as attempts, and the audit log says ``published`` for the first
+of them: a publication that failed (the broker down, a nack) is retried on ``PUBLISH_FAILURE``'s
+short backoff and leaves no entry. An outage therefore never spends a transfer's bound nor
+dead-letters a receipt; only an error about the one message (no queue for its recipient, a nack
+repeated ``PUBLISH_FAILURE.attempts`` times) does.
 """
 
 from __future__ import annotations
@@ -16,12 +23,12 @@ import structlog
 from exchange.audit.entries import Entry, Event
 from exchange.codes import AgencyCode
 from exchange.envelope.model import Kind
-from exchange.errors import TransportError, Unroutable
+from exchange.errors import PublishRejected, TransportError, Unroutable
 from exchange.node.context import NodeContext
 from exchange.node.faults import fault
 from exchange.node.metrics import Metrics
 from exchange.node.transport import Message, Transport
-from exchange.retry import TRANSFER_RETRANSMISSION
+from exchange.retry import PUBLISH_FAILURE, TRANSFER_RETRANSMISSION
 from exchange.store.node import OutboxRow
 from exchange.store.states import OutboxState
 
@@ -42,9 +49,13 @@ class Dispatcher:
         rows = self.ctx.store.due_outbox(limit)
         if not rows:
             return 0
-        published, failed = self._publish(rows)
+        spent = [r for r in rows if r.kind != Kind.RECEIPT and TRANSFER_RETRANSMISSION.exhausted(r.attempts)]
+        due = [r for r in rows if r.kind == Kind.RECEIPT or not TRANSFER_RETRANSMISSION.exhausted(r.attempts)]
+        published, failed = self._publish(due) if due else ([], [])
         now = time.time()
         with self.ctx.store.transaction():
+            for row in spent:
+                self._give_up(row, f"no receipt after {row.attempts} publications")
             for row in published:
                 self._published(row, now)
             for row, error in failed:
@@ -83,13 +94,12 @@ class Dispatcher:
         if event is Event.RETRANSMITTED:
             self.metrics.retransmitted.inc()
         self.ctx.record(self._entry(event, row, {"attempt": str(attempt)}))
-        if TRANSFER_RETRANSMISSION.exhausted(attempt):
-            self._give_up(row, f"no receipt after {attempt} attempts")
 
     def _failed(self, row: OutboxRow, error: TransportError, now: float) -> None:
-        attempt = row.attempts + 1
-        self.ctx.store.mark_failed(row.id, attempt, now + TRANSFER_RETRANSMISSION.delay(attempt), str(error))
-        if isinstance(error, Unroutable) or TRANSFER_RETRANSMISSION.exhausted(attempt):
+        failures = row.failures + 1
+        self.ctx.store.mark_failed(row.id, failures, now + PUBLISH_FAILURE.delay(failures), str(error))
+        about_the_message = isinstance(error, Unroutable | PublishRejected)
+        if isinstance(error, Unroutable) or (about_the_message and PUBLISH_FAILURE.exhausted(failures)):
             self._give_up(row, str(error))
 
     def _give_up(self, row: OutboxRow, reason: str) -> None:

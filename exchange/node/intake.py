@@ -282,5 +282,5 @@ def _observe(ctx: NodeContext, env: VerifiedEnvelope) -> None:
 
 def _resend_receipt(ctx: NodeContext, receipt_id: str | None) -> None:
     """A redelivered known message: send the same receipt again, deliver nothing."""
-    if receipt_id:
-        ctx.store.republish(receipt_id, kind=Kind.RECEIPT.value)
+    if receipt_id and not ctx.store.resend_receipt(receipt_id):
+        log.warning("receipt.not_resent", receipt=receipt_id, reason="dead-lettered; an operator may replay it")

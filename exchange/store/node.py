@@ -15,7 +15,8 @@ from pathlib import Path
 from exchange.store import db, schema
 from exchange.store.states import DossierState, OutboxState, Outcome, StepState, WebhookState
 
-_OUTBOX_COLUMNS = "id, message_id, recipient, kind, dossier, step, body, envelope_sha256, state, attempts, last_error"
+_OUTBOX_COLUMNS = ("id, message_id, recipient, kind, dossier, step, body, envelope_sha256, state, attempts, "
+                  "last_error, failures")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,10 @@ class OutboxRow:
     envelope_sha256: str
     state: OutboxState
     attempts: int
+    """Publications the broker confirmed."""
     last_error: str | None = None
+    failures: int = 0
+    """Publications that failed in a row since the last confirmed one."""
 
     @classmethod
     def of(cls, row: tuple[object, ...]) -> OutboxRow:
@@ -145,14 +149,18 @@ class Store:
         self.conn.execute("UPDATE outbox SET state = ? WHERE id = ? AND state IN (?, ?)",
                           (state, row_id, *OutboxState.due()))
 
-    def republish(self, message_id: str, *, kind: str | None = None) -> None:
-        """Due again at once, with a fresh retry budget (a replay, or a receipt asked for again)."""
-        if kind is None:
-            self.conn.execute("UPDATE outbox SET state = ?, attempts = 0, next_attempt = 0 WHERE message_id = ?",
-                              (OutboxState.PENDING, message_id))
-        else:
-            self.conn.execute("UPDATE outbox SET state = ?, next_attempt = 0 WHERE message_id = ? AND kind = ?",
-                              (OutboxState.PENDING, message_id, kind))
+    def republish(self, message_id: str) -> None:
+        """Due again at once, with a fresh retry budget: an operator's replay of a dead letter."""
+        self.conn.execute("UPDATE outbox SET state = ?, attempts = 0, failures = 0, next_attempt = 0 "
+                          "WHERE message_id = ?", (OutboxState.PENDING, message_id))
+
+    def resend_receipt(self, message_id: str) -> bool:
+        """A receipt asked for again (its envelope came again): due at once if it was sent or is on
+        its way. A dead receipt stays dead: only an operator's replay brings it back, audited."""
+        return self.conn.execute(
+            "UPDATE outbox SET state = ?, failures = 0, next_attempt = 0 WHERE message_id = ? AND kind = ? "
+            "AND state IN (?, ?)", (OutboxState.PENDING, message_id, "receipt", OutboxState.PENDING,
+                                    OutboxState.SENT)).rowcount > 0
 
     # inbox
 
@@ -284,13 +292,13 @@ class Store:
     def mark_published(self, row_id: int, state: OutboxState, attempts: int, next_attempt: float) -> None:
         """The broker confirmed a publication; a receipt that settled the row meanwhile is kept."""
         self.conn.execute("UPDATE outbox SET state = CASE WHEN state IN (?, ?) THEN ? ELSE state END, "
-                          "attempts = ?, next_attempt = ? WHERE id = ?",
+                          "attempts = ?, failures = 0, next_attempt = ? WHERE id = ?",
                           (*OutboxState.due(), state, attempts, next_attempt, row_id))
 
-    def mark_failed(self, row_id: int, attempts: int, next_attempt: float, error: str) -> None:
-        """A publication failed; the row stays due at ``next_attempt``."""
-        self.conn.execute("UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
-                          (attempts, next_attempt, error[:500], row_id))
+    def mark_failed(self, row_id: int, failures: int, next_attempt: float, error: str) -> None:
+        """A publication failed; the row stays due at ``next_attempt``, its confirmed count unchanged."""
+        self.conn.execute("UPDATE outbox SET failures = ?, next_attempt = ?, last_error = ? WHERE id = ?",
+                          (failures, next_attempt, error[:500], row_id))
 
     def mark_dead(self, row_id: int, reason: str) -> None:
         self.conn.execute("UPDATE outbox SET state = ?, last_error = ? WHERE id = ?",

@@ -148,6 +148,10 @@ def _append_only_triggers() -> str:
 # IF NOT EXISTS, so a database from then (user_version 0, tables present) takes it unchanged.
 MIGRATIONS: tuple[str, ...] = (
     NODE_STATE + AUDIT + _append_only_triggers() + WITNESS,
+    # 2: publications that failed are counted apart from those the broker confirmed, so that an
+    # outage neither makes the first confirmed publication look like a retransmission nor spends
+    # the retransmission bound.
+    "ALTER TABLE outbox ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;",
 )
 VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,202 @@
+"""The dispatcher's count of attempts stays true through outages: only confirmed publications
+count and the first is audited as published, so reconcile finds no false gap; an outage never
+dead-letters a receipt, and a duplicate never revives a dead one; a transfer is given up only
+when its last publication also went unanswered."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from exchange.adapters.embedded import EmbeddedTransport
+from exchange.audit.bundle import export
+from exchange.audit.entries import Entry, Event
+from exchange.audit.reconcile import reconcile
+from exchange.audit.sources import BundleSource, DatabaseSource
+from exchange.demo import samples
+from exchange.errors import TransportUnavailable
+from exchange.node.config import NodeConfig
+from exchange.node.context import NodeContext
+from exchange.node.daemon import Daemon
+from exchange.node.dispatcher import Dispatcher
+from exchange.node.metrics import Metrics
+from exchange.node.transport import Message
+from exchange.node.workflow import submit
+from exchange.retry import TRANSFER_RETRANSMISSION
+from exchange.store import schema
+from exchange.store.node import Store
+from exchange.store.states import OutboxState
+from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE
+from tests.node_cluster import Cluster
+
+
+class Outage(EmbeddedTransport):
+    """The embedded transport whose publications fail while ``down`` (a fault injected at the
+    port; everything else is the real transport)."""
+
+    down = False
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        self._up()
+        super().publish_many(messages)
+
+    def publish(self, message: Message, delay: float = 0.0) -> None:
+        self._up()
+        super().publish(message, delay)
+
+    def _up(self) -> None:
+        if self.down:
+            raise TransportUnavailable("injected: the broker is down")
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[NodeContext, NodeContext, Outage]]:
+    """The commune and the police as contexts over one embedded transport that can go down."""
+    cluster = Cluster(tmp_path)
+    cluster.init(str(COMMUNE), str(POLICE))
+    with ExitStack() as stack:
+        commune, police = (stack.enter_context(NodeContext.open(NodeConfig.load(cluster.config(str(a)))))
+                           for a in (COMMUNE, POLICE))
+        transport = stack.enter_context(Outage(commune.config.embedded_transport))
+        for agency in (COMMUNE, POLICE, INSURANCE):
+            transport.declare(agency)
+        yield commune, police, transport
+
+
+def dispatch_now(ctx: NodeContext, transport: Outage) -> int:
+    """Make every outbox row due, then dispatch once (the time the backoff would have waited)."""
+    with ctx.store.transaction() as conn:
+        conn.execute("UPDATE outbox SET next_attempt = 0")
+    return Dispatcher(ctx, transport, Metrics()).dispatch()
+
+
+def receive(ctx: NodeContext, transport: Outage) -> None:
+    with transport.consume(ctx.agency) as consumer:
+        while Daemon(ctx, transport).inbound(consumer, 0.5):
+            pass
+
+
+def events(ctx: NodeContext, message_id: str) -> list[Event]:
+    return [Entry.decode(data)[1].event for _, data in ctx.audit.entries()
+            if Entry.decode(data)[1].message_id == message_id]
+
+
+def dossier(sequence: int) -> bytes:
+    return samples.to_bytes(samples.sample_dossier(samples.SampleSpec(COMMUNE, BIRTH, size_kb=2,
+                                                                      sequence=sequence)))
+
+
+def test_the_first_confirmed_publication_is_published(pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """Publications that failed during an outage are not attempts: the first confirmed one is
+    audited as published, not retransmitted."""
+    commune, _, transport = pair
+    submit(commune, dossier(1))
+    transport.down = True
+    for _ in range(3):
+        assert dispatch_now(commune, transport) == 0
+    transport.down = False
+    assert dispatch_now(commune, transport) > 0
+    (message_id,) = [m for (m,) in commune.store.conn.execute("SELECT message_id FROM outbox WHERE recipient = ?",
+                                                              (str(POLICE),))]
+    row = commune.store.outbox_by_message(message_id)
+    assert row is not None
+    assert (row.attempts, row.failures) == (1, 0)
+    assert events(commune, row.message_id) == [Event.SEALED, Event.PUBLISHED]
+
+
+def test_reconcile_is_clean_after_an_outage(tmp_path: Path, pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """After the broker was down for a node's first publications, reconciling the two nodes'
+    logs finds every transfer's other half."""
+    commune, police, transport = pair
+    for sequence in range(1, 4):
+        submit(commune, dossier(sequence))
+    transport.down = True
+    for _ in range(2):
+        assert dispatch_now(commune, transport) == 0
+    transport.down = False
+    assert dispatch_now(commune, transport) > 0
+    receive(police, transport)
+    dispatch_now(police, transport)
+    receive(commune, transport)
+    bundles = []
+    for ctx in (commune, police):
+        source = DatabaseSource(ctx.config.database)
+        export(source, tmp_path / f"{ctx.agency}.bundle")
+        bundles.append(BundleSource(tmp_path / f"{ctx.agency}.bundle"))
+    matched, gaps = reconcile(*bundles)
+    assert gaps == []
+    assert matched >= 3
+
+
+def test_an_outage_never_dead_letters_a_receipt(pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """A receipt whose publication fails far more often than any retry bound is sent when the
+    broker is back, never dead-lettered."""
+    commune, police, transport = pair
+    submit(commune, dossier(1))
+    dispatch_now(commune, transport)
+    receive(police, transport)
+    transport.down = True
+    for _ in range(3 * TRANSFER_RETRANSMISSION.attempts):
+        assert dispatch_now(police, transport) == 0
+    transport.down = False
+    assert dispatch_now(police, transport) == 1
+    receipts = police.store.conn.execute("SELECT state FROM outbox WHERE kind = 'receipt'").fetchall()
+    assert receipts == [(OutboxState.SENT.value,)]
+    assert not [e for _, d in police.audit.entries() if (e := Entry.decode(d)[1]).event is Event.DEAD_LETTERED]
+
+
+def test_a_duplicate_does_not_revive_a_dead_receipt(pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """A receipt an operator must look at (dead-lettered) stays dead when its envelope comes again;
+    a sent one is sent again."""
+    commune, police, _ = pair
+    submit(commune, dossier(1))
+    with police.store.transaction() as conn:
+        conn.execute("INSERT INTO outbox (message_id, recipient, kind, body, envelope_sha256, state, next_attempt, "
+                     "created) VALUES ('dead-receipt', ?, 'receipt', x'00', 'x', 'dead', 9e9, 0), "
+                     "('sent-receipt', ?, 'receipt', x'00', 'x', 'sent', 9e9, 0)", (str(COMMUNE), str(COMMUNE)))
+        assert not police.store.resend_receipt("dead-receipt")
+        assert police.store.resend_receipt("sent-receipt")
+    states = dict(police.store.conn.execute("SELECT message_id, state FROM outbox WHERE kind = 'receipt'"))
+    assert states == {"dead-receipt": "dead", "sent-receipt": "pending"}
+
+
+def test_a_transfer_is_given_up_after_its_last_publication_goes_unanswered(
+        pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """The last allowed publication is made and waited for; the transfer is dead-lettered only
+    when it falls due again without a receipt."""
+    commune, _, transport = pair
+    submit(commune, dossier(1))
+    last = TRANSFER_RETRANSMISSION.attempts
+    with commune.store.transaction() as conn:
+        conn.execute("UPDATE outbox SET attempts = ?, state = 'published' WHERE recipient = ?", (last - 1, str(POLICE)))
+    dispatch_now(commune, transport)
+    row = commune.store.conn.execute("SELECT state, attempts FROM outbox WHERE recipient = ?",
+                                     (str(POLICE),)).fetchall()
+    assert [(OutboxState(s), a) for s, a in row] == [(OutboxState.PUBLISHED, last)] * len(row)
+    dispatch_now(commune, transport)
+    dead = commune.store.dead_outbox()
+    assert {r.recipient for r in dead} == {str(POLICE)}
+    assert all(r.last_error == f"no receipt after {last} publications" for r in dead)
+
+
+def test_a_version_one_database_gains_the_failure_count(tmp_path: Path) -> None:
+    """A database at schema version 1 is migrated to count failed publications apart, rows intact."""
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(schema.MIGRATIONS[0])
+        conn.execute("INSERT INTO outbox (message_id, recipient, kind, body, envelope_sha256, attempts, next_attempt, "
+                     "created) VALUES ('m', 'r', 'transfer', x'00', 'x', 3, 0, 0)")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    store = Store(path)
+    try:
+        assert schema.version(store.conn) == schema.VERSION >= 2
+        row = store.outbox_by_message("m")
+        assert row is not None
+        assert (row.attempts, row.failures) == (3, 0)
+    finally:
+        store.close()
