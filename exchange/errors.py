@@ -26,6 +26,8 @@ envelope has a stable reason code, because signed receipts carry that code::
     │       ├── NotAuthorized            not-authorized
     │       └── EnvelopeExpired          envelope-expired
     ├── PkiError                     the local PKI could not do what was asked
+    ├── StoreError                   the node's database failed (disk, damage); retry after a look
+    │   └── StoreBusy                    another process held the database past the busy timeout
     ├── AuditError                   the audit log refused an operation (nothing to prove against...)
     │   ├── LogDamaged                   this node's own log no longer holds: a hash missing or changed
     │   └── Unverifiable                 a checkpoint, key or entry that does not parse or verify
@@ -105,6 +107,15 @@ class StepNotReady(InvalidInput):
 
 class PkiError(ExchangeError):
     """The local certificate authority could not perform an operation."""
+
+
+class StoreError(ExchangeError):
+    """The node's database failed: a disk or I/O error, a damaged file."""
+
+
+class StoreBusy(StoreError):
+    """Another process (the node, an operator's command) held the database's write lock for
+    longer than the busy timeout; the same operation can be tried again."""
 
 
 class AuditError(ExchangeError):

@@ -159,3 +159,21 @@ def counting(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[Any
 
     monkeypatch.setattr(owner, name, wrapper)
     return calls
+
+
+def test_a_client_that_goes_away_leaves_no_traceback(server: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """A client that resets its connection mid-request is logged as one event, and nothing is
+    printed to stderr (the node's JSON log) as a traceback."""
+    import socket
+    import struct
+
+    from structlog.testing import capture_logs
+
+    with capture_logs() as events:
+        client = socket.create_connection(server.server_address[:2], timeout=5)
+        client.sendall(b"GET /dossiers HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # an RST, as a client process that dies sends
+        wait_until(lambda: any(e["event"] == "http.client_gone" for e in events), 10, "the client_gone event")
+    assert "Traceback" not in capsys.readouterr().err
+    assert not [e for e in events if e["log_level"] == "error"]

@@ -158,3 +158,26 @@ def test_status_json_lists_what_waits_here(commune: NodeContext) -> None:
     (row,) = [r for r in json.loads(json.dumps(status_rows(commune))) if r["code"] == str(code)]
     assert row["state"] == "processing"
     assert row["pending_here"] == [s.step for s in commune.store.ready_steps(str(COMMUNE)) if s.dossier == str(code)]
+
+
+def test_a_command_waiting_on_a_locked_database_says_so(commune: NodeContext, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`exchange done` while another process holds the node's write lock past the busy timeout exits
+    1 with a sentence naming the database, not a sqlite3 traceback."""
+    from exchange.cli import main
+    from exchange.store import db
+
+    code = submit(commune, dossier_bytes(9))
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    holder = sqlite3.connect(commune.config.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        status = main(["done", "--config", str(commune.config.source), "--dossier", str(code), "--step", "return"])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "is locked by another process" in err
+    assert str(commune.config.database) in err
+    assert "Traceback" not in err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -225,6 +226,16 @@ class ApiServer(ThreadingHTTPServer, Door):
             self._local.ctx = None
             if ctx is not None:
                 ctx.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request that failed outside the routes: a client that went away is an event, not a
+        traceback; anything else is logged as one structured event (socketserver would print a
+        traceback to stderr, into the node's JSON log)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.info("http.client_gone", client=client_address[0], error=type(error).__name__)
+            return
+        log.error("http.request_failed", client=client_address[0], exc_info=error)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="http-api", daemon=True)

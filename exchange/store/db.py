@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
-from exchange.errors import ConfigError
+from exchange.errors import ConfigError, StoreBusy, StoreError
 
 BUSY_TIMEOUT_MS = 10_000
 """Several processes may share a database (the node, an operator's command): wait, do not fail."""
@@ -23,3 +25,19 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
+
+
+@contextlib.contextmanager
+def translated(path: Path | str) -> Iterator[None]:
+    """SQLite's errors as ours, at the store's edge: a lock held too long is StoreBusy, anything
+    else the database raises is StoreError; both name the file."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            raise StoreBusy(f"{path}: the database is locked by another process (waited "
+                            f"{BUSY_TIMEOUT_MS // 1000} s); try again") from exc
+        raise StoreError(f"{path}: {text}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: {exc}") from exc

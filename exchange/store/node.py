@@ -104,19 +104,23 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn: sqlite3.Connection = db.connect(path)
-        schema.migrate(self.conn)
+        self.path = path
+        with db.translated(path):
+            self.conn: sqlite3.Connection = db.connect(path)
+            schema.migrate(self.conn)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic change: state and its audit entries commit together or not at all."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.rollback()
-            raise
-        self.conn.commit()
+        """One atomic change: state and its audit entries commit together or not at all. SQLite's
+        errors leave as StoreBusy or StoreError, the change rolled back."""
+        with db.translated(self.path):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.rollback()
+                raise
+            self.conn.commit()
 
     # outbox
 
