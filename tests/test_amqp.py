@@ -6,13 +6,15 @@ on the host's broker, where tests only publish and consume on fresh queues."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from exchange.adapters import open_transport
 from exchange.adapters.amqp import AmqpTransport, delay_bucket
@@ -20,7 +22,7 @@ from exchange.adapters.embedded import EmbeddedTransport
 from exchange.codes import AgencyCode
 from exchange.errors import AccessRefused, ConfigError, StaleDelivery, TransportUnavailable
 from exchange.node.config import NodeConfig
-from exchange.node.transport import Message
+from exchange.node.transport import Consumer, Message
 from tests.rabbit_node import RabbitNode
 from tests.test_transport_contract import drain
 from tests.transport_helpers import delete_queues, fresh_agency, message, require_broker, wait_for_broker
@@ -41,6 +43,137 @@ def agency(transport: AmqpTransport, private_rabbit: RabbitNode) -> Iterator[Age
     private_rabbit.ensure_running()
     wait_for_broker(url=private_rabbit.url)
     delete_queues(code, url=private_rabbit.url)
+
+
+OUTAGE_BUDGET_S = 2.0
+"""The reconnect budget of the outage tests: short, so that waiting past it is quick."""
+
+
+@pytest.fixture
+def short_budget(private_rabbit: RabbitNode) -> Iterator[Callable[[], AmqpTransport]]:
+    """Opens transports to the private node with a 2 s reconnect budget and at most 1 s between
+    attempts; closed at the end of the test."""
+    with contextlib.ExitStack() as opened:
+        def opener() -> AmqpTransport:
+            return opened.enter_context(AmqpTransport(private_rabbit.url, connect_timeout=5,
+                                                      reconnect_for=OUTAGE_BUDGET_S, reconnect_max=1.0))
+        yield opener
+
+
+def wait_connected(transport: AmqpTransport, within: float = 30) -> float:
+    """Seconds until the transport reports itself connected; fails after ``within``."""
+    started = time.monotonic()
+    while not transport.health().connected:
+        assert time.monotonic() - started < within, f"not reconnected: {transport.health()}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def round_trip(transport: AmqpTransport, consumer: Consumer, agency: AgencyCode) -> None:
+    """A message published now reaches the consumer."""
+    sent = message(agency)
+    transport.publish(sent)
+    got = drain(consumer, 1)
+    assert [d.message.message_id for d in got] == [sent.message_id]
+    consumer.ack(got)
+
+
+def outage(node: RabbitNode, seconds: float) -> None:
+    """The broker stops accepting connections for ``seconds``, then takes logins again."""
+    node.stop_app()
+    try:
+        time.sleep(seconds)
+    finally:
+        node.start_app()
+
+
+def test_a_connection_lost_after_the_budget_still_reconnects(private_rabbit: RabbitNode,
+                                                             short_budget: Callable[[], AmqpTransport]) -> None:
+    """A broker down for longer than the reconnect budget is still reconnected to once it is back
+    (the failures past the budget are logged as errors), and its consumer receives again."""
+    transport = short_budget()
+    agency = fresh_agency()
+    consumer = transport.consume(agency)
+    round_trip(transport, consumer, agency)
+    time.sleep(OUTAGE_BUDGET_S + 0.5)  # a connection older than its budget, as a node's always is
+    with capture_logs() as events:
+        private_rabbit.stop_app()
+        try:
+            time.sleep(OUTAGE_BUDGET_S + 1.5)
+            health = transport.health()
+            assert not health.connected
+            assert health.last_error
+        finally:
+            private_rabbit.start_app()
+        wait_connected(transport)
+    assert any(e["event"] == "amqp.reconnect_failing" and e["log_level"] == "error" for e in events)
+    round_trip(transport, consumer, agency)
+
+
+def test_each_outage_gets_a_fresh_budget(private_rabbit: RabbitNode,
+                                         short_budget: Callable[[], AmqpTransport]) -> None:
+    """Two outages in a row, each longer than the budget, are each recovered from, and the second
+    starts with warnings again: a connection that was made restarts the budget."""
+    transport = short_budget()
+    agency = fresh_agency()
+    consumer = transport.consume(agency)
+    for _ in range(2):
+        with capture_logs() as events:
+            outage(private_rabbit, OUTAGE_BUDGET_S + 1.5)
+            wait_connected(transport)
+        levels = [e["log_level"] for e in events if e["event"].startswith("amqp.reconnect")]
+        assert levels[0] == "warning", levels
+        assert "error" in levels, levels
+        round_trip(transport, consumer, agency)
+
+
+def test_calls_while_disconnected_fail_at_once(private_rabbit: RabbitNode,
+                                               short_budget: Callable[[], AmqpTransport]) -> None:
+    """While the broker is down, publish, publish_many, declare and consume raise
+    TransportUnavailable in well under a second each, so that the daemon's loop never waits."""
+    transport = short_budget()
+    agency = fresh_agency()
+    transport.declare(agency)
+    private_rabbit.stop_app()
+    try:
+        wait_connected_lost(transport)
+        calls: list[Callable[[], object]] = [
+            lambda: transport.publish(message(agency)), lambda: transport.publish_many([message(agency)] * 3),
+            lambda: transport.publish(message(agency), delay=5), lambda: transport.declare(agency),
+            lambda: transport.consume(agency)]
+        for call in calls:
+            started = time.monotonic()
+            with pytest.raises(TransportUnavailable):
+                call()
+            assert time.monotonic() - started < 0.2
+    finally:
+        private_rabbit.start_app()
+
+
+def wait_connected_lost(transport: AmqpTransport, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while transport.health().connected:
+        assert time.monotonic() < deadline, "the transport did not notice the broker stopping"
+        time.sleep(0.05)
+
+
+def test_a_transport_made_while_the_broker_is_down_connects_when_it_is_up(
+        private_rabbit: RabbitNode, short_budget: Callable[[], AmqpTransport]) -> None:
+    """A transport (a node) started while its broker is down is made at once, reports itself
+    disconnected, and connects by itself when the broker comes up."""
+    private_rabbit.stop_app()
+    try:
+        started = time.monotonic()
+        transport = short_budget()
+        assert time.monotonic() - started < 2
+        assert not transport.health().connected
+        time.sleep(OUTAGE_BUDGET_S + 0.5)
+    finally:
+        private_rabbit.start_app()
+    wait_connected(transport)
+    agency = fresh_agency()
+    consumer = transport.consume(agency)
+    round_trip(transport, consumer, agency)
 
 
 def publish_patiently(transport: AmqpTransport, item: Message, within: float = 90) -> None:
@@ -94,10 +227,20 @@ def test_bad_credentials_are_access_refused() -> None:
         AmqpTransport("amqp://guest:wrong@127.0.0.1:5672/%2F", connect_timeout=5, reconnect_for=3)
 
 
-def test_an_unreachable_broker_is_transport_unavailable() -> None:
-    """A broker nobody listens for is TransportUnavailable within the connect timeout, not pika's error."""
-    with pytest.raises(TransportUnavailable):
-        AmqpTransport("amqp://guest:guest@127.0.0.1:1/%2F", connect_timeout=2, reconnect_for=1)
+def test_an_unreachable_broker_is_transport_unavailable_at_once() -> None:
+    """A transport to a broker nobody listens on is made at once, says it is disconnected and why,
+    and every call that needs the broker raises TransportUnavailable at once, not pika's error."""
+    started = time.monotonic()
+    with AmqpTransport("amqp://guest:guest@127.0.0.1:1/%2F", connect_timeout=2, reconnect_for=1) as transport:
+        health = transport.health()
+        assert not health.connected
+        assert "cannot reach the broker" in health.last_error
+        agency = fresh_agency()
+        for call in (lambda: transport.publish(message(agency)), lambda: transport.declare(agency),
+                     lambda: transport.consume(agency)):
+            with pytest.raises(TransportUnavailable):
+                call()
+    assert time.monotonic() - started < 3
 
 
 @pytest.mark.parametrize("url", ["amqp://guest:guest@127.0.0.1:notaport/%2F", "nonsense"])

@@ -14,16 +14,31 @@ confirms and ``mandatory`` (a return means no queue: ``Unroutable``), deliveries
 for the application thread, and acks cross back with ``add_callback_threadsafe``, so heartbeats
 keep flowing however long the application works. When the connection drops the epoch advances:
 pending publishes fail (the caller's outbox retries them), buffered deliveries are discarded
-(the broker redelivers them) and acks of the old epoch raise ``StaleDelivery``. The thread
-reconnects with bounded exponential backoff and jitter (tenacity) and declares the topology
-again. Short administrative work (declaring, reading dead letters) uses a short blocking
-connection from the caller's thread. pika's exceptions never leave this module.
+(the broker redelivers them) and acks of the old epoch raise ``StaleDelivery``. Short
+administrative work (declaring, reading dead letters) uses a short blocking connection from the
+caller's thread. pika's exceptions never leave this module.
+
+Reconnection never stops while the transport is open. Each outage (from the loss of an
+established connection, or from the start) has its own retry budget, ``reconnect_for``: within
+it the I/O thread retries with exponential backoff and jitter (tenacity), each failure logged as
+a warning (``amqp.reconnect``); once it is spent the thread keeps trying, by then at the maximum
+backoff, each failure logged as an error (``amqp.reconnect_failing``). A connection that is
+established ends the outage; the next outage starts a fresh budget and backoff. ``health()``
+tells the node whether the transport is connected, since when, and the last error.
+
+While the transport is not connected nothing waits for it: ``publish``, ``publish_many``,
+``declare`` and ``consume`` raise ``TransportUnavailable`` at once, and the caller (the daemon's
+loop, an outbox) tries again later. Only the constructor waits, for the first connection attempt
+to end (at most ``connect_timeout``); it succeeds whether or not the broker answered, and keeps
+connecting in the background, except when the broker refuses the login (``AccessRefused``):
+wrong credentials are a configuration error, not an outage.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import datetime as dt
 import queue
 import ssl
 import threading
@@ -41,6 +56,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
+from exchange import clock
 from exchange.codes import AgencyCode
 from exchange.errors import (
     AccessRefused,
@@ -51,7 +67,14 @@ from exchange.errors import (
     TransportUnavailable,
     Unroutable,
 )
-from exchange.node.transport import DEFAULT_PREFETCH, Closing, DeadLetter, Delivery, Message
+from exchange.node.transport import (
+    DEFAULT_PREFETCH,
+    Closing,
+    DeadLetter,
+    Delivery,
+    Message,
+    TransportHealth,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -68,8 +91,19 @@ BLOCKED_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10.0
 PUBLISH_TIMEOUT_S = 30.0
 RECONNECT_FOR_S = 600.0
-"""How long the I/O thread keeps reconnecting before the transport reports itself failed."""
-RECONNECT_WAIT = tenacity.wait_exponential(multiplier=0.2, max=15.0) + tenacity.wait_random(0, 1.0)
+"""Each outage's retry budget: reconnection failures are warnings for this long, then errors
+(reconnection goes on either way, at the maximum backoff)."""
+RECONNECT_FIRST_S = 0.2
+RECONNECT_MAX_S = 15.0
+"""The backoff between reconnection attempts: ``RECONNECT_FIRST_S`` doubling up to this, plus up
+to ``RECONNECT_JITTER_S`` of jitter."""
+RECONNECT_JITTER_S = 1.0
+
+
+def reconnect_wait(maximum: float = RECONNECT_MAX_S) -> tenacity.wait.wait_base:
+    """The one reconnection backoff: exponential from ``RECONNECT_FIRST_S`` to ``maximum``, with jitter."""
+    return (tenacity.wait_exponential(multiplier=RECONNECT_FIRST_S, max=maximum)
+            + tenacity.wait_random(0, min(RECONNECT_JITTER_S, maximum)))
 
 
 def queue_name(agency: AgencyCode | str) -> str:
@@ -88,7 +122,18 @@ def delay_bucket(delay: float) -> int:
 
 
 class _ConnectionLost(Exception):
-    """Internal: the I/O loop ended without being asked to."""
+    """Internal: no connection could be established (the attempt is retried)."""
+
+
+@dataclass(frozen=True)
+class _Outage:
+    """One outage of the I/O thread's connection: when it began, and its retry budget."""
+
+    began: float
+    budget: float
+
+    def overdue(self) -> bool:
+        return time.monotonic() - self.began > self.budget
 
 
 class _Batch:
@@ -142,6 +187,9 @@ class BrokerSettings:
     connect_timeout: float = CONNECT_TIMEOUT_S
     publish_timeout: float = PUBLISH_TIMEOUT_S
     reconnect_for: float = RECONNECT_FOR_S
+    """Each outage's retry budget (see the module's docstring)."""
+    reconnect_max: float = RECONNECT_MAX_S
+    """The longest wait between two reconnection attempts."""
 
     def parameters(self) -> pika.URLParameters:
         """pika's parameters for the URL; a malformed URL or an unreadable CA is a ConfigError."""
@@ -168,16 +216,24 @@ class AmqpTransport(Closing):
     """The Transport port over RabbitMQ."""
 
     def __init__(self, url: str, *, ca_file: str | Path | None = None, connect_timeout: float = CONNECT_TIMEOUT_S,
-                 publish_timeout: float = PUBLISH_TIMEOUT_S, reconnect_for: float = RECONNECT_FOR_S) -> None:
-        self.settings = BrokerSettings(url, ca_file, connect_timeout, publish_timeout, reconnect_for)
+                 publish_timeout: float = PUBLISH_TIMEOUT_S, reconnect_for: float = RECONNECT_FOR_S,
+                 reconnect_max: float = RECONNECT_MAX_S) -> None:
+        self.settings = BrokerSettings(url, ca_file, connect_timeout, publish_timeout, reconnect_for, reconnect_max)
         self.params = self.settings.parameters()
         self._agencies: set[str] = set()
         self._delays: set[int] = set()
         self._ready = threading.Event()
+        self._attempted = threading.Event()
+        """Set once the first connection attempt has ended, connected or not."""
         self._closing = False
-        self._failed: str | None = None
+        self._closed = threading.Event()
+        """Wakes the I/O thread from a backoff sleep when the transport closes."""
         self._lock = threading.Lock()
         self._epoch = 0
+        self._since = time.time()
+        self._last_error: BaseException | None = None
+        self._established = False
+        """Whether the I/O thread's current connection became ready (ends the outage when lost)."""
         self._conn: pika.SelectConnection | None = None
         self._channel: Channel | None = None
         self._next_tag = 1
@@ -186,11 +242,10 @@ class AmqpTransport(Closing):
         self._consumers: list[AmqpConsumer] = []
         self._thread = threading.Thread(target=self._run, name="amqp-io", daemon=True)
         self._thread.start()
-        try:
-            self._wait_ready(connect_timeout)
-        except TransportError:
-            self.close()  # or its I/O thread would go on reconnecting for nobody
-            raise
+        self._attempted.wait(connect_timeout)
+        if not self._ready.is_set() and isinstance(self._last_error, AccessRefused):
+            self.close()  # wrong credentials: a configuration error, not an outage to wait out
+            raise self._last_error
 
     # The I/O thread ---------------------------------------------------------------------
 
@@ -198,27 +253,56 @@ class AmqpTransport(Closing):
     def epoch(self) -> int:
         return self._epoch
 
+    def health(self) -> TransportHealth:
+        """Connected or not, since when (wall time), and the last connection error."""
+        with self._lock:
+            error = "" if self._last_error is None else str(self._last_error)
+            return TransportHealth(self._ready.is_set(), self._since, error)
+
     def _run(self) -> None:
-        retrying = tenacity.Retrying(
-            wait=RECONNECT_WAIT, stop=tenacity.stop_after_delay(self.settings.reconnect_for),
-            retry=tenacity.retry_if_exception_type((_ConnectionLost, TransportError)),
-            before_sleep=lambda state: log.warning("amqp.reconnect", attempt=state.attempt_number,
-                                                   error=repr(state.outcome.exception() if state.outcome else None)),
-            reraise=True)
+        """Reconnect until the transport closes, one tenacity loop (a fresh budget) per outage."""
         while not self._closing:
             try:
-                retrying(self._session)
-            except (_ConnectionLost, TransportError) as exc:
-                self._failed = f"gave up reconnecting after {self.settings.reconnect_for:.0f}s: {exc!r}"
-                log.error("amqp.failed", error=self._failed)
-                return
+                self._reconnecting(_Outage(time.monotonic(), self.settings.reconnect_for))(self._session)
+            except (_ConnectionLost, TransportError):
+                return  # closing: the last attempt's error does not matter any more
+            finally:
+                self._attempted.set()
+            self._closed.wait(RECONNECT_FIRST_S)  # a connection that drops as soon as made must not spin
+
+    def _reconnecting(self, outage: _Outage) -> tenacity.Retrying:
+        """One outage's retries: backoff up to ``reconnect_max``, until a connection is made or the
+        transport closes (a closing transport's sleep ends at once)."""
+        return tenacity.Retrying(
+            wait=reconnect_wait(self.settings.reconnect_max), stop=lambda _state: self._closing,
+            retry=tenacity.retry_if_exception_type((_ConnectionLost, TransportError)),
+            sleep=self._backoff_sleep, before_sleep=lambda state: self._attempt_failed(state, outage),
+            reraise=True)
+
+    def _backoff_sleep(self, seconds: float) -> None:
+        self._closed.wait(seconds)
+
+    def _attempt_failed(self, state: tenacity.RetryCallState, outage: _Outage) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        with self._lock:
+            self._last_error = error
+        self._attempted.set()
+        age = round(time.monotonic() - outage.began, 1)
+        if outage.overdue():
+            log.error("amqp.reconnect_failing", attempt=state.attempt_number, outage_s=age,
+                      budget_s=outage.budget, error=repr(error))
+        else:
+            log.warning("amqp.reconnect", attempt=state.attempt_number, outage_s=age, error=repr(error))
 
     def _session(self) -> None:
-        """Declare the topology, then run one connection until it closes."""
+        """Declare the topology, then run one connection until it closes. Returns once a
+        connection that was established has closed (the next outage gets a fresh budget);
+        raises if none could be established."""
         if self._closing:
             return
-        self.declare_all(self._agencies, self._delays)
+        self.declare_all(set(self._agencies), set(self._delays))
         lost: list[BaseException] = []
+        self._established = False
 
         def open_failed(conn: pika.SelectConnection, error: BaseException) -> None:
             lost.append(error)
@@ -235,7 +319,7 @@ class AmqpTransport(Closing):
         finally:
             self._conn = None
             conn.ioloop.close()  # its wake-up socket pair, or it leaks with every reconnect
-        if not self._closing:
+        if not self._closing and not self._established:
             raise _ConnectionLost(repr(lost[0]) if lost else "connection closed")
 
     def _on_open(self, conn: pika.SelectConnection) -> None:
@@ -252,13 +336,22 @@ class AmqpTransport(Closing):
         for consumer in list(self._consumers):
             consumer._open(channel.connection)
         log.info("amqp.connected", host=self.params.host, epoch=self._epoch)
-        self._ready.set()
+        self._established = True
+        with self._lock:
+            if not self._ready.is_set():
+                self._since = time.time()
+            self._ready.set()
+        self._attempted.set()
 
     def _on_closed(self, conn: pika.SelectConnection, reason: BaseException, lost: list[BaseException]) -> None:
-        self._ready.clear()
         self._channel = None
         with self._lock:
+            if self._ready.is_set():
+                self._since = time.time()
+            self._ready.clear()
             self._epoch += 1
+            if not self._closing:
+                self._last_error = reason
         self._fail_pending(TransportUnavailable(f"connection lost before the broker confirmed: {reason!r}"))
         for consumer in list(self._consumers):
             consumer._reset()
@@ -307,14 +400,15 @@ class AmqpTransport(Closing):
         except (px.AMQPError, OSError, AttributeError, RuntimeError) as exc:  # the loop closed meanwhile
             raise TransportUnavailable(f"not connected to the broker: {exc!r}") from exc
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _require_connected(self) -> None:
+        """Fail fast while not connected: the caller tries again later, nobody waits here."""
         if self._closing:
             raise TransportUnavailable(f"the transport to {self.params.host} is closed")
-        if self._failed:
-            raise TransportUnavailable(self._failed)
-        if not self._ready.wait(timeout):
-            raise TransportUnavailable(f"not connected to the broker at {self.params.host}:"
-                                       f"{self.params.port} within {timeout:.0f}s")
+        if not self._ready.is_set():
+            health = self.health()
+            raise TransportUnavailable(f"not connected to the broker at {self.params.host}:{self.params.port} "
+                                       f"(since {clock.utc(dt.datetime.fromtimestamp(health.since, dt.UTC))}): "
+                                       f"{health.last_error or 'still connecting'}")
 
     # Publishing ---------------------------------------------------------------------------
 
@@ -327,10 +421,10 @@ class AmqpTransport(Closing):
     def _publish(self, messages: Sequence[Message], delay: float) -> None:
         if not messages:
             return
+        self._require_connected()
         exchange = EXCHANGE
         if delay > 0:
             exchange = self._delay_exchange(delay, {str(m.recipient) for m in messages})
-        self._wait_ready(self.settings.connect_timeout)
         batch = _Batch(len(messages))
         self._call_soon(lambda: self._send(exchange, messages, batch))
         if not batch.done.wait(self.settings.publish_timeout):
@@ -380,6 +474,8 @@ class AmqpTransport(Closing):
                     conn.close()
 
     def declare(self, agency: AgencyCode) -> None:
+        """Declare now (TransportUnavailable at once while disconnected), and again on every reconnect."""
+        self._require_connected()
         self.declare_all({str(agency)}, set())
         self._agencies.add(str(agency))
 
@@ -440,13 +536,19 @@ class AmqpTransport(Closing):
     # Consuming and closing ---------------------------------------------------------------
 
     def consume(self, agency: AgencyCode, prefetch: int = DEFAULT_PREFETCH) -> AmqpConsumer:
+        """A consumer of the agency's queue (TransportUnavailable at once while disconnected); it
+        consumes again by itself after every reconnect."""
         self.declare(agency)
-        self._wait_ready(self.settings.connect_timeout)
         consumer = AmqpConsumer(self, queue_name(agency), AgencyCode(str(agency)), prefetch)
         self._consumers.append(consumer)
         conn = self._conn
-        if conn is not None:
+        try:
+            if conn is None:
+                raise TransportUnavailable("the connection to the broker was lost")
             self._call_soon(lambda: consumer._open(conn))
+        except TransportError:
+            consumer.close()
+            raise
         consumer._started.wait(self.settings.connect_timeout)
         if consumer._refused is not None:
             consumer.close()
@@ -461,6 +563,7 @@ class AmqpTransport(Closing):
         if self._closing:
             return
         self._closing = True
+        self._closed.set()
         for consumer in list(self._consumers):
             consumer.close()
         conn = self._conn
@@ -545,13 +648,16 @@ class AmqpConsumer(Closing):
         self._outstanding: set[int] = set()
         self._lock = threading.Lock()
         self._channel: Channel | None = None
+        self._opening = False
+        """A channel was asked for on the current connection (so it is not asked for twice)."""
         self._started = threading.Event()
         self._refused: TransportError | None = None
         self.closed = False
 
     # I/O thread side
     def _open(self, conn: pika.SelectConnection) -> None:
-        if not self.closed:
+        if not self.closed and not self._opening:
+            self._opening = True
             conn.channel(on_open_callback=self._on_channel)
 
     def _on_channel(self, channel: Channel) -> None:
@@ -583,6 +689,7 @@ class AmqpConsumer(Closing):
     def _reset(self) -> None:
         """The connection is gone: its deliveries come back from the broker, not from here."""
         self._channel = None
+        self._opening = False
         self._started.clear()
         with self._lock:
             self._outstanding.clear()

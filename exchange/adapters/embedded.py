@@ -21,7 +21,7 @@ from pathlib import Path
 
 from exchange.codes import AgencyCode
 from exchange.errors import StaleDelivery, TransportError, TransportUnavailable, Unroutable
-from exchange.node.transport import DEFAULT_PREFETCH, Closing, DeadLetter, Delivery, Message
+from exchange.node.transport import DEFAULT_PREFETCH, Closing, DeadLetter, Delivery, Message, TransportHealth
 
 LEASE_SECONDS = 30.0
 """How long a fetched message stays invisible to other consumers without an ack or a renewal."""
@@ -75,6 +75,7 @@ class EmbeddedTransport(Closing):
         self.path = Path(path)
         self.lease_seconds = lease_seconds
         self._lock = threading.RLock()
+        self._since = time.time()
         with translated(self.path):
             self._conn: sqlite3.Connection | None = _open(self.path)
 
@@ -156,6 +157,10 @@ class EmbeddedTransport(Closing):
         with self._read() as conn:
             row = conn.execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (str(agency),)).fetchone()
         return int(row[0])
+
+    def health(self) -> TransportHealth:
+        """Connected while its file is open (busy locks show as errors from the calls, not here)."""
+        return TransportHealth(self._conn is not None, self._since)
 
     def close(self) -> None:
         with self._lock, translated(self.path):

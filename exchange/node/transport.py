@@ -16,7 +16,9 @@ Semantics both promise:
   ``dead_letters``/``replay`` by an operator;
 - order within one queue is preserved for messages delivered for the first time;
 - every method raises only ``exchange.errors.TransportError`` and its subclasses, whatever the
-  library underneath raises; transports and consumers close at the end of a ``with`` block.
+  library underneath raises; transports and consumers close at the end of a ``with`` block;
+- an outage is ``TransportUnavailable``; the transport recovers by itself (the caller only
+  tries again later), and ``health()`` says at once whether it is connected.
 """
 
 from __future__ import annotations
@@ -60,6 +62,18 @@ class DeadLetter:
     reason: str
     key: str
     """What ``replay`` takes to put it back."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportHealth:
+    """What a transport knows of its own link, for the node's health checks."""
+
+    connected: bool
+    """Whether it can move messages now (a broker transport reconnects by itself when not)."""
+    since: float
+    """Wall time (``time.time()``) at which ``connected`` took its current value."""
+    last_error: str = ""
+    """The last connection failure it met ("" if none)."""
 
 
 class Closing:
@@ -132,6 +146,10 @@ class Transport(Protocol):
 
     def replay(self, agency: AgencyCode, key: str) -> Message:
         """Put one dead letter back on the agency's queue; returns it."""
+        ...
+
+    def health(self) -> TransportHealth:
+        """Connected or not, since when, the last error; answers at once, never raises."""
         ...
 
     def close(self) -> None:
