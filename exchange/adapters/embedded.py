@@ -6,6 +6,9 @@ makes the message deliverable again, marked redelivered. Delays are a not-before
 letters move to their own table with the reason. Several processes may publish and consume at
 once: each statement that changes a queue runs in an immediate transaction, and SQLite's lock
 serializes them. sqlite3's exceptions never leave this module: ``translated`` maps them.
+
+The file is opened at construction if it can be, else (locked, unreachable) at the first call that
+needs it, so a node starts while another process holds the lock.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from exchange.node.transport import DEFAULT_PREFETCH, Closing, DeadLetter, Deliv
 LEASE_SECONDS = 30.0
 """How long a fetched message stays invisible to other consumers without an ack or a renewal."""
 POLL_MIN, POLL_MAX = 0.002, 0.05
-BUSY_TIMEOUT_S = 30.0
+BUSY_TIMEOUT_S = 0.5
+"""How long a call waits for another process's write lock before it is ``TransportUnavailable``.
+Short, so that a node loop never stalls behind a peer that holds the lock (a stopped process):
+the loop retries on its backoff instead. A transaction of a healthy peer takes milliseconds."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
@@ -71,18 +77,26 @@ def translated(path: Path) -> Iterator[None]:
 class EmbeddedTransport(Closing):
     """The Transport port over one SQLite file."""
 
-    def __init__(self, path: Path | str, *, lease_seconds: float = LEASE_SECONDS) -> None:
+    def __init__(self, path: Path | str, *, lease_seconds: float = LEASE_SECONDS,
+                 busy_timeout: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
         self.lease_seconds = lease_seconds
+        self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
         self._since = time.time()
-        with translated(self.path):
-            self._conn: sqlite3.Connection | None = _open(self.path)
+        with contextlib.suppress(TransportUnavailable), translated(self.path):
+            self._conn = _open(self.path, busy_timeout)  # a damaged file still fails here
 
     @property
     def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
+        """The connection, opened now if construction could not (sqlite3's errors leave it as is:
+        callers translate them)."""
+        if self._closed:
             raise TransportUnavailable(f"{self.path}: the transport is closed")
+        if self._conn is None:
+            self._conn = _open(self.path, self.busy_timeout)
         return self._conn
 
     @contextlib.contextmanager
@@ -160,10 +174,11 @@ class EmbeddedTransport(Closing):
 
     def health(self) -> TransportHealth:
         """Connected while its file is open (busy locks show as errors from the calls, not here)."""
-        return TransportHealth(self._conn is not None, self._since)
+        return TransportHealth(self._conn is not None and not self._closed, self._since)
 
     def close(self) -> None:
         with self._lock, translated(self.path):
+            self._closed = True
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
@@ -264,10 +279,17 @@ class EmbeddedConsumer(Closing):
             pass  # the transport closed first, or is locked: the leases run out on their own
 
 
-def _open(path: Path) -> sqlite3.Connection:
+def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A connection in WAL mode; the schema is created only if it is missing, because creating
+    it needs the write lock, which another process may hold for a while."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.executescript(SCHEMA)
+    conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'dead_letters'").fetchone()[0] == 0:
+            conn.executescript(SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
     return conn
