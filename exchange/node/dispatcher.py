@@ -11,19 +11,23 @@ of them: a publication that failed (the broker down, a nack) is retried on ``PUB
 short backoff and leaves no entry. An outage therefore never spends a transfer's bound nor
 dead-letters a receipt; only an error about the one message (no queue for its recipient, a nack
 repeated ``PUBLISH_FAILURE.attempts`` times) does.
+
+A batch that fails because the transport is unavailable marks all its rows failed at once,
+without a second try per row (which would wait once per row), and the loop learns of the outage
+(``dispatch_or_raise``) to back off; only errors about one message are told apart row by row.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from exchange.audit.entries import Entry, Event
 from exchange.codes import AgencyCode
 from exchange.envelope.model import Kind
-from exchange.errors import PublishRejected, TransportError, Unroutable
+from exchange.errors import PublishRejected, TransportError, TransportUnavailable, Unroutable
 from exchange.node.context import NodeContext
 from exchange.node.faults import fault
 from exchange.node.metrics import Metrics
@@ -42,6 +46,17 @@ class Dispatcher:
     ctx: NodeContext
     transport: Transport
     metrics: Metrics
+    outage: TransportUnavailable | None = field(default=None, init=False)
+    """The unavailability the last publication met, if any (its rows were marked failed together)."""
+
+    def dispatch_or_raise(self, limit: int = 256) -> int:
+        """``dispatch``, then raise the TransportUnavailable it met, once its rows are marked
+        failed, so that the loop backs off instead of trying the transport again at once."""
+        self.outage = None
+        published = self.dispatch(limit)
+        if self.outage is not None:
+            raise self.outage
+        return published
 
     def dispatch(self, limit: int = 256) -> int:
         """Publish up to ``limit`` due rows and record the outcome in one transaction; returns how
@@ -64,20 +79,28 @@ class Dispatcher:
         return len(published)
 
     def _publish(self, rows: list[OutboxRow]) -> tuple[list[OutboxRow], list[Failure]]:
-        """All at once; if that fails, one by one, to tell which ones the broker refuses."""
+        """All at once; if that fails for one message's sake, one by one, to tell which ones the
+        broker refuses. An unavailable transport fails every row not yet published, at once."""
         messages = [Message(AgencyCode(r.recipient), r.body, r.message_id, {"kind": r.kind}) for r in rows]
         try:
             self.transport.publish_many(messages)
             fault("after-publish-before-mark")
             return rows, []
+        except TransportUnavailable as exc:
+            self.outage = exc
+            return [], [(row, exc) for row in rows]
         except TransportError:
             pass
         published: list[OutboxRow] = []
         failed: list[Failure] = []
-        for row, message in zip(rows, messages, strict=True):
+        for index, (row, message) in enumerate(zip(rows, messages, strict=True)):
             try:
                 self.transport.publish(message)
                 published.append(row)
+            except TransportUnavailable as exc:
+                self.outage = exc
+                failed.extend((rest, exc) for rest in rows[index:])
+                break
             except TransportError as exc:
                 failed.append((row, exc))
         return published, failed
