@@ -1,7 +1,8 @@
 """Delivery: hand each recorded dossier and status update to the agency system's folder, once.
 
-A file is written aside (``.pending/``), its delivery committed with its audit entry, and only
-then renamed into the folder: the agency system never sees a half-written file, and a crash
+A file is written aside (``.pending/``) and made durable (each file and the folder fsynced, never
+the whole host's page cache), its delivery committed with its audit entry, and only then renamed
+into the folder: the agency system never sees a half-written file, and a crash
 between the commit and the rename is repaired at the next start (``recover``). Doors that
 follow a delivery (webhooks) queue their work in the same transaction.
 """
@@ -43,8 +44,8 @@ class Deliverer:
         pending = self.folder / PENDING
         names = [file_name(record) for record in records]
         for name, record in zip(names, records, strict=True):
-            write_atomic(pending / name, record.payload or b"", sync=False)
-        os.sync()  # one flush for the window's files, before their delivery is recorded
+            write_atomic(pending / name, record.payload or b"")  # each file fsynced
+        _sync_dir(pending)  # and their names, before their delivery is recorded
         with self.ctx.store.transaction():
             for name, record in zip(names, records, strict=True):
                 self._record(record, name)
@@ -90,7 +91,7 @@ def message_id_of(name: str) -> str:
 
 
 def _sync_dir(path: Path) -> None:
-    """Make the renames durable: fsync the directory that holds them."""
+    """Make the files' names durable (creations, renames): fsync the directory that holds them."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
