@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from exchange.codes import DossierCode
 from exchange.commands import agency_arg, read_input
 from exchange.envelope import pki
 from exchange.errors import ConfigError, ExchangeError, InvalidCode
+from exchange.node import health
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
@@ -75,6 +77,10 @@ def register(commands: Any) -> None:
 
     check = commands.add_parser("check", help="health check for a service manager (exit 0 healthy)")
     _config(check)
+    check.add_argument("--down-after", type=float, default=health.DOWN_AFTER_S, metavar="SECONDS",
+                       help="unhealthy once the node's transport has been down this long")
+    check.add_argument("--stale-after", type=float, default=health.STALE_AFTER_S, metavar="SECONDS",
+                       help="unhealthy once the node's heartbeat is this old (the loop is not running)")
     check.set_defaults(handler=_check)
 
 
@@ -186,20 +192,21 @@ def _show_dead(letter: OutboxRow | DeadLetter, ctx: NodeContext) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    problems = []
+    """The running node's own view, from its heartbeat (the loop runs, its transport works), and
+    the database's (nothing dead-lettered); the transport is not probed from here."""
     try:
         config = NodeConfig.load(args.config)
         ctx = NodeContext.open(config)
     except ExchangeError as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
+    problems = health.judge(config.state_dir, time.time(), stale_after=args.stale_after,
+                            down_after=args.down_after)
     try:
         counts = ctx.store.counts()
         audit_entries = ctx.audit.size
         if counts.get("outbox_dead"):
             problems.append(f"{counts['outbox_dead']} outgoing transfer(s) dead-lettered")
-        with open_transport(config) as transport:
-            transport.declare(config.agency)
     except ExchangeError as exc:
         problems.append(str(exc))
     finally:

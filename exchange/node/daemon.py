@@ -9,31 +9,40 @@ nothing, and a redelivery (which the de-duplication record recognizes) delivers 
 
 Signal handlers only set flags; the loop acts on them between units of work, never inside a
 transaction: SIGHUP reloads (``reload``), the first SIGTERM or SIGINT drains, a second exits.
+
+A transport fault never ends the loop, and no pass waits for the transport for seconds. The node
+starts without its transport; every transport call (declare and consume, publish, fetch, ack,
+dead-letter) that fails is noted by the ``Link`` (logged once per outage), the transport's share
+of the following passes is skipped until the next attempt time, and acks and dead letters not
+yet made are kept for that attempt. Housekeeping goes on meanwhile: deliveries, doors,
+checkpoints, the watchdog, and the heartbeat file that ``exchange check`` judges (``health``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 import structlog
 
 from exchange.audit.entries import Event
-from exchange.errors import StaleDelivery
+from exchange.errors import StaleDelivery, StoreError, TransportError, TransportUnavailable
 from exchange.node import reload
 from exchange.node.context import NodeContext
 from exchange.node.delivery import Deliverer
 from exchange.node.dispatcher import Dispatcher
 from exchange.node.doors import Door
 from exchange.node.faults import fault
+from exchange.node.health import DOWN_AFTER_S, HEARTBEAT_EVERY_S, STALE_AFTER_S, Heartbeat, Link, healthy
 from exchange.node.intake import Handled, receive_batch, refuse_internal
 from exchange.node.metrics import Metrics
 from exchange.node.systemd import notify
-from exchange.node.transport import Consumer, Delivery, Transport
+from exchange.node.transport import Consumer, Delivery, Transport, TransportHealth
 from exchange.store.states import Outcome
 
 log = structlog.get_logger(__name__)
@@ -51,7 +60,7 @@ class Daemon:
     """One node: a loop over inbound, outbound, delivery, doors and checkpoints, until told to stop."""
 
     def __init__(self, ctx: NodeContext, transport: Transport, *, doors: Sequence[Door] = (),
-                 window: int = WINDOW) -> None:
+                 window: int = WINDOW, down_after: float = DOWN_AFTER_S) -> None:
         self.ctx = ctx
         self.transport = transport
         self.doors = tuple(doors)
@@ -61,10 +70,17 @@ class Daemon:
         self.deliverer = Deliverer(ctx, self.metrics, self.doors)
         self.stopping = threading.Event()
         self.reload_asked = threading.Event()
-        self.healthy = True
+        self.link = Link()
+        self.down_after = down_after
         self.consumer: Consumer | None = None
+        self._unacked: list[Delivery] = []
+        self._refused: list[tuple[Delivery, str]] = []
+        """What the consumer has not been told yet (its transport failed): told at the next try."""
         self._terms = 0
         self._housekept = 0.0
+        self._loop_at = time.monotonic()
+        self._heartbeat_at = 0.0
+        self.metrics.watch(self.healthy, lambda: self.transport_health().connected)
 
     # lifecycle
 
@@ -88,9 +104,9 @@ class Daemon:
         self.deliverer.recover()
         with self.ctx.store.transaction():
             self.ctx.record(self.ctx.entry(Event.NODE_STARTED, detail={"rules": self.ctx.rules.digest}))
-        self.transport.declare(self.ctx.agency)
-        self.consumer = self.transport.consume(self.ctx.agency, prefetch=self.window * 2)
-        self.metrics.refresh(self.ctx, self.healthy)
+        self._transport_work(self._subscribe)  # one try; if the transport is down, the loop retries
+        self.metrics.refresh(self.ctx)
+        self._heartbeat()
         if self.ctx.config.metrics_port:
             self.metrics.serve(self.ctx.config.metrics_port)
         for door in self.doors:
@@ -99,41 +115,107 @@ class Daemon:
         log.info("node.started", agency=str(self.ctx.agency), rules=self.ctx.rules.digest[:12])
 
     def tick(self, wait: float = 0.05) -> None:
-        """One pass: a reload if one was asked for, the outbox, an inbound window (waiting only
-        when there is nothing to send), the receipts it produced, deliveries, and every half
-        second the housekeeping. Each step commits its own transactions before the next."""
-        assert self.consumer is not None
+        """One pass: a reload if one was asked for, the transport's share (unless a failure put
+        its next try later), and every half second the housekeeping. Each step commits its own
+        transactions before the next."""
         if self.reload_asked.is_set():
             self.reload_asked.clear()
             self.reload()
-        sent = self.dispatcher.dispatch()
-        if self.inbound(self.consumer, 0.0 if sent else wait):
-            self.dispatcher.dispatch()
-            self.deliverer.deliver()
+        if self.link.due():
+            self._transport_work(lambda: self._exchange(wait))
+        else:
+            self.stopping.wait(wait)  # idle as a fetch would have, until the next try
         now = time.monotonic()
+        self._loop_at = now
         if now - self._housekept >= HOUSEKEEPING_S:
             self._housekept = now
             self._housekeeping()
+
+    def _exchange(self, wait: float) -> None:
+        """The transport's share of a pass: the consumer (made if there is none yet), what it has
+        not been told, the outbox, an inbound window (waiting only when there is nothing to send),
+        the receipts it produced and the deliveries."""
+        consumer = self._subscribe()
+        self._settle(consumer)
+        sent = self.dispatcher.dispatch_or_raise()
+        if self.inbound(consumer, 0.0 if sent else wait):
+            self.dispatcher.dispatch_or_raise()
+            self.deliverer.deliver()
+
+    def _subscribe(self) -> Consumer:
+        """The consumer of this node's queue, declared and made now if there is none."""
+        if self.consumer is None:
+            self.transport.declare(self.ctx.agency)
+            self.consumer = self.transport.consume(self.ctx.agency, prefetch=self.window * 2)
+        return self.consumer
+
+    def _transport_work(self, work: Callable[[], object]) -> None:
+        """Run ``work``; a transport fault is noted for the backoff, never raised. A fault that is
+        not unavailability (a closed channel, a refusal) also drops the consumer, made again at
+        the next try; what it had not acked comes back as redeliveries."""
+        try:
+            work()
+        except TransportError as exc:
+            self.link.failed(exc)
+            if not isinstance(exc, TransportUnavailable):
+                self._drop_consumer()
+        else:
+            self.link.succeeded()
+
+    def _drop_consumer(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        self._unacked, self._refused = [], []
+        if consumer is not None:
+            with contextlib.suppress(TransportError):
+                consumer.close()
+
+    def transport_health(self) -> TransportHealth:
+        """The transport's state: as the loop saw it, and as the transport itself reports it."""
+        return self.link.seen(self.transport.health())
+
+    def healthy(self) -> bool:
+        """The loop ran lately and its transport has not been down for longer than ``down_after``."""
+        return (time.monotonic() - self._loop_at <= STALE_AFTER_S
+                and healthy(self.transport_health(), time.time(), self.down_after))
 
     def _housekeeping(self) -> None:
         for door in self.doors:
             door.poll(self.ctx)
         self.deliverer.deliver()
         self._checkpoint()
-        self.metrics.refresh(self.ctx, self.healthy)
+        self.metrics.refresh(self.ctx)
+        if time.monotonic() - self._heartbeat_at >= HEARTBEAT_EVERY_S:
+            self._heartbeat()
         notify("WATCHDOG=1")
 
+    def _heartbeat(self, *, running: bool = True) -> None:
+        """Publish the loop's health for ``exchange check`` (a file in the state directory)."""
+        self._heartbeat_at = time.monotonic()
+        try:
+            beat = Heartbeat.of(str(self.ctx.agency), self.transport_health(), running=running)
+            beat.write(self.ctx.config.state_dir)
+        except OSError as exc:  # a full disk must not stop traffic; a stale heartbeat reports it
+            log.error("node.heartbeat_failed", error=str(exc))
+
     def _shutdown(self) -> None:
+        """Stop the doors, tell the consumer what it has not been told and close it, publish what
+        is due, and record the stop; the transport is only tried if it is up."""
         notify("STOPPING=1")
         for door in reversed(self.doors):
             door.stop()
-        if self.consumer is not None:
-            self.consumer.close()
-        self.dispatcher.dispatch()
+        if self.link.up:
+            self._transport_work(self._drain)
+        self._drop_consumer()
         with self.ctx.store.transaction():
             self.ctx.record(self.ctx.entry(Event.NODE_STOPPED))
         self.ctx.checkpointer.make()
+        self._heartbeat(running=False)
         log.info("node.stopped", agency=str(self.ctx.agency))
+
+    def _drain(self) -> None:
+        if self.consumer is not None:
+            self._settle(self.consumer)
+        self.dispatcher.dispatch_or_raise()
 
     def reload(self) -> bool:
         """Reload node.toml, the trust store and the rules (see ``exchange.node.reload``)."""
@@ -167,28 +249,48 @@ class Daemon:
         if not deliveries:
             return False
         try:
-            results = receive_batch(self.ctx, [(d.message.message_id, d.message.body) for d in deliveries])
-        except Exception:  # noqa: BLE001 - one poison message must not stop the node: isolate it
-            log.exception("inbound.window_failed", size=len(deliveries))
-            results = [self._receive_alone(d) for d in deliveries]
+            try:
+                results = receive_batch(self.ctx, [(d.message.message_id, d.message.body) for d in deliveries])
+            except StoreError:
+                raise
+            except Exception:  # noqa: BLE001 - one poison message must not stop the node: isolate it
+                log.exception("inbound.window_failed", size=len(deliveries))
+                results = [self._receive_alone(d) for d in deliveries]
+        except StoreError as exc:  # the database failed, not the messages: give the window back whole
+            log.error("inbound.store_failed", error=str(exc), size=len(deliveries))
+            consumer.nack(deliveries)
+            return True
         fault("after-commit-before-ack")
-        accepted = [d for d, r in zip(deliveries, results, strict=True) if r.outcome is not Outcome.REFUSED]
-        try:
-            if accepted:
-                consumer.ack(accepted)
-            for delivery, result in zip(deliveries, results, strict=True):
-                self.metrics.received.labels(result.outcome.value).inc()
-                if result.outcome is Outcome.REFUSED:
-                    consumer.dead_letter(delivery, result.reason)
-        except StaleDelivery as exc:
-            log.warning("inbound.stale_ack", error=str(exc))  # redelivered, and recognized as known
+        for delivery, result in zip(deliveries, results, strict=True):
+            self.metrics.received.labels(result.outcome.value).inc()
+            if result.outcome is Outcome.REFUSED:
+                self._refused.append((delivery, result.reason))
+            else:
+                self._unacked.append(delivery)
+        self._settle(consumer)
         return True
+
+    def _settle(self, consumer: Consumer) -> None:
+        """Ack what was recorded and dead-letter what was refused. If the transport fails, the
+        rest stays for the next try (with the same consumer); a stale delivery comes back as a
+        redelivery, which the inbox recognizes."""
+        if self._unacked:
+            with _stale_is_redelivered():
+                consumer.ack(self._unacked)
+            self._unacked = []
+        while self._refused:
+            delivery, reason = self._refused[0]
+            with _stale_is_redelivered():
+                consumer.dead_letter(delivery, reason)
+            self._refused.pop(0)
 
     def _receive_alone(self, delivery: Delivery) -> Handled:
         """One delivery in its own transaction; if it still fails, it is refused as an internal
         error, dead-lettered and audited, and the node goes on with the others."""
         try:
             return receive_batch(self.ctx, [(delivery.message.message_id, delivery.message.body)])[0]
+        except StoreError:
+            raise
         except Exception as exc:  # noqa: BLE001 - see inbound()
             log.exception("inbound.message_failed", message=delivery.message.message_id)
             return refuse_internal(self.ctx, delivery.message.message_id, exc)
@@ -200,6 +302,14 @@ class Daemon:
             self.ctx.checkpointer.maybe()
         except Exception as exc:  # noqa: BLE001 - a checkpoint must never stop traffic
             log.error("audit.checkpoint_error", error=repr(exc))
+
+
+@contextlib.contextmanager
+def _stale_is_redelivered() -> Iterator[None]:
+    try:
+        yield
+    except StaleDelivery as exc:
+        log.warning("inbound.stale_ack", error=str(exc))  # redelivered, and recognized as known
 
 
 def _restore(previous: dict[int, Handler]) -> None:

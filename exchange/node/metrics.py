@@ -1,7 +1,9 @@
-"""The node's Prometheus metrics: counters the rooms increment, gauges refreshed by housekeeping."""
+"""The node's Prometheus metrics: counters the rooms increment, gauges refreshed by housekeeping,
+and health gauges computed when scraped (so a stuck loop cannot leave a stale "healthy")."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -30,15 +32,20 @@ class Metrics:
         self.delivered = Counter("exchange_delivered", "Files handed to the agency system", registry=r)
         self.outbox = Gauge("exchange_outbox", "Outbox rows by state", ["state"], registry=r)
         self.audit = Gauge("exchange_audit_entries", "Entries in the audit log", registry=r)
-        self.healthy = Gauge("exchange_healthy", "1 when the node works", registry=r)
+        self.healthy = Gauge("exchange_healthy", "1 when the loop runs and its transport works", registry=r)
+        self.transport_up = Gauge("exchange_transport_up", "1 while the node's transport works", registry=r)
 
-    def refresh(self, ctx: NodeContext, healthy: bool) -> None:
+    def watch(self, healthy: Callable[[], bool], transport_up: Callable[[], bool]) -> None:
+        """Compute the health gauges at each scrape from these (called from the server's thread)."""
+        self.healthy.set_function(lambda: 1.0 if healthy() else 0.0)
+        self.transport_up.set_function(lambda: 1.0 if transport_up() else 0.0)
+
+    def refresh(self, ctx: NodeContext) -> None:
         """Set the gauges from the database."""
         counts = ctx.store.counts()
         for state in OutboxState:
             self.outbox.labels(state.value).set(counts.get(f"outbox_{state.value}", 0))
         self.audit.set(ctx.audit.size)
-        self.healthy.set(1 if healthy else 0)
 
     def serve(self, port: int) -> None:
         """Serve ``/metrics`` on 127.0.0.1:``port`` from a thread of prometheus_client's."""
