@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +59,44 @@ def log_events(path: Path, start: int = 0) -> list[dict[str, Any]]:
 
 def events_named(path: Path, name: str, start: int = 0) -> list[dict[str, Any]]:
     return [event for event in log_events(path, start) if event.get("event") == name]
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET of the test's own (an abstract datagram socket, as systemd's is): every
+    sd_notify state a node sends, with the monotonic time it arrived. Start the node with
+    ``NOTIFY_SOCKET=notify.address``; one socket per node tells their pings apart."""
+
+    def __init__(self) -> None:
+        name = f"exchange-test-{uuid.uuid4().hex}"
+        self.address = f"@{name}"
+        self.states: list[tuple[float, str]] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(f"\0{name}")
+        self._sock.settimeout(0.1)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.states.append((time.monotonic(), data.decode()))
+
+    def pings(self, state: str = "WATCHDOG=1") -> list[float]:
+        return [at for at, sent in list(self.states) if sent == state]
+
+    def max_gap(self, start: float, end: float) -> float:
+        """The longest time without a watchdog ping between the monotonic times ``start`` and ``end``."""
+        moments = [start, *(at for at in self.pings() if start < at < end), end]
+        return max(b - a for a, b in zip(moments, moments[1:], strict=False))
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join()
+        self._sock.close()
 
 
 @dataclass
