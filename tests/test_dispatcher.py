@@ -6,6 +6,7 @@ when its last publication also went unanswered."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -200,3 +201,23 @@ def test_a_version_one_database_gains_the_failure_count(tmp_path: Path) -> None:
         assert (row.attempts, row.failures) == (3, 0)
     finally:
         store.close()
+
+
+def test_what_an_outage_held_back_goes_when_it_ends(pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """Transfers whose publications failed during an outage are published on the first pass after
+    the transport is back, not at the end of their own backoff (seconds later)."""
+    commune, _, transport = pair
+    submit(commune, dossier(1))
+    daemon = Daemon(commune, transport)
+    daemon.consumer = transport.consume(commune.agency)
+    transport.down = True
+    for _ in range(3):
+        dispatch_now(commune, transport)  # three failures: the next try is 3.2 s or more away
+    backoff_ends = min(r for (r,) in commune.store.conn.execute("SELECT next_attempt FROM outbox"))
+    daemon.link.failed(TransportUnavailable("the loop met the outage too"))
+    transport.down = False
+    while commune.store.conn.execute("SELECT COUNT(*) FROM outbox WHERE attempts = 0").fetchone()[0]:
+        assert time.time() < backoff_ends, "published only when the backoff ended"
+        daemon.tick(wait=0.05)
+    assert daemon.link.up
+    daemon.consumer.close()

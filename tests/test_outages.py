@@ -334,3 +334,41 @@ def test_a_broker_outage_stalls_no_loop(tmp_path: Path, private_rabbit: RabbitNo
             assert sockets[agency].max_gap(started, ended) < MAX_WATCHDOG_GAP_S
     finally:
         stop_cleanly(cluster, sockets)
+
+
+def test_the_loop_rides_out_its_own_database_held(monkeypatch: pytest.MonkeyPatch,
+                                                   pair: tuple[NodeContext, NodeContext, EmbeddedTransport]) -> None:
+    """An operator's command holding the node's own database past the busy timeout costs the loop
+    a retry, never the node: it keeps running and takes in the waiting dossiers once it is free."""
+    from structlog.testing import capture_logs
+
+    from exchange.store import db
+
+    commune, police, transport = pair
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 300)
+    notify = NotifySocket()
+    monkeypatch.setenv("NOTIFY_SOCKET", notify.address)
+    exits: list[int] = []
+    with police.store.transaction() as conn:  # a status for the commune, due once the lock is held
+        conn.execute("INSERT INTO outbox (message_id, recipient, kind, body, envelope_sha256, next_attempt, created) "
+                     "VALUES ('held', ?, 'status', x'00', 'x', ?, 0)", (COMMUNE, time.time() + 3))
+    with NodeContext.open(police.config) as ctx, EmbeddedTransport(police.config.embedded_transport) as own, \
+            capture_logs() as events:
+        daemon = Daemon(ctx, own)
+        runner = threading.Thread(target=lambda: exits.append(daemon.run()))
+        runner.start()
+        try:
+            wait_until(lambda: bool(notify.pings("READY=1")), 10, "READY=1")
+            with write_lock(police.config.database):
+                for sequence in range(1, 6):
+                    submit(commune, birth_dossier(sequence))
+                Dispatcher(commune, transport, Metrics()).dispatch()
+                wait_until(lambda: {"store.unavailable", "inbound.store_failed"} <= {e["event"] for e in events},
+                           15, "the loop to meet the held database, in a window and in the dispatcher")
+                assert runner.is_alive()
+            wait_until(lambda: dossiers_at(police) == 5, 30, "the dossiers at the police")
+        finally:
+            daemon.stopping.set()
+            runner.join(30)
+            notify.close()
+    assert exits == [0]

@@ -49,6 +49,8 @@ log = structlog.get_logger(__name__)
 
 WINDOW = 64
 """Envelopes verified and committed together, and acked with one frame."""
+STORE_RETRY_S = 1.0
+"""A pass that met the node's database failing is tried again this much later."""
 HOUSEKEEPING_S = 0.5
 """Deliveries retried, doors polled, checkpoints considered, gauges and the watchdog refreshed
 this often."""
@@ -91,7 +93,7 @@ class Daemon:
             self._start()
             try:
                 while not self.stopping.is_set():
-                    self.tick()
+                    self._pass()
             finally:
                 self._shutdown()
         finally:
@@ -113,6 +115,15 @@ class Daemon:
             door.start()
         notify("READY=1")
         log.info("node.started", agency=str(self.ctx.agency), rules=self.ctx.rules.digest[:12])
+
+    def _pass(self) -> None:
+        """One pass of the loop; the node's own database failing (held by another process past
+        the busy timeout, a disk error) is logged and tried again, never the end of the node."""
+        try:
+            self.tick()
+        except StoreError as exc:
+            log.error("store.unavailable", error=str(exc))
+            self.stopping.wait(STORE_RETRY_S)
 
     def tick(self, wait: float = 0.05) -> None:
         """One pass: a reload if one was asked for, the transport's share (unless a failure put
@@ -160,7 +171,9 @@ class Daemon:
             if not isinstance(exc, TransportUnavailable):
                 self._drop_consumer()
         else:
-            self.link.succeeded()
+            if self.link.succeeded():
+                with self.ctx.store.transaction():
+                    self.ctx.store.due_now_after_failures()  # what the outage held back goes now
 
     def _drop_consumer(self) -> None:
         consumer, self.consumer = self.consumer, None

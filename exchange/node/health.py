@@ -57,14 +57,15 @@ class Link:
         """Whether transport work may be tried now (not inside the backoff after a failure)."""
         return time.monotonic() >= self._next_try
 
-    def succeeded(self) -> None:
-        """A transport call worked: the outage, if there was one, is over."""
+    def succeeded(self) -> bool:
+        """A transport call worked: the outage, if there was one, is over; True when one just ended."""
         if self.up:
-            return
+            return False
         now = time.time()
         if self.failures:
             log.info("transport.restored", down_for=round(now - self.since, 3), failures=self.failures)
         self.up, self.since, self.failures, self._next_try = True, now, 0, 0.0
+        return True
 
     def failed(self, error: Exception) -> None:
         """A transport call failed: logged once per outage; the next try waits on the backoff."""

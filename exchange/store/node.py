@@ -158,6 +158,12 @@ class Store:
         self.conn.execute("UPDATE outbox SET state = ?, attempts = 0, failures = 0, next_attempt = 0 "
                           "WHERE message_id = ?", (OutboxState.PENDING, message_id))
 
+    def due_now_after_failures(self) -> None:
+        """The transport is back: every row whose publications failed is due at once, not at the
+        end of its backoff."""
+        self.conn.execute("UPDATE outbox SET next_attempt = 0 WHERE failures > 0 AND state IN (?, ?)",
+                          OutboxState.due())
+
     def resend_receipt(self, message_id: str) -> bool:
         """A receipt asked for again (its envelope came again): due at once if it was sent or is on
         its way. A dead receipt stays dead: only an operator's replay brings it back, audited."""
