@@ -88,3 +88,59 @@ def test_only_http_urls(tmp_path: Path) -> None:
     Webhooks().check(replace(config, webhook="https://agency.example/in"))
     with pytest.raises(ConfigError, match="http"):
         Webhooks().check(replace(config, webhook="file:///etc/passwd"))
+
+
+class SlowReceiver(Receiver):
+    """An agency system that takes its time: three seconds before each answer."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        import time
+
+        time.sleep(3.0)
+        super().do_POST()
+
+
+def test_a_slow_agency_system_does_not_hold_up_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pushes run on the door's own thread: while the agency system takes seconds to answer, the
+    node's loop keeps pinging its watchdog every half second or so; the dossier still lands."""
+    import time
+
+    from exchange.adapters.embedded import EmbeddedTransport
+    from exchange.node.context import NodeContext
+    from exchange.node.daemon import Daemon
+    from exchange.node.dispatcher import Dispatcher
+    from exchange.node.metrics import Metrics
+    from exchange.node.workflow import submit
+    from tests.node_cluster import NotifySocket
+    from tests.test_outages import birth_dossier
+
+    slow = AgencySystem(failures=0)
+    slow.RequestHandlerClass = SlowReceiver
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    district = Cluster(tmp_path)
+    district.init(COMMUNE, POLICE)
+    url = f"http://127.0.0.1:{slow.server_address[1]}/incoming"
+    notify = NotifySocket()
+    monkeypatch.setenv("NOTIFY_SOCKET", notify.address)
+    police_config = NodeConfig.load(district.config(POLICE), environ={"EXCHANGE_AGENCY_SYSTEM_WEBHOOK": url})
+    with NodeContext.open(NodeConfig.load(district.config(COMMUNE))) as commune, \
+            NodeContext.open(police_config) as police, EmbeddedTransport(police_config.embedded_transport) as transport:
+        for agency in (COMMUNE, POLICE, "000.31.10.H49"):
+            transport.declare(AgencyCode(agency))
+        for sequence in (1, 2):
+            submit(commune, birth_dossier(sequence))
+        Dispatcher(commune, transport, Metrics()).dispatch()
+        daemon = Daemon(police, transport, doors=[Webhooks()])
+        runner = threading.Thread(target=daemon.run)
+        runner.start()
+        try:
+            wait_until(lambda: len(slow.received) >= 2, 30, "both pushes, slowly")
+            start = notify.pings("READY=1")[0]
+            gap = notify.max_gap(start, time.monotonic())
+        finally:
+            daemon.stopping.set()
+            runner.join(30)
+            slow.shutdown()
+            slow.server_close()
+            notify.close()
+    assert gap < 1.5
