@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import structlog
 
 from exchange.adapters.embedded import EmbeddedTransport
 from exchange.audit.bundle import export
@@ -19,7 +20,11 @@ from exchange.audit.entries import Entry, Event
 from exchange.audit.reconcile import reconcile
 from exchange.audit.sources import BundleSource, DatabaseSource
 from exchange.demo import samples
+from exchange.envelope.messages import Ack, receipt_element
+from exchange.envelope.messages import Outcome as ReceiptOutcome
+from exchange.envelope.model import Header, Kind
 from exchange.errors import TransportUnavailable
+from exchange.node import intake
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
@@ -29,8 +34,8 @@ from exchange.node.transport import Message
 from exchange.node.workflow import submit
 from exchange.retry import TRANSFER_RETRANSMISSION
 from exchange.store import schema
-from exchange.store.node import Store
-from exchange.store.states import OutboxState
+from exchange.store.node import InboxRecord, OutboxRow, Store
+from exchange.store.states import OutboxState, Outcome
 from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE
 from tests.node_cluster import Cluster
 
@@ -221,3 +226,111 @@ def test_what_an_outage_held_back_goes_when_it_ends(pair: tuple[NodeContext, Nod
         daemon.tick(wait=0.05)
     assert daemon.link.up
     daemon.consumer.close()
+
+
+# A refusal binds to the bytes it refuses; a poison message is answered ------------------------
+
+def _transfer_row(ctx: NodeContext, recipient: str) -> OutboxRow:
+    (message_id,) = [m for (m,) in ctx.store.conn.execute(
+        "SELECT message_id FROM outbox WHERE recipient = ? AND kind = 'transfer'", (recipient,))]
+    row = ctx.store.outbox_by_message(message_id)
+    assert row is not None
+    return row
+
+
+def _state(ctx: NodeContext, message_id: str) -> OutboxState | None:
+    row = ctx.store.outbox_by_message(message_id)
+    return row.state if row else None
+
+
+def _tampered(body: bytes) -> bytes:
+    """The genuine envelope with a comment after its Signature (xmlsec1 still accepts it)."""
+    end = body.rindex(b"</")
+    return body[:end] + b"<!-- altered in transit -->" + body[end:]
+
+
+def _dossiers_taken(ctx: NodeContext, message_id: str) -> int:
+    return events(ctx, message_id).count(Event.RECEIVED)
+
+
+def test_a_refusal_of_a_tampered_copy_is_not_final(pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """A refusal whose digest is not the sent envelope's leaves the transfer due, and the genuine
+    copy that follows is acknowledged and taken in once."""
+    commune, police, transport = pair
+    submit(commune, dossier(1))
+    row = _transfer_row(commune, str(POLICE))
+    transport.publish(Message(POLICE, _tampered(row.body), row.message_id))
+    receive(police, transport)
+    dispatch_now(police, transport)  # the refusal receipt goes back
+    with structlog.testing.capture_logs() as logs:
+        receive(commune, transport)
+    assert any(e["event"] == "receipt.digest_mismatch" for e in logs)
+    assert _state(commune, row.message_id) in OutboxState.due()
+    dispatch_now(commune, transport)  # the genuine copy
+    receive(police, transport)
+    dispatch_now(police, transport)
+    receive(commune, transport)
+    assert _state(commune, row.message_id) is OutboxState.ACKNOWLEDGED
+    assert _dossiers_taken(police, row.message_id) == 1
+
+
+def test_a_refused_copy_does_not_make_the_genuine_one_a_duplicate(
+        pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """A verified copy refused and recorded under a message id does not block a different copy of
+    the same message: the later copy is judged on its own and replaces the refused record."""
+    commune, police, transport = pair
+    submit(commune, dossier(1))
+    row = _transfer_row(commune, str(POLICE))
+    with police.store.transaction():
+        police.store.record_inbox(InboxRecord(row.message_id, str(COMMUNE), "transfer", row.dossier, row.step,
+                                              "0" * 64, Outcome.REFUSED, reason="not-authorized"), time.time())
+    assert police.store.known(row.message_id, digest="0" * 64) is not None
+    assert police.store.known(row.message_id, digest=row.envelope_sha256) is None
+    dispatch_now(commune, transport)
+    receive(police, transport)
+    assert _dossiers_taken(police, row.message_id) == 1
+    assert police.store.known(row.message_id, digest=row.envelope_sha256) is not None
+    assert police.store.conn.execute("SELECT outcome FROM inbox").fetchall() == [(Outcome.ACCEPTED.value,)]
+    dispatch_now(police, transport)
+    receive(commune, transport)
+    assert _state(commune, row.message_id) is OutboxState.ACKNOWLEDGED
+
+
+def test_an_acceptance_of_other_bytes_is_final_and_logged(pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """An acceptance naming other bytes of the sent message settles the transfer (only a copy this
+    node signed can be accepted) and is logged as a digest mismatch."""
+    commune, police, transport = pair
+    submit(commune, dossier(1))
+    row = _transfer_row(commune, str(POLICE))
+    seal = police.signer.seal
+    ack = Ack(row.message_id, "f" * 64, ReceiptOutcome.ACCEPTED)
+    body = seal(Header(kind=Kind.RECEIPT, sender=POLICE, recipient=COMMUNE), receipt_element((ack,), None))
+    transport.publish(Message(COMMUNE, body, "receipt-of-other-bytes"))
+    with structlog.testing.capture_logs() as logs:
+        receive(commune, transport)
+    assert [e.get("outcome") for e in logs if e["event"] == "receipt.digest_mismatch"] == ["accepted"]
+    assert _state(commune, row.message_id) is OutboxState.ACKNOWLEDGED
+
+
+def test_a_poison_message_gets_a_refusal_receipt(pair: tuple[NodeContext, NodeContext, Outage],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery that breaks the recipient's own code is dead-lettered and its sender receives a
+    refusal with reason internal-error, which ends its retransmissions."""
+    commune, police, transport = pair
+    submit(commune, dossier(1))
+    row = _transfer_row(commune, str(POLICE))
+    dispatch_now(commune, transport)
+
+    def broken(ctx: NodeContext, env: object) -> None:
+        raise RuntimeError("injected: a bug in taking a transfer in")
+
+    monkeypatch.setattr(intake, "_take_transfer", broken)
+    receive(police, transport)
+    monkeypatch.undo()
+    assert [d.reason for d in transport.dead_letters(POLICE)][0].startswith("internal-error")
+    dispatch_now(police, transport)
+    receive(commune, transport)
+    assert _state(commune, row.message_id) is OutboxState.REFUSED
+    receipt = [e for _, d in commune.audit.entries()
+               if (e := Entry.decode(d)[1]).event is Event.RECEIPT_RECEIVED and e.message_id == row.message_id]
+    assert [e.detail["reason"] for e in receipt] == ["internal-error"]

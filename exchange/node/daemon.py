@@ -306,7 +306,7 @@ class Daemon:
             raise
         except Exception as exc:  # noqa: BLE001 - see inbound()
             log.exception("inbound.message_failed", message=delivery.message.message_id)
-            return refuse_internal(self.ctx, delivery.message.message_id, exc)
+            return refuse_internal(self.ctx, delivery.message.message_id, exc, delivery.message.body)
 
     # checkpoints
 

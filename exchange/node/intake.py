@@ -26,11 +26,11 @@ from exchange.envelope import dossier as dossiers
 from exchange.envelope.messages import Ack, Witnessed, read_acks, read_witnessed, receipt_element
 from exchange.envelope.messages import Outcome as ReceiptOutcome
 from exchange.envelope.model import Header, Kind, VerifiedEnvelope
-from exchange.errors import InvalidEnvelope, NotAuthorized, RoutingError, Unverifiable
+from exchange.errors import InvalidEnvelope, NotAuthorized, RoutingError, StoreError, Unverifiable
 from exchange.node.context import NodeContext
 from exchange.node.workflow import enqueue, refresh_ready
 from exchange.store import audit as audit_tables
-from exchange.store.node import DossierRow, InboxRecord, StatusRow
+from exchange.store.node import DossierRow, InboxRecord, OutboxRow, StatusRow
 from exchange.store.states import DossierState, OutboxState, Outcome
 from exchange.xml import safexml
 from exchange.xml.names import STATUS_NS, q
@@ -39,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 Acks = dict[AgencyCode, list[Ack]]
 """The receipts a window owes, by the sender they go back to."""
+
+INTERNAL_ERROR = "internal-error"
+"""The reason code of a refusal for a fault of this node's own, not of the envelope."""
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,20 @@ def receive_batch(ctx: NodeContext, bodies: list[tuple[str, bytes]]) -> list[Han
 
 
 def _receive_one(ctx: NodeContext, message_id: str, body: bytes, acks: Acks) -> Handled:
+    # The very bytes recorded under this id were verified when first taken in: their receipt
+    # again, without paying for verification. Other bytes under a known id are verified (and
+    # refused, or taken in, on their own merits) below.
+    recorded = ctx.store.recorded_copy(message_id)
+    if recorded is not None and recorded[0] == hashlib.sha256(body).hexdigest():
+        _resend_receipt(ctx, recorded[1])
+        return Handled(Outcome.DUPLICATE)
     try:
         env = ctx.opener.open(body, source=f"message {message_id}")
         if env.header.recipient != ctx.agency:
             raise NotAuthorized(f"the envelope is addressed to {env.header.recipient}, not to this node")
     except InvalidEnvelope as exc:
         return _refuse_unverified(ctx, message_id, body, exc, acks)
-    known = ctx.store.known(env.header.message_id)
+    known = ctx.store.known(env.header.message_id, digest=env.envelope_digest)
     if known is not None:
         _resend_receipt(ctx, known[1])
         return Handled(Outcome.DUPLICATE)
@@ -157,24 +167,49 @@ def _take_receipt(ctx: NodeContext, env: VerifiedEnvelope) -> None:
         if row is None or row.recipient != str(env.header.sender):
             log.warning("receipt.unknown", message=ack.message_id, sender=str(env.header.sender))
             continue
-        if row.envelope_sha256 != ack.envelope_digest:
-            log.warning("receipt.digest_mismatch", message=ack.message_id)
-        if row.state is OutboxState.PENDING:
-            # The node died after the broker confirmed and before it marked the row: the receipt
-            # proves the publication, which the audit log must still show.
-            ctx.record(ctx.entry(Event.PUBLISHED, dossier=row.dossier, step=row.step, message_id=row.message_id,
-                                 counterpart=row.recipient, envelope_sha256=row.envelope_sha256,
-                                 detail={"attempt": "recovered"}))
-        accepted = ack.outcome is ReceiptOutcome.ACCEPTED
-        ctx.store.settle(row.id, OutboxState.ACKNOWLEDGED if accepted else OutboxState.REFUSED)
-        detail = {"outcome": ack.outcome.value, **({"reason": ack.reason_code} if ack.reason_code else {})}
-        ctx.record(ctx.entry(Event.RECEIPT_RECEIVED, dossier=row.dossier, step=row.step, message_id=ack.message_id,
-                             counterpart=str(env.header.sender), envelope_sha256=row.envelope_sha256, detail=detail))
-        if not accepted:
-            log.error("transfer.refused_by_peer", message=ack.message_id, peer=str(env.header.sender),
-                      reason=ack.reason_code, text=ack.reason_text)
+        if _binds(ctx, env, row, ack):
+            _settle(ctx, env, row, ack)
     _observe(ctx, env)
     _record_inbox(ctx, env, Outcome.ACCEPTED, None, delivered=True)
+
+
+def _binds(ctx: NodeContext, env: VerifiedEnvelope, row: OutboxRow, ack: Ack) -> bool:
+    """Whether a receipt settles the transfer it names. A receipt binds to the bytes it judged: a
+    refusal of other bytes than this node sent (a copy altered in transit) is not final, and the
+    row stays due for the genuine copy. An acceptance of other bytes is final: only an envelope
+    this node signed, under this message id, can verify and be accepted, so what the peer took in
+    is what this node signed; the bytes differed only outside the signature (a comment). It is
+    logged and audited all the same."""
+    if row.envelope_sha256 == ack.envelope_digest:
+        return True
+    log.warning("receipt.digest_mismatch", message=ack.message_id, peer=str(env.header.sender),
+                outcome=ack.outcome.value, sent=row.envelope_sha256, judged=ack.envelope_digest)
+    if ack.outcome is ReceiptOutcome.ACCEPTED:
+        return True
+    ctx.record(ctx.entry(Event.RECEIPT_RECEIVED, dossier=row.dossier, step=row.step, message_id=ack.message_id,
+                         counterpart=str(env.header.sender), envelope_sha256=ack.envelope_digest,
+                         detail={"outcome": ack.outcome.value, "reason": ack.reason_code or "",
+                                 "final": "no: the receipt judged other bytes than were sent"}))
+    return False
+
+
+def _settle(ctx: NodeContext, env: VerifiedEnvelope, row: OutboxRow, ack: Ack) -> None:
+    if row.state is OutboxState.PENDING:
+        # The node died after the broker confirmed and before it marked the row: the receipt
+        # proves the publication, which the audit log must still show.
+        ctx.record(ctx.entry(Event.PUBLISHED, dossier=row.dossier, step=row.step, message_id=row.message_id,
+                             counterpart=row.recipient, envelope_sha256=row.envelope_sha256,
+                             detail={"attempt": "recovered"}))
+    accepted = ack.outcome is ReceiptOutcome.ACCEPTED
+    ctx.store.settle(row.id, OutboxState.ACKNOWLEDGED if accepted else OutboxState.REFUSED)
+    detail = {"outcome": ack.outcome.value, **({"reason": ack.reason_code} if ack.reason_code else {})}
+    if row.envelope_sha256 != ack.envelope_digest:
+        detail["judged"] = ack.envelope_digest
+    ctx.record(ctx.entry(Event.RECEIPT_RECEIVED, dossier=row.dossier, step=row.step, message_id=ack.message_id,
+                         counterpart=str(env.header.sender), envelope_sha256=row.envelope_sha256, detail=detail))
+    if not accepted:
+        log.error("transfer.refused_by_peer", message=ack.message_id, peer=str(env.header.sender),
+                  reason=ack.reason_code, text=ack.reason_text)
 
 
 def _record_inbox(ctx: NodeContext, env: VerifiedEnvelope, outcome: Outcome, payload: bytes | None,
@@ -215,14 +250,35 @@ def _refuse_unverified(ctx: NodeContext, message_id: str, body: bytes, exc: Inva
     return Handled(Outcome.REFUSED, f"{exc.reason_code}: {exc.message}")
 
 
-def refuse_internal(ctx: NodeContext, message_id: str, exc: Exception) -> Handled:
+def refuse_internal(ctx: NodeContext, message_id: str, exc: Exception, body: bytes | None = None) -> Handled:
     """A delivery that broke the node's own code: refused as an internal error and audited, in its
-    own transaction, so that the node goes on with the others."""
-    reason = f"internal-error: {type(exc).__name__}: {exc}"[:500]
-    with ctx.store.transaction():
-        ctx.record(ctx.entry(Event.REFUSED, message_id=message_id,
-                             detail={"reason": "internal-error", "text": reason[:300]}))
+    own transaction, so that the node goes on with the others. When the envelope names its sender
+    and message id, a refusal receipt (``internal-error``) bound to its bytes goes back, so the
+    sender stops retransmitting what would break this node again."""
+    reason = f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}"[:500]
+    digest = hashlib.sha256(body).hexdigest() if body is not None else None
+    claimed = _claimed(body) if body is not None else None
+    answer = claimed is not None and claimed[0] != ctx.agency
+    try:
+        _record_internal(ctx, message_id, digest, claimed if answer else None, reason)
+    except StoreError:
+        raise
+    except Exception:  # noqa: BLE001 - the receipt is a courtesy: the refusal itself must be recorded
+        log.exception("inbound.refusal_receipt_failed", message=message_id)
+        _record_internal(ctx, message_id, digest, None, reason)
     return Handled(Outcome.REFUSED, reason)
+
+
+def _record_internal(ctx: NodeContext, message_id: str, digest: str | None,
+                     claimed: tuple[AgencyCode, str] | None, reason: str) -> None:
+    with ctx.store.transaction():
+        ctx.record(ctx.entry(Event.REFUSED, message_id=message_id, envelope_sha256=digest,
+                             counterpart=str(claimed[0]) if claimed else None,
+                             detail={"reason": INTERNAL_ERROR, "text": reason[:300]}))
+        if claimed is not None and digest is not None:
+            _send_receipt(ctx, claimed[0], [Ack(claimed[1], digest, ReceiptOutcome.REFUSED, INTERNAL_ERROR,
+                                                "the recipient failed to process this envelope; "
+                                                "its operator has it in the dead-letter queue")])
 
 
 def _claimed(body: bytes) -> tuple[AgencyCode, str] | None:

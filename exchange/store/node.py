@@ -174,13 +174,27 @@ class Store:
 
     # inbox
 
-    def known(self, message_id: str) -> tuple[Outcome, str | None] | None:
-        """(outcome, receipt message id) of a message already recorded, else None."""
-        row = self.conn.execute("SELECT outcome, receipt_id FROM inbox WHERE message_id = ?",
+    def known(self, message_id: str, digest: str | None = None) -> tuple[Outcome, str | None] | None:
+        """(outcome, receipt message id) of a message already recorded, else None. Given the
+        ``digest`` of the copy at hand, a refusal recorded for other bytes is not this copy: a
+        refusal binds to the bytes it refused, so the genuine copy of a tampered one is new."""
+        row = self.conn.execute("SELECT outcome, receipt_id, envelope_sha256 FROM inbox WHERE message_id = ?",
                                 (message_id,)).fetchone()
-        return (Outcome(row[0]), row[1]) if row else None
+        if row is None or (digest is not None and row[0] == Outcome.REFUSED and row[2] != digest):
+            return None
+        return Outcome(row[0]), row[1]
+
+    def recorded_copy(self, message_id: str) -> tuple[str, str | None] | None:
+        """(SHA-256 of the bytes recorded, receipt message id) of an inbox message, else None: the
+        bytes were verified when they were taken in."""
+        row = self.conn.execute("SELECT envelope_sha256, receipt_id FROM inbox WHERE message_id = ?",
+                                (message_id,)).fetchone()
+        return (row[0], row[1]) if row else None
 
     def record_inbox(self, record: InboxRecord, received_at: float) -> None:
+        """Record an envelope; it replaces a refusal recorded for other bytes of the same message."""
+        self.conn.execute("DELETE FROM inbox WHERE message_id = ? AND outcome = ? AND envelope_sha256 != ?",
+                          (record.message_id, Outcome.REFUSED, record.envelope_sha256))
         self.conn.execute(
             "INSERT INTO inbox (message_id, sender, kind, dossier, step, envelope_sha256, received_at, outcome, "
             "reason, payload, delivered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
