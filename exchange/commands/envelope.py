@@ -35,7 +35,8 @@ def register(commands: Any) -> None:
     verify = sub.add_parser("verify", help="verify an envelope against the trusted CA")
     verify.add_argument("--trust", type=Path, required=True, metavar="CA",
                         help="the CA certificate (PEM file) or a CA directory")
-    verify.add_argument("--crl", type=Path, metavar="CRL")
+    verify.add_argument("--crl", type=Path, metavar="CRL",
+                        help="the CA's revocation list; without it, revocation is not checked")
     verify.add_argument("file", type=Path, metavar="FILE")
     verify.set_defaults(handler=_verify)
 
@@ -61,9 +62,17 @@ def _verify(args: argparse.Namespace) -> int:
         env = opener.open(read_input(args.file), source=str(args.file))
     except InvalidEnvelope as exc:
         print(f"refused: {exc.reason_code}: {exc.message}", file=sys.stderr)
+        _unchecked_revocation(args)
         return 1
     print(summary(env))
+    _unchecked_revocation(args)
     return 0
+
+
+def _unchecked_revocation(args: argparse.Namespace) -> None:
+    if args.crl is None:
+        print("note: revocation was not checked (no --crl): a revoked signer's envelope verifies too",
+              file=sys.stderr)
 
 
 def summary(env: VerifiedEnvelope) -> str:

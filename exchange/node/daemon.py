@@ -83,6 +83,8 @@ class Daemon:
         self._loop_at = time.monotonic()
         self._heartbeat_at = 0.0
         self.metrics.watch(self.healthy, lambda: self.transport_health().connected)
+        self.crl = reload.CrlWatch(ctx)
+        self.crl.gauge(self.metrics.registry)
 
     # lifecycle
 
@@ -195,6 +197,7 @@ class Daemon:
         for door in self.doors:
             door.poll(self.ctx)
         self.deliverer.deliver()
+        self.crl.poll()
         self._checkpoint()
         self.metrics.refresh(self.ctx)
         if time.monotonic() - self._heartbeat_at >= HEARTBEAT_EVERY_S:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from exchange.audit.checkpoints import NoteSigner, attest, origin_for, register_key
 from exchange.audit.entries import Entry, Event
 from exchange.audit.log import AuditLog
@@ -16,6 +18,9 @@ from exchange.node.config import NodeConfig
 from exchange.rules.model import RuleSet
 from exchange.store.node import Store
 
+CRL_FILE = "crl.pem"
+"""The CA's CRL in a node directory, next to ca.pem."""
+
 
 def init_node(agency: AgencyCode, ca: pki.CertificateAuthority, rules_dir: Path, rules: RuleSet, broker: str,
               out: Path, metrics_port: int = 0) -> Path:
@@ -25,6 +30,7 @@ def init_node(agency: AgencyCode, ca: pki.CertificateAuthority, rules_dir: Path,
     name = rules.agency(agency).name  # the agency must be in the directory
     pki.issue_agency(ca, agency, out, name=name)
     shutil.copyfile(ca.directory / pki.CA_CERT, out / "ca.pem")
+    write_atomic(out / CRL_FILE, ca.crl().public_bytes(Encoding.PEM))
     signer = NoteSigner.generate(origin_for(str(agency)))
     signer.save(out / "checkpoint-key.pem")
     (out / "state").mkdir(parents=True, exist_ok=True)
@@ -45,7 +51,10 @@ def init_node(agency: AgencyCode, ca: pki.CertificateAuthority, rules_dir: Path,
 def _toml(agency: AgencyCode, name: str, rules_dir: Path, broker: str, metrics_port: int) -> str:
     return (f'# exchange node for {agency} ({name})\n'
             f'[node]\nagency = "{agency}"\nstate_dir = "state"\nmetrics_port = {metrics_port}\n\n'
-            f'[pki]\nca = "ca.pem"\ncert = "{pki.AGENCY_CERT}"\nkey = "{pki.AGENCY_KEY}"\n\n'
+            f'[pki]\nca = "ca.pem"\ncert = "{pki.AGENCY_CERT}"\nkey = "{pki.AGENCY_KEY}"\n'
+            f'# the CA\'s revocation list: replace it with each new one (`exchange pki crl`); the node\n'
+            f'# reloads it when the file changes and refuses every signer once it is out of date\n'
+            f'crl = "{CRL_FILE}"\n\n'
             f'[audit]\ncheckpoint_key = "checkpoint-key.pem"\ncheckpoint_every_entries = 1000\n'
             f'checkpoint_every_seconds = 60\n\n'
             f'[rules]\ndir = "{rules_dir.resolve()}"\n\n'

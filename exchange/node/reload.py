@@ -3,6 +3,10 @@ the trust store (the CA file and the CRL). Each is read and checked whole before
 one in force; a bad edit keeps the old one and the log says why. Each load is logged with what
 it was loaded from.
 
+The CRL is also watched (``CrlWatch``): the loop's housekeeping reloads the trust store when the
+file changes, and warns (``trust.crl_expiring``) well before the CRL goes out of date, after which
+every signer of that CA is refused until a fresh one is put in place.
+
 Of ``node.toml``, only the settings in ``RELOADABLE`` change a running node; a change to any
 other (the agency, paths of state, keys, the broker, ports) is logged as waiting for a restart.
 """
@@ -10,13 +14,19 @@ other (the agency, paths of state, keys, the broker, ports) is logged as waiting
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from dataclasses import fields, replace
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import structlog
 from cryptography import x509
+from prometheus_client import CollectorRegistry, Gauge
 
 from exchange.audit.entries import Event
+from exchange.clock import now
 from exchange.envelope.trust import TrustStore
 from exchange.errors import ConfigError, RuleError
 from exchange.node.config import NodeConfig
@@ -24,6 +34,13 @@ from exchange.node.context import NodeContext
 from exchange.node.doors import Door
 
 log = structlog.get_logger(__name__)
+
+CRL_WARN_FRACTION = 1 / 3
+"""A CRL is about to go stale when less than this share of its validity is left..."""
+CRL_WARN_BEFORE = dt.timedelta(days=2)
+"""...or less than this (whichever comes first), but never for more than half its validity."""
+CRL_WARN_EVERY_S = 3600.0
+"""How often the warning is repeated while the CRL is not replaced."""
 
 RELOADABLE = ("webhook", "token", "ca", "crl", "checkpoint_every_entries", "checkpoint_every_seconds")
 """The settings of ``node.toml`` a reload puts in force; the others need a restart."""
@@ -98,3 +115,84 @@ def _rules(ctx: NodeContext) -> bool:
         ctx.record(ctx.entry(Event.RULES_LOADED, detail={"digest": rules.digest}))
     log.info("rules.reloaded", rules_dir=str(directory), digest=rules.digest)
     return True
+
+
+Stamp = tuple[int, int, int] | None
+"""What tells a changed file: (inode, size, mtime in ns); None when there is no file."""
+
+
+@dataclass
+class CrlWatch:
+    """The configured CRL, watched from the loop's housekeeping: the trust store (only it) is
+    reloaded when the file changes, and a CRL about to go stale is warned of, repeatedly."""
+
+    ctx: NodeContext
+    clock: Callable[[], dt.datetime] = now
+    _stamp: Stamp = field(default=None, init=False)
+    _warned_at: float = field(default=-math.inf, init=False)
+
+    def __post_init__(self) -> None:
+        self._stamp = _stamp(self.ctx.config.crl)
+
+    def gauge(self, registry: CollectorRegistry) -> None:
+        """``exchange_crl_seconds_left``: until the CRL in force goes stale (negative: it has)."""
+        Gauge("exchange_crl_seconds_left", "Seconds until the CRL in force is out of date",
+              registry=registry).set_function(self._gauge_value)
+
+    def _gauge_value(self) -> float:
+        left = self.seconds_left()
+        return math.inf if left is None else left
+
+    def poll(self) -> None:
+        """Reload the trust store if the CRL file changed; warn if the CRL in force is going stale."""
+        path = self.ctx.config.crl
+        if path is None:
+            return
+        stamp = _stamp(path)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            log.info("trust.crl_changed", crl=str(path))
+            try:
+                if _trust(self.ctx):
+                    self._warned_at = -math.inf
+            except OSError as exc:  # unreadable for now: the trust store in force stays
+                log.error("trust.reload_refused", crl=str(path), error=str(exc))
+        self._warn()
+
+    def seconds_left(self) -> float | None:
+        """Until the first CRL in force goes stale; None without a CRL that ever does."""
+        updates = [crl.next_update_utc for crl in self.ctx.opener.trust.crls if crl.next_update_utc]
+        return min(updates).timestamp() - self.clock().timestamp() if updates else None
+
+    def _warn(self) -> None:
+        if time.monotonic() - self._warned_at < CRL_WARN_EVERY_S:
+            return
+        at = self.clock()
+        for crl in self.ctx.opener.trust.crls:
+            next_update = crl.next_update_utc
+            if next_update is None or next_update - at > warn_before(crl):
+                continue
+            self._warned_at = time.monotonic()
+            event, say = (("trust.crl_stale", log.error) if next_update < at else ("trust.crl_expiring", log.warning))
+            say(event, crl=str(self.ctx.config.crl), issuer=crl.issuer.rfc4514_string(),
+                next_update=next_update.isoformat(), seconds_left=int((next_update - at).total_seconds()))
+
+
+def warn_before(crl: x509.CertificateRevocationList) -> dt.timedelta:
+    """How long before its next update a CRL is warned of: a third of its validity or two days,
+    whichever comes first, but never more than half its validity (a daily CRL is not always due)."""
+    next_update = crl.next_update_utc
+    if next_update is None:
+        return dt.timedelta(0)
+    validity = next_update - crl.last_update_utc
+    return min(max(validity * CRL_WARN_FRACTION, CRL_WARN_BEFORE), validity / 2)
+
+
+def _stamp(path: Path | None) -> Stamp:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
