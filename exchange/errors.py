@@ -17,6 +17,7 @@ envelope has a stable reason code, because signed receipts carry that code::
     │       ├── TooLarge                 too-large
     │       ├── MalformedXml             malformed-xml
     │       ├── SchemaViolation          schema-violation
+    │       │   └── BadShape                 bad-shape: outside the profile's caps, before the schema
     │       ├── BadSignature             bad-signature
     │       ├── UntrustedSigner          untrusted-signer
     │       ├── Revoked                  revoked
@@ -168,6 +169,13 @@ class SchemaViolation(InvalidEnvelope):
     reason_code = "schema-violation"
 
 
+class BadShape(SchemaViolation):
+    """The tree is outside its profile (too many nodes or attributes, too deep, or not exactly
+    the children an envelope or its signature holds); refused before any costlier check."""
+
+    reason_code = "bad-shape"
+
+
 class BadSignature(InvalidEnvelope):
     """The XML signature is missing, malformed, misplaced or does not verify."""
 
@@ -220,6 +228,7 @@ REFUSALS: tuple[type[InvalidEnvelope], ...] = (
     TooLarge,
     MalformedXml,
     SchemaViolation,
+    BadShape,
     BadSignature,
     UntrustedSigner,
     Revoked,

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from exchange.clock import parse as parse_time
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.errors import InvalidDossier, InvalidEnvelope
-from exchange.xml import safexml, schemas
+from exchange.xml import safexml, schemas, shape
+from exchange.xml.datatypes import parse_date, parse_datetime
 from exchange.xml.names import DOSSIER_NS, q
 
 
@@ -42,8 +42,8 @@ class DossierInfo:
             procedure=ProcedureCode(text("Procedure")),
             receiving_agency=AgencyCode(text("ReceivingAgency")),
             applicant=root.findtext(f"{d('Applicant')}/{d('FullName')}") or "",
-            received_at=parse_time(text("ReceivedAt")),
-            due_date=dt.date.fromisoformat(text("DueDate")),
+            received_at=parse_datetime(text("ReceivedAt")),
+            due_date=parse_date(text("DueDate")),
         )
 
 
@@ -51,17 +51,18 @@ def load(data: bytes, source: str = "dossier") -> tuple[etree._Element, DossierI
     """Parse, validate and check a dossier; InvalidDossier lists every problem with its line."""
     try:
         root = safexml.parse(data, source=source)
+        shape.check(root, shape.DOSSIER, source)
     except InvalidEnvelope as exc:
         raise InvalidDossier(exc.message) from None
-    if root.tag != d("Dossier"):
-        raise InvalidDossier(f"{source}:{root.sourceline}: the root is {root.tag}, "
-                             f"expected {d('Dossier')}")
     problems = schemas.problems(schemas.DOSSIER, root, source, base64_checked_by_caller=True)
     if not problems:
         problems = [str(p) for p in attachment_problems(root, source)]
     if problems:
         raise InvalidDossier("\n".join(problems))
-    return root, DossierInfo.of(root)
+    try:
+        return root, DossierInfo.of(root)
+    except ValueError as exc:  # a schema-valid value this node cannot hold (a year past 9999)
+        raise InvalidDossier(f"{source}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

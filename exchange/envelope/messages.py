@@ -11,6 +11,7 @@ from lxml import etree
 from exchange import clock
 from exchange.clock import utc
 from exchange.codes import AgencyCode, DossierCode
+from exchange.xml.datatypes import parse_datetime
 from exchange.xml.names import RECEIPT_NS, STATUS_NS, q
 
 
@@ -124,7 +125,7 @@ def read_acks(receipt: etree._Element) -> tuple[Ack, ...]:
             outcome=Outcome(text(el, "Outcome") or ""),
             reason_code=text(el, "ReasonCode"),
             reason_text=text(el, "ReasonText"),
-            received_at=clock.parse(text(el, "ReceivedAt") or ""),
+            received_at=parse_datetime(text(el, "ReceivedAt") or ""),
         )
         for el in receipt.iterfind(q("Ack", RECEIPT_NS))
     )

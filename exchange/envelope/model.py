@@ -15,9 +15,9 @@ from cryptography import x509
 from lxml import etree
 
 from exchange import clock
-from exchange.clock import parse as parse_time
 from exchange.clock import utc
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
+from exchange.xml.datatypes import parse_datetime
 from exchange.xml.names import DOSSIER_NS, ENV_NS, RECEIPT_NS, SHA256_URI, STATUS_NS, q
 
 VERSION = "1"
@@ -134,7 +134,7 @@ def read_header(el: etree._Element) -> tuple[Header, str]:
         return value
 
     dossier, procedure = opt("DossierCode"), opt("Procedure")
-    hops = tuple(Hop(AgencyCode(h.get("agency", "")), parse_time(h.get("at", "")))
+    hops = tuple(Hop(AgencyCode(h.get("agency", "")), parse_datetime(h.get("at", "")))
                  for h in fields["Trace"])
     header = Header(
         kind=Kind(req("Kind")),
@@ -144,8 +144,8 @@ def read_header(el: etree._Element) -> tuple[Header, str]:
         procedure=ProcedureCode(procedure) if procedure else None,
         step=opt("Step"),
         message_id=req("MessageId"),
-        created=parse_time(req("Created")),
-        expires=parse_time(req("Expires")),
+        created=parse_datetime(req("Created")),
+        expires=parse_datetime(req("Expires")),
         trace=hops,
         in_reply_to=opt("InReplyTo"),
     )

@@ -29,11 +29,20 @@ AGENCY_CERT = "cert.pem"
 AGENCY_KEY = "key.pem"
 AGENCY_URI_PREFIX = "urn:vn-exchange:agency:"
 
+AGENCY_CURVE = "secp256r1"
+"""The one curve of agency and CA keys (P-256): what xmlsec1 and every peer verify."""
+
 CA_DAYS = 3650
 AGENCY_DAYS = 730
 CRL_DAYS = 7
 CLOCK_SKEW = dt.timedelta(minutes=5)
 """Certificates start a little in the past so that a peer whose clock lags still accepts them."""
+
+
+def _check_curve(key: ec.EllipticCurvePublicKey) -> None:
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != AGENCY_CURVE:
+        curve = key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__
+        raise PkiError(f"agency keys are ECDSA P-256 ({AGENCY_CURVE}) only, not {curve}")
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -74,7 +83,7 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
         raise ConfigError(f"{path}: no such key file") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != AGENCY_CURVE:
         raise ConfigError(f"{path}: expected an ECDSA P-256 private key")
     return key
 
@@ -119,7 +128,9 @@ class CertificateAuthority:
         not_before: dt.datetime | None = None,
         days: int = AGENCY_DAYS,
     ) -> x509.Certificate:
-        """An agency signing certificate: digitalSignature only, code in serialNumber and SAN."""
+        """An agency signing certificate: digitalSignature only, code in serialNumber and SAN;
+        for a P-256 key only."""
+        _check_curve(public_key)
         start = not_before or clock.now() - CLOCK_SKEW
         subject = x509.Name([
             x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),

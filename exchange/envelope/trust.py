@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from exchange.clock import now
 from exchange.codes import AgencyCode
-from exchange.envelope.pki import CA_CERT, agency_of, load_certs
+from exchange.envelope.pki import AGENCY_CURVE, CA_CERT, agency_of, load_certs
 from exchange.errors import BadSignature, ConfigError, Expired, InvalidCode, Revoked, UntrustedSigner
 
 CACHE_SIZE = 4096
@@ -121,7 +121,10 @@ class TrustStore:
         cached = self._cache.get(key)
         if cached is None:
             self.chain_checks += 1
-            cached = self._verify_chain(load())
+            try:
+                cached = self._verify_chain(load())
+            except (ValueError, UnsupportedAlgorithm) as exc:  # read lazily: names, extensions, keys
+                cached = UntrustedSigner(f"the certificate cannot be read: {exc}")
             self._cache[key] = cached
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
@@ -171,8 +174,11 @@ def _decode(der_base64: str) -> x509.Certificate:
 
 
 def _usage_problem(cert: x509.Certificate) -> str | None:
-    if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
         return "not an ECDSA key"
+    if key.curve.name != AGENCY_CURVE:
+        return f"an ECDSA key on {key.curve.name}; agency keys are P-256 ({AGENCY_CURVE}) only"
     try:
         if not cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature:
             return "KeyUsage lacks digitalSignature"

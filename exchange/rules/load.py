@@ -24,6 +24,7 @@ from exchange.errors import MalformedXml, Problem, RuleError, TooLarge
 from exchange.rules.calendar import WEEKDAYS, WorkingCalendar
 from exchange.rules.model import Agency, Level, Pairs, Procedure, RuleSet, Selector, Step
 from exchange.xml import safexml, schemas
+from exchange.xml.datatypes import parse_date
 
 RULES_NS = "urn:vn-exchange:rules:1"
 SCHEMA = schemas.ROUTING_RULES
@@ -221,10 +222,12 @@ class _Builder:
             for day in _holiday_days(source, holiday, year, self.report):
                 holidays[day] = holiday.get("name", "")
         for workday in year_el.iter(r("workday")):
-            day = dt.date.fromisoformat(workday.get("date", ""))
-            if day.year != year:
-                self.report.add(source.at(workday, "date"), f"{day} is not in year {year}")
-            makeup[day] = workday.get("name", "")
+            worked = _date(source, workday, "date", self.report)
+            if worked is None:
+                continue
+            if worked.year != year:
+                self.report.add(source.at(workday, "date"), f"{worked} is not in year {year}")
+            makeup[worked] = workday.get("name", "")
 
     # Procedures -----------------------------------------------------------------------
 
@@ -412,11 +415,13 @@ def _step(el: etree._Element) -> Step:
 def _holiday_days(source: _Source, el: etree._Element, year: int, report: _Report) -> list[dt.date]:
     single, start, end = el.get("date"), el.get("from"), el.get("to")
     if single and not (start or end):
-        first = last = dt.date.fromisoformat(single)
+        first = last = _date(source, el, "date", report)
     elif start and end and not single:
-        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+        first, last = _date(source, el, "from", report), _date(source, el, "to", report)
     else:
         report.add(source.at(el), "a <holiday> needs date=, or from= and to=")
+        return []
+    if first is None or last is None:
         return []
     if first > last or last - first > dt.timedelta(days=31):
         report.add(source.at(el, "from"), f"holiday span {first} to {last} is not a span of 1 to 31 days")
@@ -424,6 +429,15 @@ def _holiday_days(source: _Source, el: etree._Element, year: int, report: _Repor
     if first.year != year and last.year != year:
         report.add(source.at(el, "date" if single else "from"), f"{first} is not in year {year}")
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _date(source: _Source, el: etree._Element, attribute: str, report: _Report) -> dt.date | None:
+    """An xs:date attribute in any form the schema allows, or None with the problem reported."""
+    try:
+        return parse_date(el.get(attribute, ""))
+    except ValueError as exc:
+        report.add(source.at(el, attribute), str(exc))
+        return None
 
 
 def _contiguous(years: list[int], where: tuple[str, int, int], report: _Report) -> tuple[int, ...]:
