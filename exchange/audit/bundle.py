@@ -1,5 +1,7 @@
 """Export a log as a bundle: one self-contained file of JSON lines that auditors verify, prove from
-and reconcile without the node's database (``sources.BundleSource`` reads it back)."""
+and reconcile without the node's database (``sources.BundleSource`` reads it back). It also
+carries the checkpoints of other nodes that this node witnessed, so that the bundle serves as
+``--peer`` when those nodes are audited."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ def export(source: LogSource, out: Path) -> int:
             count += 1
         for note in notes:
             handle.write(_line({"checkpoint": note}))
+        for note in source.peer_checkpoint_notes():
+            handle.write(_line({"peer_checkpoint": note}))
     tmp.replace(out)
     return count
 

@@ -6,6 +6,7 @@ Everything here reads; nothing writes to a node's database.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Protocol
 
 from cryptography import x509
 
+from exchange import clock
 from exchange.audit import checkpoints, merkle
 from exchange.audit.checkpoints import Checkpoint, Verifier
 from exchange.audit.entries import Entry
@@ -44,6 +46,10 @@ class LogSource(Protocol):
     def count(self) -> int: ...
 
     def tree(self) -> merkle.SubtreeHashes: ...
+
+    def peer_checkpoint_notes(self) -> list[str]:
+        """The checkpoints of other nodes that this node keeps as their witness."""
+        ...
 
 
 class DatabaseSource:
@@ -84,6 +90,9 @@ class DatabaseSource:
     def stored_nodes(self, level: int) -> Iterator[tuple[int, bytes]]:
         return rows.subtrees_at(self.conn, level)
 
+    def peer_checkpoint_notes(self) -> list[str]:
+        return rows.all_peer_notes(self.conn)
+
 
 class BundleSource:
     """A bundle file: JSON lines holding a header, keys, entries (exact bytes) and checkpoints.
@@ -94,6 +103,7 @@ class BundleSource:
         self._keys: list[KeyRecord] = []
         self._entries: list[bytes] = []
         self._notes: list[str] = []
+        self._peer_notes: list[str] = []
         try:
             lines = path.read_text("utf-8").splitlines()
             header = json.loads(lines[0])
@@ -102,6 +112,8 @@ class BundleSource:
         if header.get("format") != BUNDLE_FORMAT or header.get("version") != BUNDLE_VERSION:
             raise Unverifiable(f"{path}: not a {BUNDLE_FORMAT} version {BUNDLE_VERSION}")
         self.origin = str(header.get("origin", ""))
+        self.exported_at = _moment(header.get("exported_at"))
+        """When the node exported it: the moment its checkpoints' age is judged at."""
         for number, line in enumerate(lines[1:], 2):
             self._read_line(number, line)
 
@@ -114,6 +126,8 @@ class BundleSource:
             self._entries.append(str(record["entry"]).encode("utf-8"))
         elif "checkpoint" in record:
             self._notes.append(str(record["checkpoint"]))
+        elif "peer_checkpoint" in record:
+            self._peer_notes.append(str(record["peer_checkpoint"]))
         elif "key" in record:
             self._keys.append(KeyRecord(**record["key"]))
         else:
@@ -137,6 +151,16 @@ class BundleSource:
 
     def tree(self) -> merkle.SubtreeHashes:
         return merkle.in_memory([merkle.leaf_hash(e) for e in self._entries])
+
+    def peer_checkpoint_notes(self) -> list[str]:
+        return list(self._peer_notes)
+
+
+def _moment(text: object) -> dt.datetime | None:
+    try:
+        return clock.parse(str(text)) if text else None
+    except ValueError:
+        return None
 
 
 def open_source(path: Path) -> DatabaseSource | BundleSource:

@@ -14,16 +14,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from exchange import clock
 from exchange.audit import bundle, proofs
 from exchange.audit import verify as verifying
-from exchange.audit.checkpoints import Checkpoint, parse
+from exchange.audit.checkpoints import Checkpoint, origin_for, parse
 from exchange.audit.reconcile import reconcile
 from exchange.audit.show import show
-from exchange.audit.sources import LogSource, Trust, checkpoint_of, open_source
+from exchange.audit.sources import BundleSource, LogSource, Trust, checkpoint_of, open_source
 from exchange.errors import ConfigError
 from exchange.node.config import NodeConfig
 
 ICT = dt.timezone(dt.timedelta(hours=7))
+MAX_AGE = dt.timedelta(days=1)
+"""How long entries may wait for a checkpoint (a node makes one every minute) before verify fails."""
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> dt.timedelta:
+    """A span given as a number with a unit (s, m, h, d); a bare number is seconds."""
+    value, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(value) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90m, 12h, 2d)") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} is negative")
+    return dt.timedelta(seconds=seconds)
 
 
 def register(commands: Any) -> None:
@@ -32,6 +48,12 @@ def register(commands: Any) -> None:
 
     verify = sub.add_parser("verify", help="recompute the tree, check every checkpoint and hash")
     _source_args(verify, trust=True)
+    verify.add_argument("--peer", type=Path, action="extend", nargs="+", default=[], metavar="BUNDLE|DB",
+                        help="a peer's bundle or database: the checkpoints of this log it holds vouch for "
+                             "the entries they cover, and any it holds that the entries do not reproduce is a fork")
+    verify.add_argument("--max-age", type=duration, default=MAX_AGE, metavar="AGE",
+                        help="fail when entries have waited longer than this for a checkpoint "
+                             "(e.g. 90m, 12h, 2d; default 1d), judged at the bundle's export or now")
     verify.set_defaults(handler=_verify)
 
     export = sub.add_parser("export", help="write a self-contained bundle")
@@ -108,7 +130,8 @@ def _trust(args: argparse.Namespace, config: NodeConfig | None) -> Trust:
 def _verify(args: argparse.Namespace) -> int:
     path, config = _target(args.db, args.config)
     source = open_source(path)
-    report = verifying.verify(source, _trust(args, config), progress=verifying.terminal_progress)
+    peers = [_peer_copy(peer) for peer in args.peer]
+    report = verifying.verify(source, _trust(args, config), progress=verifying.terminal_progress, peers=peers)
     if sys.stderr.isatty():
         sys.stderr.write("\r" + " " * 70 + "\r")
     for problem in report.problems:
@@ -116,13 +139,54 @@ def _verify(args: argparse.Namespace) -> int:
     print(f"{path}: {report.entries} entries, {report.checkpoints} checkpoints, "
           f"{report.covered} entries covered by the latest good checkpoint; "
           f"first {report.first_time or '-'}, last {report.last_time or '-'}")
-    if report.holds:
-        uncovered = report.entries - report.covered
-        tail = f" ({uncovered} newer entries not yet checkpointed)" if uncovered else ""
-        print(f"holds: every entry, stored hash and checkpoint agrees{tail}")
-        return 0
-    print(f"FAILS: {len(report.problems)} problem(s)", file=sys.stderr)
-    return 1
+    for line in _coverage(report, len(peers)):
+        print(line)
+    if not report.holds:
+        print(f"FAILS: {len(report.problems)} problem(s)", file=sys.stderr)
+        return 1
+    reference = (source.exported_at if isinstance(source, BundleSource) else None) or clock.now()
+    if report.stale(reference, args.max_age):
+        print(_stale(report, reference, args.max_age), file=sys.stderr)
+        return 1
+    uncovered = report.uncovered
+    tail = f" ({uncovered} newer entries not yet checkpointed)" if uncovered else ""
+    print(f"holds: every entry, stored hash and checkpoint agrees{tail}")
+    if report.own_only:
+        print(f"note: {report.own_only} entries rest on this node's own checkpoints only; anyone with the node's "
+              "files could have rewritten them" + ("" if peers else " (give --peer to hold them to what peers kept)"))
+    return 0
+
+
+def _peer_copy(path: Path) -> verifying.PeerCopy:
+    source = open_source(path)
+    name = source.origin.removeprefix(origin_for("")) or str(path)
+    return verifying.PeerCopy(name, tuple(source.peer_checkpoint_notes()))
+
+
+def _coverage(report: verifying.Report, peers: int) -> list[str]:
+    """Three lines: what peers vouch for, what only the node does, what nobody does."""
+    witnessed, covered = report.witnessed, max(report.covered, report.witnessed)
+    by = f" (held by {', '.join(report.witnesses)})" if report.witnesses else ""
+    return [
+        f"  witnessed by peers:   {witnessed} entries{_span(0, witnessed)}{by}"
+        + ("" if peers else ": no --peer given"),
+        f"  own checkpoints only: {report.own_only} entries{_span(witnessed, covered)}",
+        f"  not covered by any checkpoint: {report.uncovered} entries{_span(covered, report.entries)}",
+    ]
+
+
+def _span(start: int, end: int) -> str:
+    return f" ({start}..{end - 1})" if end > start else ""
+
+
+def _stale(report: verifying.Report, reference: dt.datetime, max_age: dt.timedelta) -> str:
+    if not max(report.covered, report.witnessed):
+        return (f"FAILS: none of the {report.entries} entries is covered by any checkpoint: nothing but the "
+                "file itself vouches for this history")
+    since = report.waiting_since.isoformat() if report.waiting_since else "?"
+    return (f"FAILS: {report.uncovered} entries have waited for a checkpoint since {since}, longer than "
+            f"{max_age} before {reference.isoformat()} (the node stopped checkpointing, or its checkpoints "
+            "were removed)")
 
 
 def _export(args: argparse.Namespace) -> int:

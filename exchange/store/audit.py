@@ -159,3 +159,10 @@ def peer_notes(conn: sqlite3.Connection, origin: str) -> list[str]:
     """The notes held of a peer's checkpoints, smallest size first."""
     rows = conn.execute("SELECT note FROM peer_checkpoints WHERE origin = ? ORDER BY size", (origin,))
     return [str(note) for (note,) in rows]
+
+
+def all_peer_notes(conn: sqlite3.Connection) -> list[str]:
+    """The notes held of every peer's checkpoints, by peer, smallest size first: what a bundle
+    carries so that auditors of those peers can hold them to what they showed this node."""
+    rows = conn.execute("SELECT note FROM peer_checkpoints ORDER BY origin, size")
+    return [str(note) for (note,) in rows]
