@@ -5,15 +5,26 @@ The standard library's threading HTTP server behind a thin router: the API is sm
 low-volume, and a framework would add a dependency and an event loop beside the node's own for
 no gain. It binds to 127.0.0.1 unless configured otherwise, and every request but the OpenAPI
 description needs ``Authorization: Bearer <token>``.
+
+No client can stall or stop the node through it: at most ``http_max_connections`` connections are
+served at once (more are answered 503 and closed, so idle ones cannot use up the descriptors);
+every read times out after ``READ_TIMEOUT_S``, and a request must arrive whole within that time
+(its body at ``MIN_BODY_RATE`` at least), or the connection is cut; a length that is missing for a
+chunked body, not a number, or over the cap is answered at once and the body never read; and a
+route that fails in any way answers 500 with a JSON error and one log event, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hmac
 import json
 import re
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +45,13 @@ from exchange.store.states import Result
 log = structlog.get_logger(__name__)
 
 MAX_BODY = 16 * 1024 * 1024
+READ_TIMEOUT_S = 5.0
+"""A read that waits longer drops the connection; so does a request head not whole by then."""
+MIN_BODY_RATE = 64 * 1024
+"""Bytes per second: a body gets ``READ_TIMEOUT_S`` plus its length at this rate to arrive."""
+LENGTH = re.compile(r"[0-9]{1,12}")
+BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: 52\r\n\r\n" + b'{"error": "too many connections; try again shortly"}')
 Route = Callable[["Handler", NodeContext, dict[str, str], bytes], tuple[int, Any]]
 
 
@@ -77,10 +95,24 @@ def openapi() -> dict[str, Any]:
 
 class Handler(BaseHTTPRequestHandler):
     server: ApiServer
+    default_request_version = "HTTP/1.0"  # so that even a refusal of garbage has a status line
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.read_timeout)  # every read and write on the connection
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         status = args[1] if len(args) > 1 else ""
-        log.info("http.request", method=self.command, path=self.path.split("?")[0], status=status)
+        path = getattr(self, "path", "")  # unset when the request line did not parse
+        log.info("http.request", method=self.command, path=path.split("?")[0], status=status)
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.info("http.request_dropped", client=self.client_address[0], error=format % args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What the standard library refuses (a bad request line, an unknown method), as JSON."""
+        self.close_connection = True
+        self._send(code, {"error": message or HTTPStatus(code).phrase})
 
     def do_GET(self) -> None:  # noqa: N802 - the base class's naming
         self._dispatch("GET")
@@ -89,6 +121,9 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
+        if not self.server.arrived(self.connection):
+            self.close_connection = True  # too slow: cut, and what came is not a whole request
+            return
         path, _, query = self.path.partition("?")
         if method == "GET" and path == "/openapi.json":
             self._send(HTTPStatus.OK, openapi())
@@ -108,11 +143,9 @@ class Handler(BaseHTTPRequestHandler):
         return hmac.compare_digest(given.encode(), f"Bearer {self.server.token}".encode())
 
     def _run(self, route: Route, params: dict[str, str]) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"more than {MAX_BODY} bytes"})
+        body = self._body()
+        if body is None:
             return
-        body = self.rfile.read(length) if length else b""
         try:
             status, payload = route(self, self.server.context(), params, body)
         except UnknownDossier as exc:
@@ -124,7 +157,38 @@ class Handler(BaseHTTPRequestHandler):
         except ExchangeError as exc:
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)})
             return
+        except Exception as exc:  # noqa: BLE001 - a route's failure is its request's, never the node's
+            log.error("http.route_failed", method=self.command, path=self.path.split("?")[0], exc_info=exc)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR,
+                       {"error": f"the node failed on this request: {type(exc).__name__}: {exc}"})
+            return
         self._send(status, payload)
+
+    def _body(self) -> bytes | None:
+        """The request's body; or None, the request answered, when its length is not one this API
+        reads (chunked, not a number, negative, several, over the cap): such a body is never read."""
+        given = self.headers.get_all("Content-Length") or []
+        if "Transfer-Encoding" in self.headers:
+            self._refuse(HTTPStatus.LENGTH_REQUIRED, "give the body's Content-Length (no chunked bodies)")
+            return None
+        if not given:
+            return b""
+        if len(set(given)) > 1 or not LENGTH.fullmatch(given[0].strip()):
+            self._refuse(HTTPStatus.BAD_REQUEST, f"Content-Length must be a number of bytes, not {', '.join(given)!r}")
+            return None
+        length = int(given[0])
+        if length > MAX_BODY:
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{length} bytes is more than {MAX_BODY}")
+            return None
+        self.server.watch(self.connection, self.server.read_timeout + length / MIN_BODY_RATE)
+        body = self.rfile.read(length)
+        if not self.server.arrived(self.connection) or len(body) < length:
+            raise ConnectionAbortedError(f"the body ended after {len(body)} of {length} bytes")
+        return body
+
+    def _refuse(self, status: HTTPStatus, error: str) -> None:
+        self.close_connection = True
+        self._send(status, {"error": error})
 
     def _send(self, status: int, payload: Any) -> None:
         if isinstance(payload, bytes):
@@ -191,13 +255,29 @@ ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
 class ApiServer(ThreadingHTTPServer, Door):
     """The API door. Requests use the daemon's context (its rules, signer and opener, swapped in
     place by a reload), each over a database connection of its own, opened on the request's
-    thread when it first needs one and closed when the request is done."""
+    thread when it first needs one and closed when the request is done.
+
+    Each connection takes one of ``max_connections`` slots (none free: answered 503 and closed)
+    and gets a deadline for its request to arrive; between accepts (every half second) the
+    serving thread cuts the connections past theirs."""
 
     daemon_threads = True
+    request_queue_size = 128
 
-    def __init__(self, node: NodeContext, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, node: NodeContext, host: str = "127.0.0.1", port: int = 0, *,
+                 read_timeout: float = READ_TIMEOUT_S) -> None:
         self.check(node.config)
-        super().__init__((host, port), Handler)
+        self.read_timeout = read_timeout
+        self.max_connections = node.config.http_max_connections
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self._deadlines: dict[socket.socket, float] = {}
+        self._cut: set[socket.socket] = set()
+        self._watch_lock = threading.Lock()
+        try:
+            super().__init__((host, port), Handler)
+        except OSError as exc:
+            reason = "address in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ConfigError(f"the HTTP API cannot listen on {host}:{port}: {reason}") from None
         self.node = node
         self._local = threading.local()
         self._thread: threading.Thread | None = None
@@ -209,6 +289,63 @@ class ApiServer(ThreadingHTTPServer, Door):
     def check(self, config: NodeConfig) -> None:
         if not config.token:
             raise ConfigError("the HTTP API needs a token: set EXCHANGE_AGENCY_SYSTEM_TOKEN")
+        if config.http_max_connections < 1:
+            raise ConfigError(f"[agency_system] http_max_connections must be at least 1, "
+                              f"not {config.http_max_connections}")
+
+    # connections: a bounded number, each with a deadline for its request
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection on a thread of its own if a slot is free; else answer 503 and close."""
+        if not self._slots.acquire(blocking=False):
+            log.warning("http.too_many_connections", client=client_address[0], limit=self.max_connections)
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(BUSY)
+            self.shutdown_request(request)
+            return
+        self.watch(request, self.read_timeout)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread for it: the slot is free again
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._watch_lock:
+            self._deadlines.pop(request, None)
+            self._cut.discard(request)
+        super().shutdown_request(request)
+
+    def watch(self, connection: socket.socket, seconds: float) -> None:
+        """Cut ``connection`` unless what it must send has arrived ``seconds`` from now."""
+        with self._watch_lock:
+            self._deadlines[connection] = time.monotonic() + seconds
+
+    def arrived(self, connection: socket.socket) -> bool:
+        """What ``connection`` had to send arrived: stop watching it; False if it was cut first."""
+        with self._watch_lock:
+            self._deadlines.pop(connection, None)
+            return connection not in self._cut
+
+    def service_actions(self) -> None:
+        """Between accepts: cut each connection past its deadline (a blocked read then ends)."""
+        now = time.monotonic()
+        with self._watch_lock:
+            late = [connection for connection, deadline in self._deadlines.items() if deadline <= now]
+            for connection in late:
+                del self._deadlines[connection]
+                self._cut.add(connection)
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+        if late:
+            log.info("http.too_slow", connections=len(late), seconds=self.read_timeout)
 
     def context(self) -> NodeContext:
         """The calling request's context (``for_thread``), opened on first use."""

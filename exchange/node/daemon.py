@@ -195,7 +195,7 @@ class Daemon:
 
     def _housekeeping(self) -> None:
         for door in self.doors:
-            door.poll(self.ctx)
+            self._poll(door)
         self.deliverer.deliver()
         self.crl.poll()
         self._checkpoint()
@@ -203,6 +203,16 @@ class Daemon:
         if time.monotonic() - self._heartbeat_at >= HEARTBEAT_EVERY_S:
             self._heartbeat()
         notify("WATCHDOG=1")
+
+    def _poll(self, door: Door) -> None:
+        """Let one door poll; its failure is logged and the loop goes on with the other doors and
+        the rest of the housekeeping (the node's own database failing is the loop's to handle)."""
+        try:
+            door.poll(self.ctx)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one door failing must not stop the node
+            log.error("door.poll_failed", door=type(door).__name__, error=repr(exc), exc_info=exc)
 
     def _heartbeat(self, *, running: bool = True) -> None:
         """Publish the loop's health for ``exchange check`` (a file in the state directory)."""
