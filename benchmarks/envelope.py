@@ -5,11 +5,15 @@
 For each dossier size: seal/s and open/s (median of rounds), and the baseline the issue names:
 raw ECDSA P-256 sign and verify of the same SHA-256 digest plus exclusive c14n of the same
 envelope bytes. The ratio open / (verify + c14n) is the figure to watch (aim: at most 5).
+
+Then the hostile inputs known to cost the most (median of rounds, one call each): each must be
+refused (or opened) in time linear in its size, and in at most 1 s below 1 MiB.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import statistics
 import tempfile
@@ -23,10 +27,12 @@ from lxml import etree
 
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.demo import samples
+from exchange.envelope import dossier as dossiers
 from exchange.envelope import pki
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Opener, Signer
 from exchange.envelope.trust import TrustStore
+from exchange.errors import InvalidDossier, InvalidEnvelope
 
 COMMUNE = AgencyCode("000.01.10.H49")
 POLICE = AgencyCode("000.30.10.H49")
@@ -75,6 +81,66 @@ def bench_size(size_kb: int, signer: Signer, opener: Opener, seconds: float, rou
     print(f"  ratio open / (verify + c14n) {open_ / (raw_verify + c14n):5.1f}x  (aim <= 5x)")
 
 
+def _attrs(n: int) -> bytes:
+    return b" ".join(b'a%d="x"' % i for i in range(n))
+
+
+def hostile_cases(data: bytes) -> dict[str, bytes]:
+    """The worst inputs known, built from the genuine envelope ``data``."""
+    root = b'<Envelope xmlns="urn:vn-exchange:envelope:1" version="1" '
+    ack = (b"<Ack><MessageId>zz</MessageId><EnvelopeDigest>q</EnvelopeDigest><Outcome>maybe</Outcome>"
+           b"<ReceivedAt>no</ReceivedAt><Extra/></Ack>")
+    receipt = b'<Body><Receipt xmlns="urn:vn-exchange:receipt:1" version="1">' + ack * 1000 + b"</Receipt></Body>"
+    start, end = data.index(b"<Body>"), data.index(b"</Body>") + len(b"</Body>")
+    return {
+        "2,000 made-up attributes, unsigned": root + _attrs(2000) + b"/>",
+        "200,000 elements in a ds:Object": data.replace(
+            b"</ds:Signature>", b"<ds:Object>" + b"<a/>" * 200_000 + b"</ds:Object></ds:Signature>"),
+        "200,000 comments in the signature": data.replace(
+            b"</ds:Signature>", b"<!---->" * 200_000 + b"</ds:Signature>"),
+        "16,000 elements in the body": data.replace(b"</Body>", b"<x/>" * 16_000 + b"</Body>"),
+        "16 x 1,000 comments in hops (node cap)": data.replace(b"<Trace/>", b"<Trace>" + (
+            b'<Hop agency="000.01.10.H49" at="2025-01-01T00:00:00Z">' + b"<!---->" * 1000 + b"</Hop>") * 16
+            + b"</Trace>"),
+        "a receipt of 1,000 invalid acks": data[:start] + receipt + data[end:],
+        "20,000 namespace declarations": root + b" ".join(
+            b'xmlns:p%d="urn:x:%d"' % (i, i) for i in range(20_000)) + b"/>",
+        "1,000 comments in each signature element": _comments_in_signature(data, 1000),
+    }
+
+
+def _comments_in_signature(data: bytes, each: int) -> bytes:
+    root = etree.fromstring(data)
+    for el in root[-1].iter():
+        if isinstance(el.tag, str) and len(el):
+            el.extend(etree.Comment("") for _ in range(each))
+    return bytes(etree.tostring(root))
+
+
+def bench_hostile(data: bytes, dossier: etree._Element, opener: Opener, rounds: int) -> None:
+    print("\nhostile inputs (median of rounds; every one must stay linear, under 1 s below 1 MiB)")
+    dossier_bytes = etree.tostring(dossier)
+    cases: list[tuple[str, bytes, Callable[[bytes], object]]] = [
+        (name, body, opener.open) for name, body in hostile_cases(data).items()]
+    cases += [
+        ("dossier: 2,000 made-up attributes",
+         dossier_bytes.replace(b"<Dossier ", b"<Dossier " + _attrs(2000) + b" ", 1), dossiers.load),
+        ("dossier: 1,000 invalid rows", dossier_bytes.replace(b"</ProcessingControl>", (
+            b"<Row><Time>x</Time><Bad/></Row>" * 1000) + b"</ProcessingControl>"), dossiers.load),
+    ]
+    for name, body, check in cases:
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            try:
+                check(body)
+                verdict = "accepted"
+            except (InvalidEnvelope, InvalidDossier) as exc:
+                verdict = getattr(exc, "reason_code", "invalid-dossier")
+            times.append(time.perf_counter() - start)
+        print(f"  {name:42} {len(body):>9,} bytes {statistics.median(times) * 1e3:8.1f} ms  {verdict}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
@@ -90,6 +156,11 @@ def main() -> None:
         print(f"medians of {args.rounds} rounds of {args.seconds}s each")
         for size in args.sizes:
             bench_size(size, signer, opener, args.seconds, args.rounds)
+        dossier = samples.sample_dossier(samples.SampleSpec(COMMUNE, BIRTH, size_kb=10))
+        header = Header(kind=Kind.TRANSFER, sender=COMMUNE, recipient=POLICE, procedure=BIRTH,
+                        dossier=DossierCode(dossier.findtext("{urn:vn-exchange:dossier:1}Code") or ""),
+                        step="police")
+        bench_hostile(signer.seal(header, copy.deepcopy(dossier)), dossier, opener, args.rounds)
 
 
 if __name__ == "__main__":

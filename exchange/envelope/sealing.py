@@ -28,7 +28,7 @@ from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
 from exchange.clock import now
 from exchange.codes import AgencyCode
-from exchange.envelope.dossier import DossierInfo, attachment_problems
+from exchange.envelope.dossier import attachment_problems, d
 from exchange.envelope.messages import read_acks
 from exchange.envelope.model import (
     PAYLOAD_OF_KIND,
@@ -50,6 +50,7 @@ from exchange.errors import (
     SenderMismatch,
 )
 from exchange.xml import safexml, schemas, shape
+from exchange.xml.datatypes import parse_date, parse_datetime
 from exchange.xml.names import DS_NS, q
 
 EXC_C14N = CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0
@@ -286,7 +287,8 @@ def _check_dates(header: Header, payload: etree._Element) -> None:
     cannot hold), so that nothing after ``open`` trips on one."""
     try:
         if payload.tag == PAYLOAD_OF_KIND[Kind.TRANSFER]:
-            DossierInfo.of(payload)
+            parse_datetime(payload.findtext(d("ReceivedAt")) or "")
+            parse_date(payload.findtext(d("DueDate")) or "")
         elif payload.tag == PAYLOAD_OF_KIND[Kind.RECEIPT]:
             read_acks(payload)
     except ValueError as exc:

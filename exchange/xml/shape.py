@@ -11,6 +11,7 @@ to the size cap is accepted or refused in time linear in its size.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -74,41 +75,43 @@ def check(root: etree._Element, profile: Profile, source: str = "input") -> None
     """Refuse ``root`` with ``BadShape`` unless it is within ``profile``; one pass, no copies."""
     if root.tag != profile.root:
         raise BadShape(f"{source}: the root is {root.tag}, expected {profile.root}")
-    nodes = attributes = depth = 0
-    for event, el in etree.iterwalk(root, events=("start", "end", "comment", "pi")):
-        if event == "end":
-            depth -= 1
-            continue
-        nodes += 1
+    attributes = 0
+    for nodes, el in enumerate(root.iter(), 1):  # elements, comments and processing instructions
         if nodes > profile.max_nodes:
             raise BadShape(f"{source}: more than {profile.max_nodes} elements, comments and "
                            "processing instructions")
-        if event != "start":
-            continue
-        depth += 1
-        count = len(el.attrib)
+        if len(el) > profile.max_children:
+            raise BadShape(f"{_where(el, source)}: {len(el)} child nodes in {el.tag}, at most "
+                           f"{profile.max_children} are allowed")
+        count = len(el.keys())
         attributes += count
-        _check_element(el, profile, source, depth, count, attributes)
-
-
-def _check_element(el: etree._Element, profile: Profile, source: str, depth: int, count: int,
-                   attributes: int) -> None:
-    where = f"{source}:{el.sourceline}" if el.sourceline else source
-    if depth > profile.max_depth:
-        raise BadShape(f"{where}: elements nested more than {profile.max_depth} deep")
-    if count > profile.max_attributes_per_element:
-        raise BadShape(f"{where}: {count} attributes on {el.tag}, at most "
-                       f"{profile.max_attributes_per_element} are allowed")
+        if count > profile.max_attributes_per_element:
+            raise BadShape(f"{_where(el, source)}: {count} attributes on {el.tag}, at most "
+                           f"{profile.max_attributes_per_element} are allowed")
     if attributes > profile.max_attributes:
-        raise BadShape(f"{where}: more than {profile.max_attributes} attributes in the document")
-    if len(el) > profile.max_children:
-        raise BadShape(f"{where}: {len(el)} child nodes in {el.tag}, at most {profile.max_children} "
-                       "are allowed")
-    expected = profile.children.get(el.tag)
-    if expected is not None:
-        found = tuple(child.tag for child in el if isinstance(child.tag, str))
-        if found != expected:
-            raise BadShape(f"{where}: {el.tag} holds {_names(found)}, expected exactly {_names(expected)}")
+        raise BadShape(f"{source}: {attributes} attributes, at most {profile.max_attributes} are allowed")
+    too_deep: list[etree._Element] = _deeper_than(profile.max_depth)(root)  # type: ignore[assignment]
+    if too_deep:
+        raise BadShape(f"{_where(too_deep[0], source)}: elements nested more than {profile.max_depth} deep")
+    for el in root.iter(*profile.children) if profile.children else ():  # no tags: every element
+        _check_children(el, profile.children[el.tag], source)
+
+
+@functools.cache
+def _deeper_than(depth: int) -> etree.XPath:
+    """The first element nested deeper than ``depth`` (libxml2 walks the levels, in C)."""
+    return etree.XPath("(/*" + "/*" * depth + ")[1]")
+
+
+def _check_children(el: etree._Element, expected: tuple[str, ...], source: str) -> None:
+    found = tuple(child.tag for child in el if isinstance(child.tag, str))
+    if found != expected:
+        raise BadShape(f"{_where(el, source)}: {el.tag} holds {_names(found)}, expected exactly "
+                       f"{_names(expected)}")
+
+
+def _where(el: etree._Element, source: str) -> str:
+    return f"{source}:{el.sourceline}" if el.sourceline else source
 
 
 def _names(tags: tuple[str, ...]) -> str:
