@@ -99,7 +99,7 @@ def hostile_cases(data: bytes) -> dict[str, bytes]:
         "200,000 comments in the signature": data.replace(
             b"</ds:Signature>", b"<!---->" * 200_000 + b"</ds:Signature>"),
         "16,000 elements in the body": data.replace(b"</Body>", b"<x/>" * 16_000 + b"</Body>"),
-        "16 x 1,000 comments in hops (node cap)": data.replace(b"<Trace/>", b"<Trace>" + (
+        "16 x 1,000 comments in added hops": data.replace(b"<Trace/>", b"<Trace>" + (
             b'<Hop agency="000.01.10.H49" at="2025-01-01T00:00:00Z">' + b"<!---->" * 1000 + b"</Hop>") * 16
             + b"</Trace>"),
         "a receipt of 1,000 invalid acks": data[:start] + receipt + data[end:],
