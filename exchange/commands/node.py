@@ -20,7 +20,7 @@ from exchange.commands import agency_arg, read_input
 from exchange.envelope import pki
 from exchange.errors import ConfigError, ExchangeError, InvalidCode
 from exchange.node import health
-from exchange.node.config import NodeConfig
+from exchange.node.config import NodeConfig, split_password
 from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
 from exchange.node.dead_letters import DeadLetters, replay
@@ -41,7 +41,10 @@ def register(commands: Any) -> None:
     init.add_argument("--agency", type=agency_arg, required=True, metavar="CODE")
     init.add_argument("--ca", type=Path, required=True, metavar="CA_DIR")
     init.add_argument("--rules", type=Path, required=True, metavar="DIR")
-    init.add_argument("--broker", default="", metavar="URL")
+    init.add_argument("--broker", default="", metavar="URL",
+                      help="amqps://user@host/vhost; the password goes to a 0600 file, never to node.toml")
+    init.add_argument("--broker-password-file", type=Path, metavar="FILE",
+                      help="the broker's password (first line); or set EXCHANGE_BROKER_PASSWORD when the node runs")
     init.add_argument("--metrics-port", type=int, default=0, metavar="PORT")
     init.add_argument("--out", type=Path, required=True, metavar="DIR")
     init.set_defaults(handler=_init)
@@ -98,9 +101,24 @@ def _dossier_code(text: str) -> DossierCode:
 def _init(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules)
     ca = pki.CertificateAuthority.load(args.ca)
-    path = init_node(args.agency, ca, args.rules, rules, args.broker, args.out, args.metrics_port)
+    if split_password(args.broker)[1] is not None:
+        print("warning: a password on the command line is visible to other users of this host (ps); "
+              "prefer --broker-password-file. It is kept out of node.toml all the same", file=sys.stderr)
+    password = _first_line(args.broker_password_file) if args.broker_password_file else None
+    path = init_node(args.agency, ca, args.rules, rules, args.broker, args.out, args.metrics_port,
+                     broker_password=password)
     print(f"node {args.agency} ({rules.agency(args.agency).name}) ready: exchange run --config {path}")
     return 0
+
+
+def _first_line(path: Path) -> str:
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    if not lines or not lines[0]:
+        raise ConfigError(f"{path}: no password on its first line")
+    return lines[0]
 
 
 def _open(args: argparse.Namespace) -> NodeContext:

@@ -38,7 +38,7 @@ from exchange.envelope import dossier as dossiers
 from exchange.envelope import pki
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Signer
-from exchange.errors import ExchangeError
+from exchange.errors import ConfigError, ExchangeError
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.provisioning import init_node
@@ -58,6 +58,8 @@ SLOW_SECONDS = 6.0
 MIX = (("2.000986", COMMUNES), ("1.004194", COMMUNES), ("2.000635", COMMUNES), ("2.002622", COMMUNES),
        ("1.012784", (CENTRE,)), ("1.012786", (CENTRE,)))
 DEADLINE_S = 90.0
+MARKER = ".exchange-demo"
+"""In the folder a demo made: only such a folder (or an empty one) is replaced by the next run."""
 
 
 @dataclass
@@ -83,14 +85,27 @@ class Demo:
     # set up, start, stop -----------------------------------------------------------------
 
     def setup(self) -> None:
-        if self.out.exists():
-            shutil.rmtree(self.out)
+        self._clear()
         (self.out / "dossiers").mkdir(parents=True)
+        (self.out / MARKER).write_text("made by `exchange demo`: it replaces this folder at its next run\n", "utf-8")
         ca = pki.init_ca(self.out / "ca", "Quang Ninh Province Exchange CA (demo)")
         rules = load_rules(self.rules_dir)
         for agency in self.agencies:
             init_node(AgencyCode(agency), ca, self.rules_dir, rules, self.broker, self.out / "nodes" / agency)
         self.say(f"set up a provincial CA and {len(self.agencies)} nodes in {self.out}")
+
+    def _clear(self) -> None:
+        """Empty a folder an earlier demo made; refuse any other folder that is not empty."""
+        if not self.out.exists():
+            return
+        if not self.out.is_dir() or self.out.is_symlink():
+            raise ConfigError(f"{self.out} is not a folder: choose another --out")
+        if not any(self.out.iterdir()):
+            return
+        if not (self.out / MARKER).is_file():
+            raise ConfigError(f"{self.out} is not empty and was not made by `exchange demo`: refusing to "
+                              "replace what is in it; choose another --out or an empty folder")
+        shutil.rmtree(self.out)
 
     def start(self) -> None:
         for agency in self.agencies[:-1]:

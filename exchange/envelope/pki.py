@@ -237,11 +237,17 @@ def create_ca(name: str, *, days: int = CA_DAYS) -> tuple[x509.Certificate, ec.E
     return cert, key
 
 
+CA_DIR_MODE = 0o700
+"""The CA folder, whatever the umask."""
+
+
 def init_ca(directory: Path, name: str, *, force: bool = False) -> CertificateAuthority:
     """Create a CA in ``directory``; refuses to overwrite an existing CA unless ``force``."""
     if (directory / CA_KEY).exists() and not force:
         raise PkiError(f"{directory / CA_KEY} exists: refusing to replace a CA (use --force)")
     cert, key = create_ca(name)
+    directory.mkdir(mode=CA_DIR_MODE, parents=True, exist_ok=True)
+    directory.chmod(CA_DIR_MODE)  # the CA's key and its revocation database: its operator's only
     write_private(directory / CA_KEY, key_pem(key))
     write_atomic(directory / CA_CERT, cert_pem(cert))
     return CertificateAuthority(directory, cert, key)

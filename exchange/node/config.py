@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from exchange.codes import AgencyCode
 from exchange.errors import ConfigError, InvalidCode
 
 ENV_PREFIX = "EXCHANGE_"
+BROKER_PASSWORD_ENV = "EXCHANGE_BROKER_PASSWORD"  # noqa: S105 - the variable's name, not a password
+"""The broker's password, when neither node.toml nor a credentials file should hold it."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class NodeConfig:
     rules: Path
     crl: Path | None = None
     broker: str = ""
+    """The broker's URL; its password comes from ``broker_credentials`` or the environment."""
+    broker_credentials: Path | None = None
+    """A file (0600) holding the broker's password, so that node.toml holds none."""
     embedded: Path | None = None
     """The SQLite file the nodes of one host share when no broker is configured."""
     delivery: Path | None = None
@@ -81,8 +87,9 @@ class NodeConfig:
             raise ConfigError(f"{path}: no such configuration file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        merged = _overrides(raw, os.environ if environ is None else environ)
-        return _build(path, merged)
+        environ = os.environ if environ is None else environ
+        config = _build(path, _overrides(raw, environ))
+        return _with_password(config, environ.get(BROKER_PASSWORD_ENV) or _secret(config.broker_credentials))
 
 
 _LAYOUT: dict[str, tuple[str, str]] = {
@@ -93,13 +100,15 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "checkpoint_every_entries": ("audit", "checkpoint_every_entries"),
     "checkpoint_every_seconds": ("audit", "checkpoint_every_seconds"),
     "rules": ("rules", "dir"), "broker": ("transport", "broker"), "embedded": ("transport", "embedded"),
+    "broker_credentials": ("transport", "broker_credentials"),
     "delivery": ("agency_system", "outbox"),
     "dropfolder": ("agency_system", "dropfolder"),
     "http_port": ("agency_system", "http_port"), "http_host": ("agency_system", "http_host"),
     "http_max_connections": ("agency_system", "http_max_connections"),
     "token": ("agency_system", "token"), "webhook": ("agency_system", "webhook"),
 }
-_PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery", "dropfolder"}
+_PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery", "dropfolder",
+          "broker_credentials"}
 
 
 def _overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -133,3 +142,45 @@ def _build(path: Path, merged: dict[str, Any]) -> NodeConfig:
     except (InvalidCode, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return NodeConfig(**values)
+
+
+# The broker's password: never in node.toml --------------------------------------------------
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """The URL without its password, and the password (percent-decoded) if it had one."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not at or not colon:
+        return url, None
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}")), unquote(password)
+
+
+def with_password(url: str, password: str) -> str:
+    """The URL with ``password`` put in (a password the URL already has is kept)."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not parts.netloc or ":" in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:{quote(password, safe='')}@{host}"))
+
+
+def _with_password(config: NodeConfig, password: str | None) -> NodeConfig:
+    if not password or not config.broker:
+        return config
+    return replace(config, broker=with_password(config.broker, password))
+
+
+def _secret(path: Path | None) -> str | None:
+    """A password file's first line; refused if others than its owner may read it."""
+    if path is None:
+        return None
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{path}: the broker's password is readable by others (mode {mode & 0o777:o}): "
+                          f"chmod 600 {path}")
+    return text.splitlines()[0] if text.strip() else None

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exchange.audit.entries import Event
-from exchange.files import write_atomic
+from exchange.files import PRIVATE_MODE, write_atomic
 from exchange.node.context import NodeContext
 from exchange.node.doors import Door
 from exchange.node.faults import fault
 from exchange.node.metrics import Metrics
 from exchange.store.node import InboxRecord
 
+PRIVATE_DIR_MODE = 0o700
+"""Delivered dossiers are personal data: files 0600, in folders the node makes 0700."""
 PENDING = ".pending"
 """Beside the delivered files, on the same file system: written here, renamed into place."""
 
@@ -42,9 +44,11 @@ class Deliverer:
         if not records:
             return 0
         pending = self.folder / PENDING
+        _private_dir(self.folder)
+        _private_dir(pending)
         names = [file_name(record) for record in records]
         for name, record in zip(names, records, strict=True):
-            write_atomic(pending / name, record.payload or b"")  # each file fsynced
+            write_atomic(pending / name, record.payload or b"", mode=PRIVATE_MODE)  # each file fsynced
         _sync_dir(pending)  # and their names, before their delivery is recorded
         with self.ctx.store.transaction():
             for name, record in zip(names, records, strict=True):
@@ -88,6 +92,14 @@ def file_name(record: InboxRecord) -> str:
 def message_id_of(name: str) -> str:
     """The message id (a UUID: five hyphenated groups) at the end of a delivered file's name."""
     return "-".join(Path(name).stem.rsplit("-", 5)[-5:])
+
+
+def _private_dir(path: Path) -> None:
+    """A folder of delivered dossiers that the node makes is for its user only (0700), whatever the
+    umask; one the operator made is left as they chose."""
+    if not path.is_dir():
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        path.chmod(PRIVATE_DIR_MODE)
 
 
 def _sync_dir(path: Path) -> None:

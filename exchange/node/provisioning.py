@@ -13,18 +13,21 @@ from exchange.audit.log import AuditLog
 from exchange.codes import AgencyCode
 from exchange.envelope import pki
 from exchange.errors import ConfigError
-from exchange.files import write_atomic
-from exchange.node.config import NodeConfig
+from exchange.files import write_atomic, write_private
+from exchange.node.config import BROKER_PASSWORD_ENV, NodeConfig, split_password
 from exchange.rules.model import RuleSet
 from exchange.store.node import Store
 
 CRL_FILE = "crl.pem"
 """The CA's CRL in a node directory, next to ca.pem."""
+BROKER_SECRET = "broker.secret"  # noqa: S105 - a file name
+"""The broker's password in a node directory (0600)."""
 
 
 def init_node(agency: AgencyCode, ca: pki.CertificateAuthority, rules_dir: Path, rules: RuleSet, broker: str,
-              out: Path, metrics_port: int = 0) -> Path:
-    """A node directory: key and certificate from the CA, checkpoint key, node.toml, database."""
+              out: Path, metrics_port: int = 0, broker_password: str | None = None) -> Path:
+    """A node directory: key and certificate from the CA, checkpoint key, node.toml, database. The
+    broker's password (given, or taken out of the URL) goes to a 0600 file, never to node.toml."""
     if (out / "node.toml").exists():
         raise ConfigError(f"{out / 'node.toml'} exists: refusing to overwrite a node")
     name = rules.agency(agency).name  # the agency must be in the directory
@@ -34,7 +37,12 @@ def init_node(agency: AgencyCode, ca: pki.CertificateAuthority, rules_dir: Path,
     signer = NoteSigner.generate(origin_for(str(agency)))
     signer.save(out / "checkpoint-key.pem")
     (out / "state").mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "node.toml", _toml(agency, name, rules_dir, broker, metrics_port).encode("utf-8"))
+    broker, in_url = split_password(broker)
+    password = broker_password or in_url
+    if password:
+        write_private(out / BROKER_SECRET, password.encode("utf-8") + b"\n")
+    toml = _toml(agency, name, rules_dir, broker, metrics_port, credentials=bool(password))
+    write_atomic(out / "node.toml", toml.encode("utf-8"))
     config = NodeConfig.load(out / "node.toml")
     store = Store(config.database)
     try:
@@ -48,7 +56,10 @@ def init_node(agency: AgencyCode, ca: pki.CertificateAuthority, rules_dir: Path,
     return out / "node.toml"
 
 
-def _toml(agency: AgencyCode, name: str, rules_dir: Path, broker: str, metrics_port: int) -> str:
+def _toml(agency: AgencyCode, name: str, rules_dir: Path, broker: str, metrics_port: int, *,
+          credentials: bool = False) -> str:
+    secret = (f'# the broker\'s password (or set {BROKER_PASSWORD_ENV}); never in this file\n'
+              f'broker_credentials = "{BROKER_SECRET}"\n' if credentials else "")
     return (f'# exchange node for {agency} ({name})\n'
             f'[node]\nagency = "{agency}"\nstate_dir = "state"\nmetrics_port = {metrics_port}\n\n'
             f'[pki]\nca = "ca.pem"\ncert = "{pki.AGENCY_CERT}"\nkey = "{pki.AGENCY_KEY}"\n'
@@ -59,4 +70,4 @@ def _toml(agency: AgencyCode, name: str, rules_dir: Path, broker: str, metrics_p
             f'checkpoint_every_seconds = 60\n\n'
             f'[rules]\ndir = "{rules_dir.resolve()}"\n\n'
             f'[transport]\n# empty: the embedded transport shared by the nodes of this host\n'
-            f'broker = "{broker}"\nembedded = "../transport.db"\n')
+            f'broker = "{broker}"\n{secret}embedded = "../transport.db"\n')
