@@ -33,6 +33,7 @@ from exchange.adapters.embedded import EmbeddedTransport
 from exchange.adapters.http_api import ApiServer
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.demo import samples
+from exchange.errors import InvalidDossier
 from exchange.node import workflow
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
@@ -266,26 +267,31 @@ def test_a_file_that_vanishes_is_noted(node: RunningNode, monkeypatch: pytest.Mo
 
 
 def test_any_failure_in_one_file_rejects_that_file_only(node: RunningNode, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whatever one file makes fail (an unexpected exception injected into its submission), that
-    file is rejected with the exception as the reason and the others of its pass are taken."""
+    """Whatever one file makes fail (an unexpected exception, a refusal without a message, an
+    exception whose text is not UTF-8, each injected into its submission), that file is rejected
+    with the exception as the reason and the others of its pass are taken."""
     since = time.monotonic()
     real_submit = workflow.submit
+    faults = {"boom.xml": RuntimeError("injected fault"), "quiet.xml": InvalidDossier(""),
+              "odd.xml": ValueError("odd \udce9 byte")}
 
     def failing(ctx: NodeContext, data: bytes, source: str = "dossier") -> Any:
-        if source == "boom.xml":
-            raise RuntimeError("injected fault")
+        if source in faults:
+            raise faults[source]
         return real_submit(ctx, data, source)
 
     monkeypatch.setattr(dropfolder, "submit", failing)
     sequence = next(GOOD)
     with capture_logs() as events:
-        drop(node.root / "inbox", "boom.xml", dossier(7))
+        for number, name in enumerate(faults, 14):
+            drop(node.root / "inbox", name, dossier(number))
         drop(node.root / "inbox", f"pass-{sequence}.xml", dossier(sequence))
-        error = node.rejected("boom.xml")
+        errors = {name: node.rejected(name) for name in faults}
         wait_until(lambda: (node.root / "accepted" / f"pass-{sequence}.xml").is_file(), 20, "the other file")
-    assert "the node could not process it (RuntimeError: injected fault)" in error
-    (failed,) = [e for e in events if e["event"] == "dropfolder.failed"]
-    assert failed["file"] == "boom.xml"
+    assert "the node could not process it (RuntimeError: injected fault)" in errors["boom.xml"]
+    assert errors["quiet.xml"] == "quiet.xml was not submitted:\nInvalidDossier\n"
+    assert "(ValueError: odd \\udce9 byte)" in errors["odd.xml"]
+    assert sorted(e["file"] for e in events if e["event"] == "dropfolder.failed") == ["boom.xml", "odd.xml"]
     node.takes_a_good_file(since)
 
 

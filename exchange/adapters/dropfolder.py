@@ -96,7 +96,7 @@ class DropFolder(Door):
         except StoreError:
             raise  # the node's database, not the file: it stays in processing/ for the next pass
         except ExchangeError as exc:
-            self._reject(path, str(exc))
+            self._reject(path, str(exc) or type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - one poison file must not stop the node: isolate it
             log.error("dropfolder.failed", file=_shown(path.name), exc_info=exc)
             self._reject(path, f"the node could not process it ({type(exc).__name__}: {exc})")
@@ -160,13 +160,13 @@ class DropFolder(Door):
         try:
             target = self._free("rejected", path.name)
             write_atomic(target.with_name(f"{target.stem}.error.txt"),
-                         f"{name} was not submitted:\n{reason}\n".encode())
+                         f"{name} was not submitted:\n{reason}\n".encode("utf-8", "backslashreplace"))
             path.replace(target)
         except OSError as exc:
             self._stuck.add(path)
-            log.error("dropfolder.stuck", file=name, reason=reason.splitlines()[0], error=str(exc))
+            log.error("dropfolder.stuck", file=name, reason=_first_line(reason), error=str(exc))
             return
-        log.warning("dropfolder.rejected", file=name, error=reason.splitlines()[0])
+        log.warning("dropfolder.rejected", file=name, error=_first_line(reason))
 
     def _vanished(self, path: Path) -> None:
         """A file removed between the listing and the reading: nothing to move, but a note says why."""
@@ -200,6 +200,10 @@ class DropFolder(Door):
 def _shown(name: str) -> str:
     """A file name as text a person can read: bytes that are not UTF-8 shown as ``\\xNN``."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _first_line(text: str) -> str:
+    return text.partition("\n")[0]
 
 
 def _regular(name: str, status: os.stat_result) -> os.stat_result:
