@@ -14,7 +14,8 @@ from exchange.demo import district as demo
 def register(commands: Any) -> None:
     parser = commands.add_parser("demo", help="run a district's nodes and a mix of dossiers, then report")
     parser.add_argument("--out", type=Path, default=Path("exchange-demo"), metavar="DIR",
-                        help="where the CA, the nodes and report.html go (replaced if it exists)")
+                        help="where the CA, the nodes and report.html go (a folder it made before is "
+                             "replaced; any other non-empty folder is refused)")
     parser.add_argument("--broker", default="", metavar="URL", help="amqp://... (default: embedded transport)")
     parser.add_argument("--dossiers", type=positive_int, default=24, metavar="N")
     parser.set_defaults(handler=_demo)
