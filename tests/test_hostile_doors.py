@@ -222,11 +222,12 @@ def test_a_link_is_never_followed(node: RunningNode) -> None:
     it points to is not submitted and the target is left as it was."""
     since = time.monotonic()
     target = node.root.parent / "elsewhere.xml"
-    target.write_bytes(dossier(4))
+    genuine = dossier(4)
+    target.write_bytes(genuine)
     (node.root / "inbox" / "link.xml").symlink_to(target)
     assert "is a symbolic link" in node.rejected("link.xml")
     assert code_of(4) not in codes_at(node.ctx)
-    assert target.read_bytes() == dossier(4)
+    assert target.read_bytes() == genuine
     node.takes_a_good_file(since)
 
 
@@ -472,12 +473,16 @@ def test_idle_connections_past_the_cap_hold_no_descriptors(server: ApiServer) ->
             assert open_descriptors() - before <= 200 + 8 + 4
             refused = [c for c in clients if closed_by_server(c, 0.01)]
             assert len(refused) >= 200 - 8
-            time.sleep(2.0)  # the read timeout (1 s) and the next cut have passed
-            still_answers(server)
+            time.sleep(1.5)  # the read timeout (1 s) and the next cut have passed
+            wait_until(lambda: response_to(server, get("/dossiers")).startswith(b"HTTP/1.0 200 "), 5,
+                       "a real request answered")
         finally:
             for client in clients:
                 client.close()
-    assert any(e["event"] == "http.too_many_connections" and e["limit"] == 8 for e in events)
+    refusals = [e for e in events if e["event"] == "http.too_many_connections"]
+    assert {e["limit"] for e in refusals} == {8}
+    assert sum(e["refused"] for e in refusals) >= 100  # counted in a few events, not one per connection
+    assert len(refusals) <= 5
 
 
 def test_a_silent_client_is_dropped(server: ApiServer) -> None:
@@ -505,7 +510,7 @@ def test_a_slowloris_client_is_cut_at_the_deadline(server: ApiServer) -> None:
             cut = closed_by_server(client, 0.2)
         elapsed = time.monotonic() - started
     assert cut
-    assert elapsed < 3.0
+    assert elapsed < 4.0  # the read timeout (1 s), the next cut (0.5 s) and room for a loaded machine
     assert any(e["event"] == "http.too_slow" for e in events)
     still_answers(server)
 

@@ -49,6 +49,8 @@ READ_TIMEOUT_S = 5.0
 """A read that waits longer drops the connection; so does a request head not whole by then."""
 MIN_BODY_RATE = 64 * 1024
 """Bytes per second: a body gets ``READ_TIMEOUT_S`` plus its length at this rate to arrive."""
+REFUSALS_LOGGED_EVERY_S = 1.0
+"""Connections refused for want of a slot are logged as one event at most this often."""
 LENGTH = re.compile(r"[0-9]{1,12}")
 BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
         b"Content-Length: 52\r\n\r\n" + b'{"error": "too many connections; try again shortly"}')
@@ -273,6 +275,8 @@ class ApiServer(ThreadingHTTPServer, Door):
         self._deadlines: dict[socket.socket, float] = {}
         self._cut: set[socket.socket] = set()
         self._watch_lock = threading.Lock()
+        self._refused, self._refused_logged_at = 0, 0.0
+        """Connections refused since the last log event, and when that was (on the serving thread)."""
         try:
             super().__init__((host, port), Handler)
         except OSError as exc:
@@ -298,7 +302,7 @@ class ApiServer(ThreadingHTTPServer, Door):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Serve the connection on a thread of its own if a slot is free; else answer 503 and close."""
         if not self._slots.acquire(blocking=False):
-            log.warning("http.too_many_connections", client=client_address[0], limit=self.max_connections)
+            self._refused += 1  # logged by service_actions, not once per connection
             with contextlib.suppress(OSError):
                 request.setblocking(False)
                 request.send(BUSY)
@@ -335,7 +339,8 @@ class ApiServer(ThreadingHTTPServer, Door):
             return connection not in self._cut
 
     def service_actions(self) -> None:
-        """Between accepts: cut each connection past its deadline (a blocked read then ends)."""
+        """Between accepts: cut each connection past its deadline (a blocked read then ends), and
+        log what was refused."""
         now = time.monotonic()
         with self._watch_lock:
             late = [connection for connection, deadline in self._deadlines.items() if deadline <= now]
@@ -346,6 +351,9 @@ class ApiServer(ThreadingHTTPServer, Door):
                     connection.shutdown(socket.SHUT_RDWR)
         if late:
             log.info("http.too_slow", connections=len(late), seconds=self.read_timeout)
+        if self._refused and now - self._refused_logged_at >= REFUSALS_LOGGED_EVERY_S:
+            log.warning("http.too_many_connections", refused=self._refused, limit=self.max_connections)
+            self._refused, self._refused_logged_at = 0, now
 
     def context(self) -> NodeContext:
         """The calling request's context (``for_thread``), opened on first use."""
