@@ -2,22 +2,19 @@
 a link, a name that is not UTF-8, a file too large, a date Python cannot hold, garbage, a file
 that vanishes, a file whose handling fails) ends in rejected/ with its reason while the daemon
 keeps pinging its watchdog and takes the next good file; a door that fails does not stop the
-loop; and the HTTP API outlives idle and slow clients, hostile lengths, failing routes and an
-occupied port. A dossier code submitted twice with different content is refused at every door."""
+loop; a dossier code submitted again with different content is refused by the drop folder and
+by edXML import (the HTTP API's hostile cases are in test_http_api.py)."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
-import select
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +23,9 @@ from lxml import etree
 from structlog.testing import capture_logs
 
 from exchange.adapters import dropfolder
-from exchange.adapters import http_api as http_api_module
 from exchange.adapters.dropfolder import MAX_FILE_BYTES, DropFolder
 from exchange.adapters.edxml import Organ, export_transfer
 from exchange.adapters.embedded import EmbeddedTransport
-from exchange.adapters.http_api import ApiServer
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.demo import samples
 from exchange.errors import InvalidDossier
@@ -39,10 +34,9 @@ from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
 from exchange.node.doors import Door
-from tests.node_cluster import COMMUNE, EXE, Cluster, NotifySocket, cli, wait_until
+from tests.node_cluster import COMMUNE, Cluster, NotifySocket, cli, wait_until
 
 MAX_WATCHDOG_GAP_S = 2.0
-TOKEN = "s3cret-token"
 GOOD = itertools.count(1000)
 """Sequence numbers of the good dossiers dropped after each hostile file."""
 
@@ -377,244 +371,16 @@ def test_a_failing_door_does_not_stop_the_loop(tmp_path: Path, monkeypatch: pyte
     assert "the door broke" in failed[0]["error"]
 
 
-# the HTTP API
-
-
-@pytest.fixture
-def api_node(tmp_path: Path) -> Iterator[NodeContext]:
-    """The commune's context, as the daemon holds it, with the API token configured."""
-    district = Cluster(tmp_path)
-    district.init(COMMUNE)
-    config = NodeConfig.load(district.config(COMMUNE), environ={"EXCHANGE_AGENCY_SYSTEM_TOKEN": TOKEN})
-    with NodeContext.open(config) as ctx:
-        yield ctx
-
-
-@pytest.fixture
-def server(api_node: NodeContext) -> Iterator[ApiServer]:
-    """An API that drops a connection after one second of silence or slowness, serving 8 at once."""
-    api_node.config = replace(api_node.config, http_max_connections=8)
-    server = ApiServer(api_node, read_timeout=1.0)
-    server.start()
-    yield server
-    server.stop()
-
-
-def connect(server: ApiServer, timeout: float = 10) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=timeout)
-
-
-def response_to(server: ApiServer, request: bytes, timeout: float = 10) -> bytes:
-    """Send ``request`` and read until the server closes the connection."""
-    with connect(server, timeout) as client:
-        client.sendall(request)
-        return read_all(client)
-
-
-def read_all(client: socket.socket) -> bytes:
-    chunks = []
-    try:
-        while chunk := client.recv(65536):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
-
-
-def status_of(response: bytes) -> int:
-    return int(response.split(b" ", 2)[1])
-
-
-def error_of(response: bytes) -> str:
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert b"Content-Type: application/json" in head
-    message: str = json.loads(body)["error"]
-    return message
-
-
-def post(path: str, headers: str = "", body: bytes = b"") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n{headers}\r\n").encode() + body
-
-
-def get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
-
-
-def still_answers(server: ApiServer) -> None:
-    response = response_to(server, get("/dossiers"))
-    assert status_of(response) == 200, response
-
-
-def open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def closed_by_server(client: socket.socket, within: float) -> bool:
-    """Whether the server closed (or refused) ``client`` within ``within`` seconds."""
-    readable, _, _ = select.select([client], [], [], within)
-    if not readable:
-        return False
-    try:
-        data = client.recv(65536)
-    except ConnectionResetError:
-        return True
-    return data == b"" or data.startswith(b"HTTP/1.0 503") and read_all(client) is not None
-
-
-def test_idle_connections_past_the_cap_hold_no_descriptors(server: ApiServer) -> None:
-    """Two hundred idle connections take at most the cap of 8 descriptors on the node's side (the
-    others are answered 503 and closed at once); once the idle ones time out, a real request is
-    answered while the attacker still holds its sockets."""
-    before = open_descriptors()
-    with capture_logs() as events:
-        clients = [connect(server) for _ in range(200)]
-        try:
-            time.sleep(0.5)
-            assert open_descriptors() - before <= 200 + 8 + 4
-            refused = [c for c in clients if closed_by_server(c, 0.01)]
-            assert len(refused) >= 200 - 8
-            time.sleep(1.5)  # the read timeout (1 s) and the next cut have passed
-            wait_until(lambda: response_to(server, get("/dossiers")).startswith(b"HTTP/1.0 200 "), 5,
-                       "a real request answered")
-        finally:
-            for client in clients:
-                client.close()
-    refusals = [e for e in events if e["event"] == "http.too_many_connections"]
-    assert {e["limit"] for e in refusals} == {8}
-    assert sum(e["refused"] for e in refusals) >= 100  # counted in a few events, not one per connection
-    assert len(refusals) <= 5
-
-
-def test_a_silent_client_is_dropped(server: ApiServer) -> None:
-    """A client that connects and sends nothing is disconnected after the read timeout."""
-    with connect(server) as client:
-        started = time.monotonic()
-        assert closed_by_server(client, 5)
-        assert 0.8 < time.monotonic() - started < 3
-    still_answers(server)
-
-
-def test_a_slowloris_client_is_cut_at_the_deadline(server: ApiServer) -> None:
-    """A client that trickles a header line every 0.2 s (never silent for a whole read timeout)
-    is cut once its request is not whole after the read timeout; the API answers others meanwhile."""
-    with capture_logs() as events, connect(server) as client:
-        started = time.monotonic()
-        client.sendall(b"GET /dossiers HTTP/1.1\r\nHost: x\r\n")
-        cut = False
-        while not cut and time.monotonic() - started < 8:
-            try:
-                client.sendall(b"X-Slow: 1\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                cut = True
-                break
-            cut = closed_by_server(client, 0.2)
-        elapsed = time.monotonic() - started
-    assert cut
-    assert elapsed < 4.0  # the read timeout (1 s), the next cut (0.5 s) and room for a loaded machine
-    assert any(e["event"] == "http.too_slow" for e in events)
-    still_answers(server)
-
-
-def test_half_a_body_is_dropped_not_submitted(server: ApiServer, api_node: NodeContext) -> None:
-    """A request whose body stops halfway is dropped after its deadline, and nothing of it is submitted."""
-    data = dossier(9)
-    with connect(server) as client:
-        started = time.monotonic()
-        client.sendall(post("/dossiers", f"Content-Length: {len(data)}\r\n", data[: len(data) // 2]))
-        assert closed_by_server(client, 5)
-        assert time.monotonic() - started < 3
-    assert codes_at(api_node) == set()
-    still_answers(server)
-
-
-@pytest.mark.parametrize(("length", "status", "says"), [
-    ("-1", 400, "Content-Length must be a number of bytes, not '-1'"),
-    ("abc", 400, "not 'abc'"),
-    ("+5", 400, "not '+5'"),
-    ("5, 6", 400, "not '5, 6'"),
-    (str(200 * 1024 * 1024), 413, f"is more than {16 * 1024 * 1024}"),
-    ("99999999999999999999", 400, "not '99999999999999999999'"),
-])
-def test_a_hostile_length_is_answered_without_reading(server: ApiServer, length: str, status: int, says: str) -> None:
-    """A negative, non-numeric, signed, doubled or oversized Content-Length is answered at once
-    with a JSON error; the body is never waited for."""
-    started = time.monotonic()
-    response = response_to(server, post("/dossiers", f"Content-Length: {length}\r\n"))
-    assert time.monotonic() - started < 0.9  # less than the read timeout: nothing was read
-    assert status_of(response) == status
-    assert says in error_of(response)
-    still_answers(server)
-
-
-def test_two_lengths_and_chunked_bodies_are_refused(server: ApiServer) -> None:
-    """Two different Content-Length headers are a 400; a chunked body is a 411; neither is read."""
-    response = response_to(server, post("/dossiers", "Content-Length: 5\r\nContent-Length: 6\r\n"))
-    assert status_of(response) == 400
-    response = response_to(server, post("/dossiers", "Transfer-Encoding: chunked\r\n"))
-    assert status_of(response) == 411
-    assert "Content-Length" in error_of(response)
-    still_answers(server)
-
-
-def test_garbage_instead_of_a_request_is_a_json_400(server: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
-    """Bytes that are not HTTP (a TLS hello) get a JSON 400 and no traceback."""
-    response = response_to(server, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n")
-    assert status_of(response) == 400
-    assert error_of(response)
-    assert "Traceback" not in capsys.readouterr().err
-    still_answers(server)
-
-
-def test_a_route_that_fails_answers_500(server: ApiServer, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """An unexpected exception in a route is a 500 with a JSON error and one structured event,
-    never a traceback on stderr or a dropped connection; the next request is served."""
-    def failing(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("injected fault")
-
-    monkeypatch.setattr(http_api_module, "dossier_list", failing)
-    with capture_logs() as events:
-        response = response_to(server, get("/dossiers"))
-    assert status_of(response) == 500
-    assert error_of(response) == "the node failed on this request: RuntimeError: injected fault"
-    (failed,) = [e for e in events if e["event"] == "http.route_failed"]
-    assert failed["path"] == "/dossiers"
-    assert "Traceback" not in capsys.readouterr().err
-    monkeypatch.undo()
-    still_answers(server)
-
-
-def test_a_date_python_cannot_hold_is_answered(server: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
-    """A dossier whose due date is in the year 10000 (schema-valid) is answered with a JSON error,
-    not a closed connection and a traceback; a good dossier is taken after it."""
-    data = with_due_date(dossier(10), "10000-12-04")
-    response = response_to(server, post("/dossiers", f"Content-Length: {len(data)}\r\n", data))
-    assert status_of(response) in (400, 500)
-    assert "10000" in error_of(response)
-    assert "Traceback" not in capsys.readouterr().err
-    good = dossier(11)
-    assert status_of(response_to(server, post("/dossiers", f"Content-Length: {len(good)}\r\n", good))) == 201
-
-
-def test_a_code_reused_with_other_content_is_refused_by_the_api(server: ApiServer, api_node: NodeContext) -> None:
-    """A second POST with a known dossier code and different content is refused (400, already
-    submitted), and the stored dossier stays the first one."""
-    first = dossier(12)
-    other = re.sub(rb"<FullName>[^<]*</FullName>", "<FullName>Người Khác</FullName>".encode(), first)
-    assert status_of(response_to(server, post("/dossiers", f"Content-Length: {len(first)}\r\n", first))) == 201
-    response = response_to(server, post("/dossiers", f"Content-Length: {len(other)}\r\n", other))
-    assert status_of(response) == 400
-    assert f"dossier {code_of(12)} was already submitted" in error_of(response)
-    stored = api_node.store.dossier_payload(code_of(12))
-    assert stored is not None
-    assert "Người Khác".encode() not in stored
+# edXML import
 
 
 def test_a_code_reused_with_other_content_is_refused_by_edxml_import(
-        api_node: NodeContext, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An edXML package carrying a different dossier under a code the node knows is refused
     (exit 1, already submitted); the stored dossier stays the first one."""
-    config = api_node.config.source
+    cluster = Cluster(tmp_path)
+    cluster.init(COMMUNE)
+    config = cluster.config(COMMUNE)
     first = dossier(13)
     (tmp_path / "first.xml").write_bytes(first)
     assert cli("submit", "--config", config, tmp_path / "first.xml") == 0
@@ -625,22 +391,7 @@ def test_a_code_reused_with_other_content_is_refused_by_edxml_import(
     capsys.readouterr()
     assert cli("edxml", "import", "--config", config, package) == 1
     assert f"dossier {code_of(13)} was already submitted" in capsys.readouterr().err
-    stored = api_node.store.dossier_payload(code_of(13))
+    with NodeContext.open(NodeConfig.load(config)) as ctx:
+        stored = ctx.store.dossier_payload(code_of(13))
     assert stored is not None
     assert "Người Khác".encode() not in stored
-
-
-def test_a_port_in_use_is_one_line_and_exit_1(api_node: NodeContext) -> None:
-    """`exchange run` with its API port taken by another process exits 1 with one line saying so,
-    no traceback."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        env = {**os.environ, "EXCHANGE_AGENCY_SYSTEM_TOKEN": TOKEN, "EXCHANGE_AGENCY_SYSTEM_HTTP_PORT": str(port)}
-        env.pop("NOTIFY_SOCKET", None)
-        result = subprocess.run([EXE, "run", "--config", str(api_node.config.source)], capture_output=True,
-                                text=True, timeout=60, env=env)
-    assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == f"exchange: the HTTP API cannot listen on 127.0.0.1:{port}: address in use"
-    assert "Traceback" not in result.stderr

@@ -1,9 +1,18 @@
 """The agency-system HTTP API: token, submit, done, timeline (JSON and XML), overdue, OpenAPI;
-requests share the daemon's context, each over a connection of its own, closed after use."""
+requests share the daemon's context, each over a connection of its own, closed after use; and
+no client stalls or stops the node: idle connections past the cap hold no descriptors, silent
+and slow clients are cut, hostile lengths are answered unread, a failing route is a JSON 500,
+a code reused with other content is refused, and a port in use is one line and exit 1."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
+import socket
+import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -12,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from exchange.adapters import http_api as http_api_module
 from exchange.adapters.http_api import ApiServer
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.demo import samples
@@ -21,7 +32,7 @@ from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.rules import load as rules_load
 from exchange.store.node import Store
-from tests.node_cluster import COMMUNE, Cluster, wait_until
+from tests.node_cluster import COMMUNE, EXE, Cluster, wait_until
 
 TOKEN = "s3cret-token"
 REQUESTS = 12
@@ -177,3 +188,244 @@ def test_a_client_that_goes_away_leaves_no_traceback(server: ApiServer, capsys: 
         wait_until(lambda: any(e["event"] == "http.client_gone" for e in events), 10, "the client_gone event")
     assert "Traceback" not in capsys.readouterr().err
     assert not [e for e in events if e["log_level"] == "error"]
+
+
+# hostile clients: none may stall or stop the node
+
+
+@pytest.fixture
+def strict(node: NodeContext) -> Iterator[ApiServer]:
+    """An API that drops a connection after one second of silence or slowness, serving 8 at once."""
+    node.config = replace(node.config, http_max_connections=8)
+    server = ApiServer(node, read_timeout=1.0)
+    server.start()
+    yield server
+    server.stop()
+
+
+def connect(server: ApiServer, timeout: float = 10) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=timeout)
+
+
+def response_to(server: ApiServer, request: bytes, timeout: float = 10) -> bytes:
+    """Send ``request`` and read until the server closes the connection."""
+    with connect(server, timeout) as client:
+        client.sendall(request)
+        return read_all(client)
+
+
+def read_all(client: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := client.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def error_of(response: bytes) -> str:
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/json" in head
+    message: str = json.loads(body)["error"]
+    return message
+
+
+def post(path: str, headers: str = "", body: bytes = b"") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n{headers}\r\n").encode() + body
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+
+
+def still_answers(server: ApiServer) -> None:
+    response = response_to(server, get("/dossiers"))
+    assert status_of(response) == 200, response
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def closed_by_server(client: socket.socket, within: float) -> bool:
+    """Whether the server closed (or refused) ``client`` within ``within`` seconds."""
+    readable, _, _ = select.select([client], [], [], within)
+    if not readable:
+        return False
+    try:
+        data = client.recv(65536)
+    except ConnectionResetError:
+        return True
+    return data == b"" or data.startswith(b"HTTP/1.0 503") and read_all(client) is not None
+
+
+def test_idle_connections_past_the_cap_hold_no_descriptors(strict: ApiServer) -> None:
+    """Two hundred idle connections take at most the cap of 8 descriptors on the node's side (the
+    others are answered 503 and closed at once); once the idle ones time out, a real request is
+    answered while the attacker still holds its sockets."""
+    before = open_descriptors()
+    with capture_logs() as events:
+        clients = [connect(strict) for _ in range(200)]
+        try:
+            time.sleep(0.5)
+            assert open_descriptors() - before <= 200 + 8 + 4
+            refused = [c for c in clients if closed_by_server(c, 0.01)]
+            assert len(refused) >= 200 - 8
+            time.sleep(1.5)  # the read timeout (1 s) and the next cut have passed
+            wait_until(lambda: response_to(strict, get("/dossiers")).startswith(b"HTTP/1.0 200 "), 5,
+                       "a real request answered")
+        finally:
+            for client in clients:
+                client.close()
+    refusals = [e for e in events if e["event"] == "http.too_many_connections"]
+    assert {e["limit"] for e in refusals} == {8}
+    assert sum(e["refused"] for e in refusals) >= 100  # counted in a few events, not one per connection
+    assert len(refusals) <= 5
+
+
+def test_a_silent_client_is_dropped(strict: ApiServer) -> None:
+    """A client that connects and sends nothing is disconnected after the read timeout."""
+    with connect(strict) as client:
+        started = time.monotonic()
+        assert closed_by_server(client, 5)
+        assert 0.8 < time.monotonic() - started < 3
+    still_answers(strict)
+
+
+def test_a_slowloris_client_is_cut_at_the_deadline(strict: ApiServer) -> None:
+    """A client that trickles a header line every 0.2 s (never silent for a whole read timeout)
+    is cut once its request is not whole after the read timeout; the API answers others meanwhile."""
+    with capture_logs() as events, connect(strict) as client:
+        started = time.monotonic()
+        client.sendall(b"GET /dossiers HTTP/1.1\r\nHost: x\r\n")
+        cut = False
+        while not cut and time.monotonic() - started < 8:
+            try:
+                client.sendall(b"X-Slow: 1\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                cut = True
+                break
+            cut = closed_by_server(client, 0.2)
+        elapsed = time.monotonic() - started
+    assert cut
+    assert elapsed < 4.0  # the read timeout (1 s), the next cut (0.5 s) and room for a loaded machine
+    assert any(e["event"] == "http.too_slow" for e in events)
+    still_answers(strict)
+
+
+def test_half_a_body_is_dropped_not_submitted(strict: ApiServer, node: NodeContext) -> None:
+    """A request whose body stops halfway is dropped after its deadline, and nothing of it is submitted."""
+    data = dossier(9)
+    with connect(strict) as client:
+        started = time.monotonic()
+        client.sendall(post("/dossiers", f"Content-Length: {len(data)}\r\n", data[: len(data) // 2]))
+        assert closed_by_server(client, 5)
+        assert time.monotonic() - started < 3
+    assert node.store.conn.execute("SELECT COUNT(*) FROM dossiers").fetchone()[0] == 0
+    still_answers(strict)
+
+
+@pytest.mark.parametrize(("length", "status", "says"), [
+    ("-1", 400, "Content-Length must be a number of bytes, not '-1'"),
+    ("abc", 400, "not 'abc'"),
+    ("+5", 400, "not '+5'"),
+    ("5, 6", 400, "not '5, 6'"),
+    (str(200 * 1024 * 1024), 413, f"is more than {16 * 1024 * 1024}"),
+    ("99999999999999999999", 400, "not '99999999999999999999'"),
+])
+def test_a_hostile_length_is_answered_without_reading(strict: ApiServer, length: str, status: int, says: str) -> None:
+    """A negative, non-numeric, signed, doubled or oversized Content-Length is answered at once
+    with a JSON error; the body is never waited for."""
+    started = time.monotonic()
+    response = response_to(strict, post("/dossiers", f"Content-Length: {length}\r\n"))
+    assert time.monotonic() - started < 0.9  # less than the read timeout: nothing was read
+    assert status_of(response) == status
+    assert says in error_of(response)
+    still_answers(strict)
+
+
+def test_two_lengths_and_chunked_bodies_are_refused(strict: ApiServer) -> None:
+    """Two different Content-Length headers are a 400; a chunked body is a 411; neither is read."""
+    response = response_to(strict, post("/dossiers", "Content-Length: 5\r\nContent-Length: 6\r\n"))
+    assert status_of(response) == 400
+    response = response_to(strict, post("/dossiers", "Transfer-Encoding: chunked\r\n"))
+    assert status_of(response) == 411
+    assert "Content-Length" in error_of(response)
+    still_answers(strict)
+
+
+def test_garbage_instead_of_a_request_is_a_json_400(strict: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bytes that are not HTTP (a TLS hello) get a JSON 400 and no traceback."""
+    response = response_to(strict, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n")
+    assert status_of(response) == 400
+    assert error_of(response)
+    assert "Traceback" not in capsys.readouterr().err
+    still_answers(strict)
+
+
+def test_a_route_that_fails_answers_500(strict: ApiServer, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """An unexpected exception in a route is a 500 with a JSON error and one structured event,
+    never a traceback on stderr or a dropped connection; the next request is served."""
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(http_api_module, "dossier_list", failing)
+    with capture_logs() as events:
+        response = response_to(strict, get("/dossiers"))
+    assert status_of(response) == 500
+    assert error_of(response) == "the node failed on this request: RuntimeError: injected fault"
+    (failed,) = [e for e in events if e["event"] == "http.route_failed"]
+    assert failed["path"] == "/dossiers"
+    assert "Traceback" not in capsys.readouterr().err
+    monkeypatch.undo()
+    still_answers(strict)
+
+
+def test_a_date_python_cannot_hold_is_answered(strict: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """A dossier whose due date is in the year 10000 (schema-valid) is answered with a JSON error,
+    not a closed connection and a traceback; a good dossier is taken after it."""
+    data = re.sub(rb"<DueDate>[^<]*</DueDate>", b"<DueDate>10000-12-04</DueDate>", dossier(10))
+    response = response_to(strict, post("/dossiers", f"Content-Length: {len(data)}\r\n", data))
+    assert status_of(response) in (400, 500)
+    assert "10000" in error_of(response)
+    assert "Traceback" not in capsys.readouterr().err
+    good = dossier(11)
+    assert status_of(response_to(strict, post("/dossiers", f"Content-Length: {len(good)}\r\n", good))) == 201
+
+
+def test_a_code_reused_with_other_content_is_refused_by_the_api(strict: ApiServer, node: NodeContext) -> None:
+    """A second POST with a known dossier code and different content is refused (400, already
+    submitted), and the stored dossier stays the first one."""
+    first = dossier(12)
+    other = re.sub(rb"<FullName>[^<]*</FullName>", "<FullName>Người Khác</FullName>".encode(), first)
+    response = response_to(strict, post("/dossiers", f"Content-Length: {len(first)}\r\n", first))
+    assert status_of(response) == 201
+    code = json.loads(response.partition(b"\r\n\r\n")[2])["code"]
+    response = response_to(strict, post("/dossiers", f"Content-Length: {len(other)}\r\n", other))
+    assert status_of(response) == 400
+    assert f"dossier {code} was already submitted" in error_of(response)
+    stored = node.store.dossier_payload(code)
+    assert stored is not None
+    assert "Người Khác".encode() not in stored
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(node: NodeContext) -> None:
+    """`exchange run` with its API port taken by another process exits 1 with one line saying so,
+    no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "EXCHANGE_AGENCY_SYSTEM_TOKEN": TOKEN, "EXCHANGE_AGENCY_SYSTEM_HTTP_PORT": str(port)}
+        env.pop("NOTIFY_SOCKET", None)
+        result = subprocess.run([EXE, "run", "--config", str(node.config.source)], capture_output=True,
+                                text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"exchange: the HTTP API cannot listen on 127.0.0.1:{port}: address in use"
+    assert "Traceback" not in result.stderr
