@@ -9,7 +9,6 @@ returns as signed.
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
 import datetime as dt
 import hashlib
@@ -189,10 +188,16 @@ class _Verifier(XMLVerifier):
         if reference.get("URI") != "" or algorithms != [ENVELOPED, EXC_C14N.value]:
             raise sx.InvalidInput(f"reference {index}: expected URI=\"\" with the enveloped and "
                                   f"exc-c14n transforms, found {reference.get('URI')!r} {algorithms}")
-        copied = copy.deepcopy(root)
-        copied.remove(self._get_signature(copied))  # type: ignore[no-untyped-call]
         prefixes = self._get_inclusive_ns_prefixes(transforms[1])  # type: ignore[no-untyped-call]
-        signed_data: bytes = self._c14n(copied, algorithm=EXC_C14N, inclusive_ns_prefixes=prefixes)
+        # The enveloped transform: the document without its Signature. ``root`` is this call's own
+        # parse, so the Signature (its last child, pinned by the shape check) is taken out for the
+        # canonicalization and put back, instead of deep-copying the whole document.
+        enveloped = self._get_signature(root)  # type: ignore[no-untyped-call]
+        root.remove(enveloped)
+        try:
+            signed_data: bytes = self._c14n(root, algorithm=EXC_C14N, inclusive_ns_prefixes=prefixes)
+        finally:
+            root.append(enveloped)
         method = reference.find(_ds("DigestMethod"))
         digest_alg = DigestAlgorithm(method.get("Algorithm") if method is not None else None)
         self.check_digest_alg_expected(digest_alg)  # type: ignore[no-untyped-call]

@@ -30,9 +30,17 @@ DATETIME_FORM = "YYYY-MM-DDThh:mm:ss[.s+](Z|+hh:mm|-hh:mm)"
 DATE_FORM = "YYYY-MM-DD[Z|+hh:mm|-hh:mm]"
 MAX_ZONE = dt.timedelta(hours=14)
 
+_OURS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z")
+"""The form every node writes (``clock.utc``): read by ``fromisoformat`` on the hot path."""
+
 
 def parse_datetime(text: str) -> dt.datetime:
     """An ``xs:dateTime`` with a zone, as an aware moment in UTC; ValueError if it is not one."""
+    if _OURS_RE.fullmatch(text):
+        try:
+            return dt.datetime.fromisoformat(text)  # a Z reads as UTC
+        except ValueError:
+            pass  # 24:00:00, a year 0000, a 30 February: the general reading says which
     found = _DATETIME_RE.fullmatch(text.strip(_WHITESPACE))
     if found is None:
         raise ValueError(f"{_shown(text)} is not an xs:dateTime ({DATETIME_FORM})")

@@ -72,42 +72,54 @@ DOSSIER = Profile(root=q("Dossier", DOSSIER_NS))
 
 
 def check(root: etree._Element, profile: Profile, source: str = "input") -> None:
-    """Refuse ``root`` with ``BadShape`` unless it is within ``profile``; one pass, no copies."""
-    if root.tag != profile.root:
-        raise BadShape(f"{source}: the root is {root.tag}, expected {profile.root}")
+    """Refuse ``root`` with ``BadShape`` unless it is within ``profile``; one pass, no copies.
+
+    This runs on every envelope a node opens, so it touches each node once and reads a tag only
+    where the profile names one (lxml builds a new string for every ``.tag``)."""
+    tag = root.tag
+    if tag != profile.root:
+        raise BadShape(f"{source}: the root is {tag}, expected {profile.root}")
     attributes = 0
     for nodes, el in enumerate(root.iter(), 1):  # elements, comments and processing instructions
-        if nodes > profile.max_nodes:
-            raise BadShape(f"{source}: more than {profile.max_nodes} elements, comments and "
-                           "processing instructions")
         if len(el) > profile.max_children:
             raise BadShape(f"{_where(el, source)}: {len(el)} child nodes in {el.tag}, at most "
                            f"{profile.max_children} are allowed")
-        count = len(el.keys())
-        attributes += count
-        if count > profile.max_attributes_per_element:
-            raise BadShape(f"{_where(el, source)}: {count} attributes on {el.tag}, at most "
-                           f"{profile.max_attributes_per_element} are allowed")
+        keys = el.keys()
+        if keys:
+            attributes += len(keys)
+            if len(keys) > profile.max_attributes_per_element:
+                raise BadShape(f"{_where(el, source)}: {len(keys)} attributes on {el.tag}, at most "
+                               f"{profile.max_attributes_per_element} are allowed")
+        if nodes > profile.max_nodes:
+            raise BadShape(f"{source}: more than {profile.max_nodes} elements, comments and "
+                           "processing instructions")
     if attributes > profile.max_attributes:
         raise BadShape(f"{source}: {attributes} attributes, at most {profile.max_attributes} are allowed")
     too_deep: list[etree._Element] = _deeper_than(profile.max_depth)(root)  # type: ignore[assignment]
     if too_deep:
         raise BadShape(f"{_where(too_deep[0], source)}: elements nested more than {profile.max_depth} deep")
-    for el in root.iter(*profile.children) if profile.children else ():  # no tags: every element
-        _check_children(el, profile.children[el.tag], source)
+    _check_profiled(root, tag, profile.children, source)
+
+
+def _check_profiled(el: etree._Element, tag: str, children: Mapping[str, tuple[str, ...]], source: str) -> None:
+    """The exact children of ``el`` and, below it, of every element the profile names: a walk
+    down the named path only (the profile's elements hold one another: Envelope, Signature, ...)."""
+    expected = children.get(tag)
+    if expected is None:
+        return
+    kids = [(child, child.tag) for child in el]
+    found = tuple(name for _, name in kids if isinstance(name, str))
+    if found != expected:
+        raise BadShape(f"{_where(el, source)}: {tag} holds {_names(found)}, expected exactly {_names(expected)}")
+    for child, name in kids:
+        if name in children:
+            _check_profiled(child, name, children, source)
 
 
 @functools.cache
 def _deeper_than(depth: int) -> etree.XPath:
     """The first element nested deeper than ``depth`` (libxml2 walks the levels, in C)."""
     return etree.XPath("(/*" + "/*" * depth + ")[1]")
-
-
-def _check_children(el: etree._Element, expected: tuple[str, ...], source: str) -> None:
-    found = tuple(child.tag for child in el if isinstance(child.tag, str))
-    if found != expected:
-        raise BadShape(f"{_where(el, source)}: {el.tag} holds {_names(found)}, expected exactly "
-                       f"{_names(expected)}")
 
 
 def _where(el: etree._Element, source: str) -> str:
