@@ -39,7 +39,7 @@ from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.doors import Door
 from exchange.node.status import dossier_list, timeline
-from exchange.node.workflow import complete, submit
+from exchange.node.workflow import DECISIONS, complete, submit
 from exchange.store.states import Result
 
 log = structlog.get_logger(__name__)
@@ -89,7 +89,7 @@ def openapi() -> dict[str, Any]:
                          "parameters": [code, {"name": "step", "in": "path", "required": True,
                                                "schema": {"type": "string"}}],
                          "requestBody": {"content": {"application/json": {"schema": {
-                             "type": "object", "properties": {"result": {"enum": [r.value for r in Result]}}}}}},
+                             "type": "object", "properties": {"result": {"enum": [r.value for r in DECISIONS]}}}}}},
                          "responses": {"200": {"description": "done; what was sent"}, "400": error, "404": error}}},
         },
     }
@@ -217,7 +217,7 @@ def _done(handler: Handler, ctx: NodeContext, params: dict[str, str], body: byte
         result = json.loads(body or b"{}").get("result", Result.ACCEPTED)
     except (ValueError, AttributeError):
         raise InvalidInput("the body must be JSON such as {\"result\": \"accepted\"}") from None
-    if result not in set(Result):
+    if result not in set(DECISIONS):
         raise InvalidInput(f"result must be accepted or refused, not {result!r}")
     sent = complete(ctx, _code(params["code"]), params["step"], result)
     return HTTPStatus.OK, {"code": params["code"], "step": params["step"], "result": result, "sent": sent}

@@ -28,7 +28,7 @@ from exchange.node.doors import Door
 from exchange.node.provisioning import init_node
 from exchange.node.status import status_rows
 from exchange.node.transport import DeadLetter
-from exchange.node.workflow import complete, submit
+from exchange.node.workflow import DECISIONS, complete, submit
 from exchange.rules.load import load as load_rules
 from exchange.store.node import OutboxRow
 from exchange.store.states import Result
@@ -62,7 +62,7 @@ def register(commands: Any) -> None:
     _config(done)
     done.add_argument("--dossier", required=True, metavar="CODE")
     done.add_argument("--step", required=True, metavar="STEP")
-    done.add_argument("--result", choices=[r.value for r in Result], default=Result.ACCEPTED.value)
+    done.add_argument("--result", choices=[r.value for r in DECISIONS], default=Result.ACCEPTED.value)
     done.set_defaults(handler=_done)
 
     status = commands.add_parser("status", help="where each dossier is")

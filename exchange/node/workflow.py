@@ -27,6 +27,8 @@ from exchange.store.states import DossierState, Result, StepState
 from exchange.xml import safexml
 from exchange.xml.names import DOSSIER_NS, q
 
+DECISIONS: tuple[Result, ...] = (Result.ACCEPTED, Result.REFUSED)
+"""The results ``complete`` takes (``exchange done --result``, the HTTP API)."""
 MAX_CONTROL_ROWS = 200
 """A dossier's processing-control slip stops growing here: a loop must not grow it forever."""
 

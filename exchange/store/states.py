@@ -26,15 +26,25 @@ class StepState(StrEnum):
 
     PENDING = "pending"  # waiting for the steps it comes after
     READY = "ready"  # this node's agency can do it now
+    SENT = "sent"  # handed off to its performer: the transfer is on its way
+    RECEIVED = "received"  # its performer's receipt came back
     DONE = "done"
+    CANCELLED = "cancelled"  # the dossier ended (refused, withdrawn) before this step was done
 
 
 class DossierState(StrEnum):
     """A dossier as this node holds it: still on its route, or finished one way or the other."""
 
     PROCESSING = "processing"
+    PAUSED = "paused"  # waiting for the applicant (a fee, a financial obligation)
+    SUPPLEMENT_REQUESTED = "supplement-requested"  # back at the desk for more documents
     COMPLETED = "completed"
     REFUSED = "refused"
+    WITHDRAWN = "withdrawn"
+
+    @property
+    def final(self) -> bool:
+        return self in (DossierState.COMPLETED, DossierState.REFUSED, DossierState.WITHDRAWN)
 
 
 class Outcome(StrEnum):
@@ -52,6 +62,8 @@ class Result(StrEnum):
     """The step is done and the dossier goes on along its route."""
     REFUSED = "refused"
     """The applicant is not eligible: the dossier stops here."""
+    SUPPLEMENT = "supplement"
+    """More documents are needed: the dossier goes back to the desk, the clock pauses."""
 
 
 class WebhookState(StrEnum):
