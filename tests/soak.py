@@ -313,7 +313,7 @@ class Soak:
             errors = [e for e in log_events(self.cluster.log(agency)) if e.get("level") == "error"
                       and not str(e.get("event", "")).startswith(EXPECTED_ERRORS)]
             if errors:
-                problems.append(f"{agency}: {len(errors)} error events, first {errors[0].get('event')}")
+                problems.append(f"{agency}: {len(errors)} error events, first {str(errors[0])[:300]}")
         return problems
 
     # figures

@@ -19,7 +19,7 @@ def test_soak_on_the_embedded_transport(tmp_path: Path) -> None:
     nothing, deliver nothing twice, and leave true, reconcilable audit logs."""
     figures = Soak(tmp_path, CI_PLAN).run()
     print(figures.report())
-    assert figures.problems == []
+    assert figures.problems == [], figures.report()
     assert sum(figures.faults.values()) >= 5
 
 
@@ -28,5 +28,5 @@ def test_soak_on_rabbitmq(tmp_path: Path, private_rabbit: RabbitNode) -> None:
     """The same on a private RabbitMQ node that is also stopped and killed -9 under the nodes."""
     figures = Soak(tmp_path, CI_PLAN, private_rabbit).run()
     print(figures.report())
-    assert figures.problems == []
+    assert figures.problems == [], figures.report()
     assert sum(figures.faults.values()) >= 5

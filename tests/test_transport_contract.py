@@ -19,7 +19,7 @@ from exchange.adapters.embedded import EmbeddedTransport
 from exchange.codes import AgencyCode
 from exchange.errors import StaleDelivery, TransportUnavailable, Unroutable
 from exchange.node.transport import Consumer, Delivery, Transport
-from tests.transport_helpers import BROKER, delete_queues, fresh_agency, message, require_broker
+from tests.transport_helpers import BROKER, connected, delete_queues, fresh_agency, message, require_broker
 
 LEASE = 1.0  # embedded: how soon a crashed consumer's messages come back
 
@@ -39,7 +39,7 @@ def make(kind: str, tmp_path: Path) -> Iterator[Callable[[], Transport]]:
         def opener() -> Transport:
             if kind == "embedded":
                 return opened.enter_context(EmbeddedTransport(tmp_path / "transport.db", lease_seconds=LEASE))
-            return opened.enter_context(AmqpTransport(BROKER))
+            return connected(opened.enter_context(AmqpTransport(BROKER)))
 
         yield opener
 
@@ -212,6 +212,8 @@ CRASHING_CONSUMER = textwrap.dedent("""
     else:
         from exchange.adapters.amqp import AmqpTransport
         transport = AmqpTransport(target)
+        while not transport.health().connected:  # calls fail fast until the first connection
+            time.sleep(0.05)
     consumer = transport.consume(agency, prefetch=10)
     got = []
     while len(got) < 5:

@@ -16,7 +16,7 @@ import pytest
 
 from exchange.adapters.amqp import dead_queue_name, queue_name
 from exchange.codes import AgencyCode
-from exchange.node.transport import Message
+from exchange.node.transport import Message, Transport
 
 BROKER = os.environ.get("EXCHANGE_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -68,3 +68,14 @@ def wait_for_broker(timeout: float = 90, url: str = BROKER) -> None:
         except pika.exceptions.AMQPError:
             time.sleep(0.5)
     raise AssertionError("the broker did not come back")
+
+
+def connected(transport: Transport, timeout: float = 30.0) -> Transport:
+    """``transport`` once it is connected: calls fail fast while it is not (by design), and on a
+    loaded machine the first connection can take longer than the constructor waits."""
+    deadline = time.monotonic() + timeout
+    while not transport.health().connected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not connected after {timeout:.0f} s: {transport.health().last_error}")
+        time.sleep(0.05)
+    return transport
