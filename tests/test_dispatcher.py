@@ -334,3 +334,19 @@ def test_a_poison_message_gets_a_refusal_receipt(pair: tuple[NodeContext, NodeCo
     receipt = [e for _, d in commune.audit.entries()
                if (e := Entry.decode(d)[1]).event is Event.RECEIPT_RECEIVED and e.message_id == row.message_id]
     assert [e.detail["reason"] for e in receipt] == ["internal-error"]
+
+
+def test_delivered_files_are_utf8_with_a_declaration(pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """The file the agency system takes is UTF-8 with an XML declaration, and Vietnamese is written
+    as itself, never as character references."""
+    commune, police, transport = pair
+    submit(commune, dossier(1))
+    dispatch_now(commune, transport)
+    receive(police, transport)
+    assert Daemon(police, transport).deliverer.deliver() == 1
+    (delivered,) = police.config.delivery_dir.glob("transfer-*.xml")
+    data = delivered.read_bytes()
+    assert data.startswith(b"<?xml version='1.0' encoding='UTF-8'?>")
+    assert b"&#" not in data
+    text = data.decode("utf-8")
+    assert any(letter in text for letter in "ễạảấầẩậắằặđơưĐ")

@@ -70,7 +70,7 @@ def test_webhook_is_retried_until_the_agency_system_answers(tmp_path: Path, agen
         district.stop_all()
     (pushed,) = agency_system.received
     assert (pushed["dossier"], pushed["step"], pushed["kind"]) == (code, "residence", "transfer")
-    assert pushed["payload"].startswith("<Dossier")
+    assert pushed["payload"].startswith("<?xml version='1.0' encoding='UTF-8'?>\n<Dossier")
     import sqlite3
 
     with sqlite3.connect(tmp_path / "nodes" / POLICE / "state" / "node.db") as conn:

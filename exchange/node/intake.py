@@ -52,6 +52,12 @@ class Handled:
     reason: str = ""
 
 
+def document(element: etree._Element) -> bytes:
+    """A payload as the agency system gets it: UTF-8 with an XML declaration, Vietnamese written
+    as itself (lxml's default, ASCII, writes Nguyễn as Nguy&#7877;n)."""
+    return bytes(etree.tostring(element, encoding="UTF-8", xml_declaration=True))
+
+
 def receive_batch(ctx: NodeContext, bodies: list[tuple[str, bytes]]) -> list[Handled]:
     """Verify, authorize, de-duplicate and record a window of envelopes in one transaction; queue one
     receipt per sender covering all its envelopes of the window."""
@@ -128,7 +134,7 @@ def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
 def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
     header = env.header
     code, procedure, step = _routed(header)
-    payload = etree.tostring(env.payload)
+    payload = document(env.payload)
     if ctx.store.dossier(str(code)) is not None:
         ctx.store.replace_payload(str(code), payload)
     else:
@@ -155,7 +161,7 @@ def _take_status(ctx: NodeContext, env: VerifiedEnvelope) -> None:
                                    exchange_status, int(payload.findtext(q("DossierStatus", STATUS_NS)) or 0),
                                    payload.findtext(q("Timestamp", STATUS_NS)) or "",
                                    payload.findtext(q("Description", STATUS_NS))))
-    _record_inbox(ctx, env, Outcome.ACCEPTED, etree.tostring(payload))
+    _record_inbox(ctx, env, Outcome.ACCEPTED, document(payload))
     ctx.record(ctx.entry(Event.STATUS_RECEIVED, dossier=str(header.dossier), procedure=str(header.procedure),
                          step=header.step, message_id=header.message_id, counterpart=str(header.sender),
                          envelope_sha256=env.envelope_digest, detail={"status": exchange_status}))
