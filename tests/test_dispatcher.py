@@ -350,3 +350,20 @@ def test_delivered_files_are_utf8_with_a_declaration(pair: tuple[NodeContext, No
     assert b"&#" not in data
     text = data.decode("utf-8")
     assert any(letter in text for letter in "ễạảấầẩậắằặđơưĐ")
+
+
+def test_the_origin_sees_its_handed_off_steps_move_on(pair: tuple[NodeContext, NodeContext, Outage]) -> None:
+    """At the origin a handed-off step is `sent` once sealed and `received` once its performer's
+    receipt comes back, not `pending` as if nothing had happened."""
+    commune, police, transport = pair
+    code = str(submit(commune, dossier(1)))
+
+    def states() -> dict[str, str]:
+        return {s.step: s.state.value for s in commune.store.steps(code)}
+
+    assert states() == {"receive": "done", "residence": "sent", "insurance": "sent", "return": "pending"}
+    dispatch_now(commune, transport)
+    receive(police, transport)
+    dispatch_now(police, transport)
+    receive(commune, transport)
+    assert states() == {"receive": "done", "residence": "received", "insurance": "sent", "return": "pending"}

@@ -94,9 +94,9 @@ def test_submit_timeline_and_done(api: str) -> None:
     assert status == 201
     code = json.loads(body)["code"]
     status, body = call(f"{api}/dossiers/{code}")
-    timeline = json.loads(body)
+    (document,) = json.loads(body)
     assert status == 200
-    assert [s["step"] for s in timeline["steps"]] == ["receive", "residence", "insurance", "return"]
+    assert [s["step"] for s in document["steps"]] == ["receive", "residence", "insurance", "return"]
     status, body = call(f"{api}/dossiers/{code}", accept="application/xml")
     assert body.startswith(b"<?xml")
     assert b'<Step id="return"' in body
@@ -375,7 +375,7 @@ def test_a_route_that_fails_answers_500(strict: ApiServer, monkeypatch: pytest.M
     def failing(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(http_api_module, "dossier_list", failing)
+    monkeypatch.setattr(http_api_module, "view", failing)
     with capture_logs() as events:
         response = response_to(strict, get("/dossiers"))
     assert status_of(response) == 500
@@ -429,3 +429,26 @@ def test_a_port_in_use_is_one_line_and_exit_1(node: NodeContext) -> None:
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == f"exchange: the HTTP API cannot listen on 127.0.0.1:{port}: address in use"
     assert "Traceback" not in result.stderr
+
+
+def test_the_api_and_status_json_give_one_document(api: str, node: NodeContext,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`GET /dossiers`, `GET /dossiers/CODE` and `exchange status --json` return the same document:
+    state, national status, due date, steps with agency names and due dates, and a timeline."""
+    from exchange.cli import main
+
+    code = json.loads(call(f"{api}/dossiers", "POST", dossier(6))[1])["code"]
+    listed = json.loads(call(f"{api}/dossiers")[1])
+    one = json.loads(call(f"{api}/dossiers/{code}")[1])
+    capsys.readouterr()
+    assert main(["status", "--config", str(node.config.source), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert listed == printed
+    assert one == [d for d in printed if d["code"] == code]
+    (document,) = one
+    assert (document["state"], document["national_status"]) == ("processing", 4)
+    assert document["due"]
+    assert document["on_time"] is True
+    branches = [s for s in document["steps"] if s["step"] in ("residence", "insurance")]
+    assert all(s["due"] and s["agency_name"] for s in branches)  # due dates for steps in progress elsewhere
+    assert [e["event"] for e in document["timeline"]][:2] == ["submitted", "step-done"]

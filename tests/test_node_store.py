@@ -16,7 +16,7 @@ from exchange.demo import samples
 from exchange.errors import AlreadySubmitted, StepNotReady, UnknownDossier
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
-from exchange.node.status import dossier_list, status_rows, timeline
+from exchange.node.status import view
 from exchange.node.workflow import complete, submit
 from exchange.store import schema
 from exchange.store.node import Store
@@ -126,19 +126,19 @@ def test_overdue_is_one_answer_for_status_and_the_api(commune: NodeContext) -> N
     late = submit(commune, dossier_bytes(4))
     on_time = submit(commune, dossier_bytes(5))
     step = _make_overdue(commune, late, COMMUNE)
-    flagged = {(row["code"], s["step"]) for row in status_rows(commune) for s in row["steps"] if s["overdue"]}
+    flagged = {(row["code"], s["step"]) for row in view(commune) for s in row["steps"] if s["overdue"]}
     assert flagged == {(str(late), step)}
-    assert [s["step"] for s in timeline(commune, str(late))["steps"] if s["overdue"]] == [step]
-    assert [row["code"] for row in dossier_list(commune, overdue_only=True)] == [str(late)]
-    assert str(on_time) in {row["code"] for row in dossier_list(commune)}
+    assert [s["step"] for s in view(commune, str(late))[0]["steps"] if s["overdue"]] == [step]
+    assert [row["code"] for row in view(commune, overdue_only=True)] == [str(late)]
+    assert str(on_time) in {row["code"] for row in view(commune)}
 
 
 def test_overdue_elsewhere_is_not_on_this_agencys_list(commune: NodeContext) -> None:
     """The API's overdue list is this agency's work; a peer's late step shows in status, not in the list."""
     code = submit(commune, dossier_bytes(6))
     _make_overdue(commune, code, POLICE)
-    assert any(s["overdue"] for row in status_rows(commune) for s in row["steps"])
-    assert dossier_list(commune, overdue_only=True) == []
+    assert any(s["overdue"] for row in view(commune) for s in row["steps"])
+    assert view(commune, overdue_only=True) == []
 
 
 def test_a_file_reusing_a_submitted_code_is_rejected(commune: NodeContext) -> None:
@@ -155,7 +155,7 @@ def test_a_file_reusing_a_submitted_code_is_rejected(commune: NodeContext) -> No
 def test_status_json_lists_what_waits_here(commune: NodeContext) -> None:
     """`status --json` rows name the steps waiting at this node, and round-trip through JSON."""
     code = submit(commune, dossier_bytes(8))
-    (row,) = [r for r in json.loads(json.dumps(status_rows(commune))) if r["code"] == str(code)]
+    (row,) = [r for r in json.loads(json.dumps(view(commune))) if r["code"] == str(code)]
     assert row["state"] == "processing"
     assert row["pending_here"] == [s.step for s in commune.store.ready_steps(str(COMMUNE)) if s.dossier == str(code)]
 

@@ -38,7 +38,7 @@ from exchange.errors import ConfigError, ExchangeError, InvalidInput, UnknownDos
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.doors import Door
-from exchange.node.status import dossier_list, timeline
+from exchange.node.status import view
 from exchange.node.workflow import DECISIONS, complete, submit
 from exchange.store.states import Result
 
@@ -224,19 +224,25 @@ def _done(handler: Handler, ctx: NodeContext, params: dict[str, str], body: byte
 
 
 def _timeline(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
-    found = timeline(ctx, str(_code(params["code"])))
-    return HTTPStatus.OK, (_timeline_xml(found) if handler.wants_xml() else found)
+    """The dossier's document, as `exchange status --dossier CODE --json` prints it (an array of
+    one), or its steps as XML."""
+    found = view(ctx, str(_code(params["code"])))
+    return HTTPStatus.OK, (_timeline_xml(found[0]) if handler.wants_xml() else found)
 
 
-def _timeline_xml(timeline: dict[str, Any]) -> bytes:
+def _timeline_xml(document: dict[str, Any]) -> bytes:
     rows = "".join(f'<Step id="{escape(s["step"])}" agency="{s["agency"]}" state="{s["state"]}" '
-                   f'due="{s["due"] or ""}" done="{s["done_at"] or ""}"/>' for s in timeline["steps"])
-    return (f'<?xml version="1.0" encoding="UTF-8"?><Timeline code="{timeline["code"]}" '
-            f'procedure="{timeline["procedure"]}" state="{timeline["state"]}">{rows}</Timeline>').encode()
+                   f'due="{s["due"] or ""}" done="{s["done_at"] or ""}"/>' for s in document["steps"])
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Timeline code="{document["code"]}" '
+            f'procedure="{document["procedure"]}" state="{document["state"]}" '
+            f'national_status="{document["national_status"]}" due="{document["due"] or ""}">{rows}</Timeline>'
+            ).encode()
 
 
 def _list(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
-    return HTTPStatus.OK, dossier_list(ctx, overdue_only="overdue=1" in params.get("query", ""))
+    """Every dossier's document, as `exchange status --json` prints them; ?overdue=1 for those
+    with a step overdue at this node."""
+    return HTTPStatus.OK, view(ctx, overdue_only="overdue=1" in params.get("query", ""))
 
 
 def _code(text: str) -> DossierCode:

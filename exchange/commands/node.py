@@ -18,7 +18,7 @@ from exchange.adapters.webhooks import Webhooks
 from exchange.codes import DossierCode
 from exchange.commands import agency_arg, read_input
 from exchange.envelope import pki
-from exchange.errors import ConfigError, ExchangeError, InvalidCode
+from exchange.errors import ConfigError, ExchangeError, InvalidCode, UnknownDossier
 from exchange.node import health
 from exchange.node.config import NodeConfig, split_password
 from exchange.node.context import NodeContext
@@ -26,7 +26,7 @@ from exchange.node.daemon import Daemon
 from exchange.node.dead_letters import DeadLetters, replay
 from exchange.node.doors import Door
 from exchange.node.provisioning import init_node
-from exchange.node.status import status_rows
+from exchange.node.status import local, view
 from exchange.node.transport import DeadLetter
 from exchange.node.workflow import DECISIONS, complete, submit
 from exchange.rules.load import load as load_rules
@@ -157,20 +157,32 @@ def _done(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     with _open(args) as ctx:
-        rows = status_rows(ctx, args.dossier)
+        try:
+            documents = view(ctx, args.dossier)
+        except UnknownDossier:
+            documents = []
+        lines = [] if args.json else _status_lines(ctx, documents)
     if args.json:
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        print(json.dumps(documents, ensure_ascii=False, indent=2))
         return 0
-    if not rows:
+    if not documents:
         print("no dossier at this node" if not args.dossier else f"no dossier {args.dossier} at this node")
         return 0 if not args.dossier else 1
-    for item in rows:
-        print(f"{item['code']}  {item['procedure']}  {item['state']}")
+    print("\n".join(lines))
+    return 0
+
+
+def _status_lines(ctx: NodeContext, documents: list[dict[str, Any]]) -> list[str]:
+    """One line per dossier (state, due date, on time or late), then its steps; local times."""
+    lines = []
+    for item in documents:
+        timing = {True: "on time", False: "LATE", None: ""}[item["on_time"]]
+        lines.append(f"{item['code']}  {item['procedure']}  {item['state']}  due {local(ctx, item['due'])}  {timing}")
         for step in item["steps"]:
             flag = "  OVERDUE" if step["overdue"] else ""
-            print(f"    {step['step']:<12} {step['agency']}  {step['state']:<8} due {step['due'] or '-':<10} "
-                  f"done {step['done_at'] or '-'}{flag}")
-    return 0
+            due, done = local(ctx, step["due"]), local(ctx, step["done_at"])
+            lines.append(f"    {step['step']:<12} {step['agency']}  {step['state']:<9} due {due:<10} done {done}{flag}")
+    return lines
 
 
 def _dead(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from exchange.node.context import NodeContext
 from exchange.node.workflow import enqueue, refresh_ready
 from exchange.store import audit as audit_tables
 from exchange.store.node import DossierRow, InboxRecord, OutboxRow, StatusRow
-from exchange.store.states import DossierState, OutboxState, Outcome
+from exchange.store.states import DossierState, OutboxState, Outcome, StepState
 from exchange.xml import safexml
 from exchange.xml.names import STATUS_NS, q
 
@@ -208,6 +208,8 @@ def _settle(ctx: NodeContext, env: VerifiedEnvelope, row: OutboxRow, ack: Ack) -
                              detail={"attempt": "recovered"}))
     accepted = ack.outcome is ReceiptOutcome.ACCEPTED
     ctx.store.settle(row.id, OutboxState.ACKNOWLEDGED if accepted else OutboxState.REFUSED)
+    if accepted and row.kind == Kind.TRANSFER and row.dossier and row.step:
+        ctx.store.hand_over(row.dossier, row.step, StepState.RECEIVED)
     detail = {"outcome": ack.outcome.value, **({"reason": ack.reason_code} if ack.reason_code else {})}
     if row.envelope_sha256 != ack.envelope_digest:
         detail["judged"] = ack.envelope_digest

@@ -1,5 +1,11 @@
-"""What a node tells about its dossiers: each one's steps with due dates and overdue marks, its
-timeline, and the overdue list. The command line and the HTTP API show the same answers.
+"""What a node tells about its dossiers: one document per dossier, the same for
+``exchange status --json`` and the HTTP API (``GET /dossiers``, ``GET /dossiers/CODE``).
+
+Each document holds the dossier's state and its national portal status code, the date the whole
+procedure is due and whether it is on time, each step known here with its agency (code and
+name), state, due date (stored, or computed from the rules once its prerequisites are done),
+done time and overdue mark, what waits at this node, and a timeline of what this node recorded
+about the dossier. Times stay ISO 8601 (UTC) in the document; ``local`` renders them for people.
 """
 
 from __future__ import annotations
@@ -7,10 +13,24 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from exchange.errors import UnknownDossier
+from exchange import clock
+from exchange.audit.entries import Entry
+from exchange.codes import AgencyCode, ProcedureCode
+from exchange.envelope.messages import DossierStatus
+from exchange.errors import RoutingError, UnknownDossier
 from exchange.node.context import NodeContext
 from exchange.store.node import DossierRow, StepRow
-from exchange.store.states import StepState
+from exchange.store.states import DossierState, StepState
+
+NATIONAL_STATUS: dict[DossierState, DossierStatus] = {
+    DossierState.PROCESSING: DossierStatus.PROCESSING,
+    DossierState.PAUSED: DossierStatus.FINANCIAL_OBLIGATION,
+    DossierState.SUPPLEMENT_REQUESTED: DossierStatus.SUPPLEMENT_REQUESTED,
+    DossierState.COMPLETED: DossierStatus.RESULT_RETURNED,
+    DossierState.REFUSED: DossierStatus.NOT_ACCEPTED,
+    DossierState.WITHDRAWN: DossierStatus.WITHDRAWN,
+}
+"""The national public-service portal's status code (TrangThaiHoSo, 1-10) of each state."""
 
 
 def today(ctx: NodeContext) -> str:
@@ -18,51 +38,98 @@ def today(ctx: NodeContext) -> str:
     return dt.datetime.now(ctx.rules.calendar.timezone).date().isoformat()
 
 
-def status_rows(ctx: NodeContext, dossier: str | None = None) -> list[dict[str, Any]]:
-    """Each dossier at this node (or the one named) with its steps and what waits here."""
-    late = _overdue(ctx)
-    result = []
-    for row in ctx.store.dossiers(code=dossier):
-        steps = ctx.store.steps(row.code)
-        result.append({"code": row.code, "procedure": row.procedure, "state": row.state.value,
-                       "pending_here": [s.step for s in steps
-                                        if s.agency == str(ctx.agency) and s.state is StepState.READY],
-                       "steps": [_step(s, late) for s in steps]})
-    return result
+def local(ctx: NodeContext, moment: str | None) -> str:
+    """An ISO time as people read it here: local (+07:00), ``dd/MM/yyyy HH:mm``; an ISO date as
+    ``dd/MM/yyyy``; ``-`` for none."""
+    if not moment:
+        return "-"
+    if len(moment) == 10:
+        return dt.date.fromisoformat(moment).strftime("%d/%m/%Y")
+    return clock.parse(moment).astimezone(ctx.rules.calendar.timezone).strftime("%d/%m/%Y %H:%M")
 
 
-def timeline(ctx: NodeContext, code: str) -> dict[str, Any]:
-    """A dossier's steps and the statuses peers sent about it; UnknownDossier if it is not here."""
-    row = ctx.store.dossier(code)
-    if row is None:
+def view(ctx: NodeContext, code: str | None = None, *, overdue_only: bool = False) -> list[dict[str, Any]]:
+    """The document of every dossier at this node, or of the one named (UnknownDossier if it is not
+    here), or of those with a step overdue at this node."""
+    rows = ctx.store.dossiers(code=code)
+    if code is not None and not rows:
         raise UnknownDossier(f"this node knows no dossier {code}")
     late = _overdue(ctx)
-    return {"code": row.code, "procedure": row.procedure, "origin": row.origin, "state": row.state.value,
-            "steps": [{**_step(s, late), "result": s.result} for s in ctx.store.steps(code)],
-            "statuses": [{"sender": s.sender, "step": s.step, "exchange_status": s.exchange_status,
-                          "dossier_status": s.dossier_status, "at": s.at, "note": s.note}
-                         for s in ctx.store.statuses(code)]}
+    documents = [_document(ctx, row, late) for row in rows]
+    if overdue_only:
+        mine = str(ctx.agency)
+        documents = [d for d in documents if any(s["overdue"] and s["agency"] == mine for s in d["steps"])]
+    return documents
 
 
-def dossier_list(ctx: NodeContext, *, overdue_only: bool = False) -> list[dict[str, Any]]:
-    """The dossiers at this node with the step waiting here, if any; or only the overdue ones."""
-    waiting = {s.dossier: s for s in ctx.store.ready_steps(str(ctx.agency))}
-    overdue = {dossier for dossier, _ in _overdue(ctx, str(ctx.agency))}
-    rows = ctx.store.dossiers()
-    return [_listed(row, waiting.get(row.code), row.code in overdue) for row in rows
-            if not overdue_only or row.code in overdue]
+def _document(ctx: NodeContext, row: DossierRow, late: set[tuple[str, str]]) -> dict[str, Any]:
+    steps = ctx.store.steps(row.code)
+    due = _due(ctx, row)
+    finished = max((s.done_at for s in steps if s.done_at), default=None) if row.state.final else None
+    on_time = None if due is None else (_day(ctx, finished) if finished else today(ctx)) <= due
+    upcoming = _upcoming(ctx, row, steps)
+    return {
+        "code": row.code, "procedure": row.procedure, "procedure_name": _procedure_name(ctx, row.procedure),
+        "origin": row.origin, "received_at": row.received_at, "state": row.state.value,
+        "national_status": int(NATIONAL_STATUS[row.state]), "due": due, "on_time": on_time,
+        "pending_here": [s.step for s in steps if s.agency == str(ctx.agency) and s.state is StepState.READY],
+        "steps": [_step(ctx, s, late, upcoming) for s in steps],
+        "timeline": _timeline(ctx, row.code),
+    }
 
 
-def _listed(row: DossierRow, step: StepRow | None, overdue: bool) -> dict[str, Any]:
-    return {"code": row.code, "procedure": row.procedure, "state": row.state.value,
-            "pending_step": step.step if step else None, "due": step.due if step else None, "overdue": overdue}
+def _step(ctx: NodeContext, step: StepRow, late: set[tuple[str, str]],
+          upcoming: dict[str, dt.date | None]) -> dict[str, Any]:
+    due = step.due
+    if due is None and upcoming.get(step.step) is not None:
+        due = upcoming[step.step].isoformat()  # type: ignore[union-attr]
+    return {"step": step.step, "agency": step.agency, "agency_name": _agency_name(ctx, step.agency),
+            "state": step.state.value, "due": due, "done_at": step.done_at, "result": step.result,
+            "overdue": (step.dossier, step.step) in late}
 
 
-def _overdue(ctx: NodeContext, agency: str | None = None) -> set[tuple[str, str]]:
-    """(dossier, step) of every overdue step here, or of ``agency``'s only."""
-    return {(s.dossier, s.step) for s in ctx.store.overdue_steps(today(ctx)) if agency in (None, s.agency)}
+def _timeline(ctx: NodeContext, code: str) -> list[dict[str, Any]]:
+    """What this node recorded about the dossier, in order: its audit entries."""
+    events = []
+    for _, data in ctx.audit.dossier_entries(code):
+        entry = Entry.decode(data)[1]
+        events.append({"at": clock.utc(entry.time), "event": entry.event.value, "step": entry.step,
+                       "counterpart": entry.counterpart, **({"detail": dict(entry.detail)} if entry.detail else {})})
+    return events
 
 
-def _step(step: StepRow, late: set[tuple[str, str]]) -> dict[str, Any]:
-    return {"step": step.step, "agency": step.agency, "state": step.state.value, "due": step.due,
-            "done_at": step.done_at, "overdue": (step.dossier, step.step) in late}
+def _due(ctx: NodeContext, row: DossierRow) -> str | None:
+    try:
+        return ctx.rules.due_date(ProcedureCode(row.procedure), clock.parse(row.received_at)).isoformat()
+    except RoutingError:  # a procedure the rules in force no longer hold
+        return None
+
+
+def _upcoming(ctx: NodeContext, row: DossierRow, steps: list[StepRow]) -> dict[str, dt.date | None]:
+    """Due dates the rules give the steps whose prerequisites are done, wherever they are done."""
+    done = {s.step: clock.parse(s.done_at) for s in steps if s.state is StepState.DONE and s.done_at}
+    try:
+        ready = ctx.rules.next_steps(ProcedureCode(row.procedure), AgencyCode(row.origin),
+                                     clock.parse(row.received_at), done)
+    except RoutingError:
+        return {}
+    return {item.step.id: item.due for item in ready}
+
+
+def _day(ctx: NodeContext, moment: str) -> str:
+    return clock.parse(moment).astimezone(ctx.rules.calendar.timezone).date().isoformat()
+
+
+def _agency_name(ctx: NodeContext, code: str) -> str | None:
+    agency = ctx.rules.agencies.get(AgencyCode(code))
+    return agency.name if agency else None
+
+
+def _procedure_name(ctx: NodeContext, code: str) -> str | None:
+    procedure = ctx.rules.procedures.get(ProcedureCode(code))
+    return procedure.name if procedure else None
+
+
+def _overdue(ctx: NodeContext) -> set[tuple[str, str]]:
+    """(dossier, step) of every overdue step here: the one query behind every overdue mark."""
+    return {(s.dossier, s.step) for s in ctx.store.overdue_steps(today(ctx))}

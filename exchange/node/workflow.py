@@ -130,6 +130,7 @@ def _hand_off(ctx: NodeContext, code: DossierCode, done_step: str, at: dt.dateti
                         procedure=procedure.code, step=step_id, created=sealed,
                         trace=(Hop(ctx.agency, at),))  # when this agency finished: the next deadline counts from it
         enqueue(ctx, header, body, Event.SEALED)
+        ctx.store.hand_over(str(code), step_id, StepState.SENT)
         sent.append(f"{step_id} → {agency}")
     return sent
 

@@ -284,6 +284,14 @@ class Store:
                           "done_at = excluded.done_at, result = COALESCE(excluded.result, steps.result)",
                           (dossier, step, agency, StepState.DONE, done_at, result))
 
+    def hand_over(self, dossier: str, step: str, state: StepState) -> None:
+        """Another agency's step moves on as this node sees it (sent, then received), never back
+        from further along (done, cancelled)."""
+        earlier = (StepState.PENDING,) if state is StepState.SENT else (StepState.PENDING, StepState.SENT)
+        marks = ", ".join("?" * len(earlier))
+        self.conn.execute(f"UPDATE steps SET state = ? WHERE dossier = ? AND step = ? AND state IN ({marks})",  # noqa: S608
+                          (state, dossier, step, *earlier))
+
     def make_ready(self, dossier: str, step: str, agency: str, due: str | None) -> None:
         """A pending (or new) step becomes ready with its due date; a step further along is left alone."""
         self.conn.execute("INSERT INTO steps (dossier, step, agency, state, due) VALUES (?, ?, ?, ?, ?) "
