@@ -100,13 +100,13 @@ def test_export_imports_back_to_the_same_dossier() -> None:
 
 
 def test_status_package_codes() -> None:
-    """Status packages carry QCVN 102 codes 01–06 and refuse others."""
+    """Status packages carry QCVN 102 codes 01–06 (and the national axis's 13, 15, 16) and refuse others."""
     status = etree.fromstring(export_status(f"{COMMUNE}-261129-0001", POLICE, "06", "Đã xử lý xong",
                                             dt.datetime(2026, 11, 29, 3, tzinfo=dt.UTC)))
     assert status.findtext(f"{{{NS}}}StatusCode") == "06"
     assert status.findtext(f"{{{NS}}}Timestamp") == "2026/11/29 10:00:00"
     with pytest.raises(InvalidDossier, match="01 to 06"):
-        export_status(f"{COMMUNE}-261129-0001", POLICE, "13", "", dt.datetime.now(dt.UTC))
+        export_status(f"{COMMUNE}-261129-0001", POLICE, "07", "", dt.datetime.now(dt.UTC))
 
 
 def test_hostile_package_is_refused() -> None:

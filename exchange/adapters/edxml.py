@@ -23,8 +23,10 @@ from lxml import etree
 from exchange import clock
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.envelope.dossier import DossierInfo, d, load
+from exchange.envelope.messages import ExchangeStatus
 from exchange.errors import InvalidDossier, InvalidEnvelope, UnknownDossier
 from exchange.node.context import NodeContext
+from exchange.node.status import NATIONAL_STATUS
 from exchange.store.states import DossierState
 from exchange.xml import safexml
 
@@ -144,11 +146,16 @@ def import_package(data: bytes, source: str = "edXML package") -> tuple[etree._E
                          "to route; ask the sender to attach it")
 
 
+STATUS_CODES = frozenset({"01", "02", "03", "04", "05", "06", "13", "15", "16"})
+"""QCVN 102's status codes, and the national axis's take-back request (13), accepted (15), refused (16)."""
+
+
 def export_status(dossier_code: str, sender: Organ, status_code: str, description: str,
                   at: dt.datetime, staff: str = "") -> bytes:
-    """An edXML status package: 01 arrived ... 06 done, answering the dossier's document."""
-    if status_code not in {"01", "02", "03", "04", "05", "06"}:
-        raise InvalidDossier(f"edXML status code {status_code!r}: expected 01 to 06")
+    """An edXML status package: 01 arrived ... 06 done (13, 15, 16 on the national axis's
+    take-backs), answering the dossier's document."""
+    if status_code not in STATUS_CODES:
+        raise InvalidDossier(f"edXML status code {status_code!r}: expected 01 to 06, 13, 15 or 16")
     root = etree.Element(e("Status"), nsmap={"edXML": NS})
     response = _sub(root, "ResponseFor")
     _sub(response, "OrganId", dossier_code.rsplit("-", 2)[0])
@@ -166,8 +173,21 @@ def export_status(dossier_code: str, sender: Organ, status_code: str, descriptio
 
 # A node's stored dossiers as packages -------------------------------------------------------
 
-STATE_TO_STATUS = {DossierState.COMPLETED: "06", DossierState.REFUSED: "02", DossierState.PROCESSING: "05"}
-"""edXML status codes for a dossier's state at this node, when no peer status says more."""
+TAKE_BACK_ACCEPTED = "15"
+"""The national axis's code for a take-back (withdrawal) accepted; QCVN 102 itself stops at 06."""
+STATE_TO_STATUS: dict[DossierState, str] = {
+    DossierState.PROCESSING: ExchangeStatus.PROCESSING.value,
+    DossierState.PAUSED: ExchangeStatus.PROCESSING.value,
+    DossierState.SUPPLEMENT_REQUESTED: ExchangeStatus.PROCESSING.value,
+    DossierState.COMPLETED: ExchangeStatus.DONE.value,
+    DossierState.REFUSED: ExchangeStatus.REFUSED.value,
+    DossierState.WITHDRAWN: TAKE_BACK_ACCEPTED,
+}
+"""The edXML status code of every state a dossier can be in at this node, when no peer status says
+more. Paused (a fee) and supplement-requested are 05: the dossier is still being processed by the
+receiver, who asked the applicant for something; 13 is a take-back *request* by the sender, which
+neither is. A withdrawal is the take-back done: 15. The portal's code (1-10) travels beside it in
+the description, from ``NATIONAL_STATUS`` (the one table of portal codes)."""
 
 
 def _organ_of(ctx: NodeContext, code: str) -> Organ:
@@ -195,5 +215,6 @@ def export_stored_status(ctx: NodeContext, code: str) -> tuple[str, bytes]:
     if last is not None and row.state is DossierState.PROCESSING:
         status, note = last.exchange_status, last.note or ""
     else:
-        status, note = STATE_TO_STATUS.get(row.state, "05"), f"dossier {row.state}"
+        status, note = STATE_TO_STATUS[row.state], f"dossier {row.state}"
+    note = f"{note} (TrangThaiHoSo {int(NATIONAL_STATUS[row.state])})"
     return status, export_status(code, _organ_of(ctx, str(ctx.agency)), status, note, clock.now())
