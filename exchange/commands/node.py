@@ -19,7 +19,7 @@ from exchange.codes import DossierCode
 from exchange.commands import agency_arg, read_input
 from exchange.envelope import pki
 from exchange.errors import ConfigError, ExchangeError, InvalidCode, UnknownDossier
-from exchange.node import health
+from exchange.node import health, slips
 from exchange.node.config import NodeConfig, split_password
 from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
@@ -63,6 +63,10 @@ def register(commands: Any) -> None:
     done.add_argument("--dossier", required=True, metavar="CODE")
     done.add_argument("--step", required=True, metavar="STEP")
     done.add_argument("--result", choices=[r.value for r in DECISIONS], default=Result.ACCEPTED.value)
+    done.add_argument("--late-reason", metavar="TEXT", help="if the step is late: why, on the apology slip "
+                      "(phiếu xin lỗi) to the applicant")
+    done.add_argument("--new-date", metavar="YYYY-MM-DD", help="if the step is late: the new date for the "
+                      "result (default: the next working day)")
     done.set_defaults(handler=_done)
 
     status = commands.add_parser("status", help="where each dossier is")
@@ -84,6 +88,7 @@ def register(commands: Any) -> None:
                        help="unhealthy once the node's transport has been down this long")
     check.add_argument("--stale-after", type=float, default=health.STALE_AFTER_S, metavar="SECONDS",
                        help="unhealthy once the node's heartbeat is this old (the loop is not running)")
+    check.add_argument("--json", action="store_true", help="the verdict and the heartbeat as JSON, for machines")
     check.set_defaults(handler=_check)
 
 
@@ -150,7 +155,9 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _done(args: argparse.Namespace) -> int:
     with _open(args) as ctx:
-        sent = complete(ctx, _dossier_code(args.dossier), args.step, args.result)
+        late = slips.Late(args.late_reason, slips.parse_new_date(args.new_date, slips.today(ctx)))
+        sent = complete(ctx, _dossier_code(args.dossier), args.step, args.result, late=late)
+        slips.publish(ctx)  # an apology slip, if the step was late
     print(f"{args.dossier} step {args.step} done ({args.result})" + (f": {', '.join(sent)}" if sent else ""))
     return 0
 
@@ -222,28 +229,41 @@ def _show_dead(letter: OutboxRow | DeadLetter, ctx: NodeContext) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """The running node's own view, from its heartbeat (the loop runs, its transport works), and
-    the database's (nothing dead-lettered); the transport is not probed from here."""
+    """The running node's own view, from its heartbeat (the loop runs, its transport works, the
+    rules and CRL in force, the webhook backlog), and the database's (nothing dead-lettered); the
+    transport is not probed from here, nor are the rule files on disk read: the node runs with the
+    rules it loaded, whatever an administrator is editing."""
     try:
         config = NodeConfig.load(args.config)
-        ctx = NodeContext.open(config)
     except ExchangeError as exc:
-        print(f"unhealthy: {exc}", file=sys.stderr)
-        return 1
-    problems = health.judge(config.state_dir, time.time(), stale_after=args.stale_after,
-                            down_after=args.down_after)
+        return _verdict(args, [str(exc)], {})
+    now = time.time()
+    problems = health.judge(config.state_dir, now, stale_after=args.stale_after, down_after=args.down_after)
+    beat = health.Heartbeat.read(config.state_dir)
+    report: dict[str, Any] = {"agency": str(config.agency), "heartbeat": beat.details(now) if beat else None}
     try:
-        counts = ctx.store.counts()
-        audit_entries = ctx.audit.size
-        if counts.get("outbox_dead"):
-            problems.append(f"{counts['outbox_dead']} outgoing transfer(s) dead-lettered")
+        report.update(health.database_view(config))
+        if report["outbox"].get("outbox_dead"):
+            problems.append(f"{report['outbox']['outbox_dead']} outgoing transfer(s) dead-lettered")
     except ExchangeError as exc:
         problems.append(str(exc))
-    finally:
-        ctx.close()
     if problems:
+        return _verdict(args, problems, report)
+    counts = report["outbox"]
+    extra = (f", rules {beat.rules_digest[:12]}, webhook backlog {beat.webhook_backlog}"
+             + (f", CRL fresh for {report['heartbeat']['crl_seconds_left']}s" if beat.crl_seconds_left is not None
+                else "")) if beat and beat.rules_digest else ""
+    line = (f"healthy: {config.agency}, {report['audit_entries']} audit entries, "
+            f"{counts.get('outbox_pending', 0)} pending, {counts.get('outbox_published', 0)} awaiting receipts{extra}")
+    return _verdict(args, [], report, line)
+
+
+def _verdict(args: argparse.Namespace, problems: list[str], report: dict[str, Any], line: str = "") -> int:
+    """Print check's verdict (one line, or a JSON document with ``--json``); 0 healthy, 1 not."""
+    if args.json:
+        print(json.dumps({"healthy": not problems, "problems": problems, **report}, ensure_ascii=False, indent=2))
+    elif problems:
         print("unhealthy: " + "; ".join(problems), file=sys.stderr)
-        return 1
-    print(f"healthy: {config.agency}, {audit_entries} audit entries, "
-          f"{counts.get('outbox_pending', 0)} pending, {counts.get('outbox_published', 0)} awaiting receipts")
-    return 0
+    else:
+        print(line)
+    return 1 if problems else 0

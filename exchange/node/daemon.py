@@ -32,7 +32,7 @@ import structlog
 
 from exchange.audit.entries import Event
 from exchange.errors import StaleDelivery, StoreError, TransportError, TransportUnavailable
-from exchange.node import reload
+from exchange.node import reload, slips
 from exchange.node.context import NodeContext
 from exchange.node.delivery import Deliverer
 from exchange.node.dispatcher import Dispatcher
@@ -197,6 +197,7 @@ class Daemon:
         for door in self.doors:
             self._poll(door)
         self.deliverer.deliver()
+        slips.publish(self.ctx)
         self.crl.poll()
         self._checkpoint()
         self.metrics.refresh(self.ctx)
@@ -218,7 +219,9 @@ class Daemon:
         """Publish the loop's health for ``exchange check`` (a file in the state directory)."""
         self._heartbeat_at = time.monotonic()
         try:
-            beat = Heartbeat.of(str(self.ctx.agency), self.transport_health(), running=running)
+            beat = Heartbeat.of(str(self.ctx.agency), self.transport_health(), running=running,
+                                rules_digest=self.ctx.rules.digest, crl_seconds_left=self.crl.seconds_left(),
+                                webhook_backlog=self.ctx.store.webhook_backlog())
             beat.write(self.ctx.config.state_dir)
         except OSError as exc:  # a full disk must not stop traffic; a stale heartbeat reports it
             log.error("node.heartbeat_failed", error=str(exc))

@@ -17,13 +17,17 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from exchange import clock
+from exchange.audit.log import AuditLog
 from exchange.files import write_atomic
+from exchange.node.config import NodeConfig
 from exchange.node.transport import TransportHealth
 from exchange.retry import Backoff
+from exchange.store.node import Store
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +39,8 @@ HEARTBEAT_EVERY_S = 1.0
 """The loop rewrites its heartbeat at most this often."""
 HEARTBEAT_FILE = "heartbeat.json"
 """In the node's state directory."""
+WEBHOOK_BACKLOG_MAX = 1000
+"""More webhook pushes waiting than this: the agency system is not taking them."""
 TRANSPORT_RETRY = Backoff(first=0.25, maximum=5.0, attempts=sys.maxsize)
 """The loop's next try at a transport that failed: a quarter second doubling to five. It never
 gives up on its own transport (``attempts`` is not consulted); health reports a long outage."""
@@ -109,11 +115,18 @@ class Heartbeat:
     """Wall time the transport's current state began."""
     error: str
     """The transport's last error ("" if none yet)."""
+    rules_digest: str = ""
+    """The digest of the rule set in force in the running node (not of the files on disk)."""
+    crl_seconds_left: float | None = None
+    """Until the CRL in force goes stale (negative: it has); None without a CRL."""
+    webhook_backlog: int = 0
+    """Webhook pushes waiting for the agency system."""
 
     @classmethod
-    def of(cls, agency: str, transport: TransportHealth, *, running: bool = True) -> Heartbeat:
+    def of(cls, agency: str, transport: TransportHealth, *, running: bool = True, rules_digest: str = "",
+           crl_seconds_left: float | None = None, webhook_backlog: int = 0) -> Heartbeat:
         return cls(agency, os.getpid(), time.time(), running, transport.connected, transport.since,
-                   transport.last_error)
+                   transport.last_error, rules_digest, crl_seconds_left, webhook_backlog)
 
     def write(self, state_dir: Path) -> None:
         write_atomic(state_dir / HEARTBEAT_FILE, json.dumps(asdict(self)).encode(), sync=False)
@@ -133,9 +146,22 @@ class Heartbeat:
             return [f"the node stopped at {clock.utc(dt.datetime.fromtimestamp(self.at, dt.UTC))}"]
         if now - self.at > stale_after:
             return [f"the loop last ran {now - self.at:.0f}s ago (pid {self.pid}): not running, or stuck"]
+        problems = []
         if not healthy(TransportHealth(self.transport_up, self.since), now, down_after):
-            return [f"the transport has been down for {now - self.since:.0f}s: {self.error or 'never reached'}"]
-        return []
+            problems.append(f"the transport has been down for {now - self.since:.0f}s: "
+                            f"{self.error or 'never reached'}")
+        if self.crl_seconds_left is not None and self.crl_seconds_left - (now - self.at) <= 0:
+            problems.append("the CRL in force is out of date: revoked certificates would go unnoticed; "
+                            "publish a fresh CRL and reload (SIGHUP)")
+        if self.webhook_backlog > WEBHOOK_BACKLOG_MAX:
+            problems.append(f"{self.webhook_backlog} webhook pushes wait for the agency system "
+                            f"(more than {WEBHOOK_BACKLOG_MAX})")
+        return problems
+
+    def details(self, now: float) -> dict[str, object]:
+        """What ``exchange check --json`` prints: the heartbeat, with its age and the CRL's time left now."""
+        left = None if self.crl_seconds_left is None else round(self.crl_seconds_left - (now - self.at))
+        return {**asdict(self), "age_seconds": round(now - self.at, 1), "crl_seconds_left": left}
 
 
 def judge(state_dir: Path, now: float, *, stale_after: float = STALE_AFTER_S,
@@ -145,3 +171,14 @@ def judge(state_dir: Path, now: float, *, stale_after: float = STALE_AFTER_S,
     if beat is None:
         return [f"no heartbeat in {state_dir / HEARTBEAT_FILE}: the node is not running"]
     return beat.problems(now, stale_after=stale_after, down_after=down_after)
+
+
+def database_view(config: NodeConfig) -> dict[str, Any]:
+    """The node's database as ``exchange check`` reports it: outbox counts and the audit log's
+    size. Only the database is opened: not the rules, keys or trust store, which a running node
+    holds in memory."""
+    store = Store(config.database)
+    try:
+        return {"outbox": store.counts(), "audit_entries": AuditLog(store.conn, str(config.agency)).size}
+    finally:
+        store.close()

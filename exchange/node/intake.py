@@ -27,6 +27,7 @@ from exchange.envelope.messages import Ack, Witnessed, read_acks, read_witnessed
 from exchange.envelope.messages import Outcome as ReceiptOutcome
 from exchange.envelope.model import Header, Kind, VerifiedEnvelope
 from exchange.errors import InvalidEnvelope, NotAuthorized, RoutingError, StoreError, Unverifiable
+from exchange.node import slips
 from exchange.node.context import NodeContext
 from exchange.node.workflow import enqueue, refresh_ready
 from exchange.store import audit as audit_tables
@@ -162,6 +163,7 @@ def _take_status(ctx: NodeContext, env: VerifiedEnvelope) -> None:
                                    payload.findtext(q("Timestamp", STATUS_NS)) or "",
                                    payload.findtext(q("Description", STATUS_NS))))
     _record_inbox(ctx, env, Outcome.ACCEPTED, document(payload))
+    slips.on_status(ctx, header.dossier, header.sender, payload)  # an apology becomes the desk's slip
     ctx.record(ctx.entry(Event.STATUS_RECEIVED, dossier=str(header.dossier), procedure=str(header.procedure),
                          step=header.step, message_id=header.message_id, counterpart=str(header.sender),
                          envelope_sha256=env.envelope_digest, detail={"status": exchange_status}))

@@ -20,6 +20,7 @@ from exchange.envelope import dossier as dossiers
 from exchange.envelope.messages import DossierStatus, ExchangeStatus, StatusUpdate, status_element
 from exchange.envelope.model import Header, Hop, Kind
 from exchange.errors import AlreadySubmitted, InvalidDossier, StepNotReady, UnknownDossier
+from exchange.node import slips
 from exchange.node.context import NodeContext
 from exchange.rules.model import Procedure
 from exchange.store.node import DossierRow
@@ -58,10 +59,13 @@ def submit(ctx: NodeContext, data: bytes, source: str = "dossier") -> DossierCod
         # The first step (the desk receiving the dossier) was done when the desk received it: the
         # deadlines of the steps after it count from then, however late it is entered here.
         finish_step(ctx, info.code, first.id, min(at, info.received_at), Result.ACCEPTED, root)
+        slips.issue(ctx, slips.appointment(ctx, info.code, root, info.received_at))
+    slips.publish(ctx)  # the appointment slip, once its delivery committed
     return info.code
 
 
-def complete(ctx: NodeContext, code: DossierCode, step_id: str, result: str = Result.ACCEPTED) -> list[str]:
+def complete(ctx: NodeContext, code: DossierCode, step_id: str, result: str = Result.ACCEPTED,
+             late: slips.Late | None = None) -> list[str]:
     """The local agency finished ``step_id``; returns what the node sent or made ready."""
     with ctx.store.transaction():
         step = ctx.store.step(str(code), step_id)
@@ -72,7 +76,7 @@ def complete(ctx: NodeContext, code: DossierCode, step_id: str, result: str = Re
         if step.state is not StepState.READY:
             raise StepNotReady(f"step {step_id!r} of {code} is {step.state}, not ready: "
                                + _waiting_for(ctx, code, step_id))
-        return finish_step(ctx, code, step_id, clock.now(), Result(result), _payload(ctx, code))
+        return finish_step(ctx, code, step_id, clock.now(), Result(result), _payload(ctx, code), late=late)
 
 
 def _waiting_for(ctx: NodeContext, code: DossierCode, step_id: str) -> str:
@@ -82,15 +86,17 @@ def _waiting_for(ctx: NodeContext, code: DossierCode, step_id: str) -> str:
 
 
 def finish_step(ctx: NodeContext, code: DossierCode, step_id: str, at: dt.datetime, result: Result,
-                payload: etree._Element) -> list[str]:
+                payload: etree._Element, late: slips.Late | None = None) -> list[str]:
     """Record ``step_id`` done here, then hand off, finish the dossier, or tell the origin."""
     step = ctx.store.step(str(code), step_id)
     due = step.due if step else None
-    late = bool(due and at.astimezone(ctx.rules.calendar.timezone).date().isoformat() > due)
+    is_late = bool(due and at.astimezone(ctx.rules.calendar.timezone).date().isoformat() > due)
+    notice = slips.late_step(ctx, code, step_id, at, due, payload, clock.parse(_dossier(ctx, code).received_at),
+                             late) if due and is_late else None
     ctx.store.finish_step(str(code), step_id, str(ctx.agency), utc(at), result)
     ctx.record(ctx.entry(Event.STEP_DONE, dossier=str(code), procedure=str(procedure_of(ctx, code).code),
                          step=step_id, time=at, detail={"result": result, **({"due": due} if due else {}),
-                                                        **({"late": "yes"} if late else {})}))
+                                                        **({"late": "yes"} if is_late else {})}))
     origin = code.agency
     if result is not Result.ACCEPTED:
         ctx.store.set_dossier_state(str(code), DossierState.REFUSED)
@@ -103,7 +109,7 @@ def finish_step(ctx: NodeContext, code: DossierCode, step_id: str, at: dt.dateti
         ctx.store.set_dossier_state(str(code), DossierState.COMPLETED)
     if origin != ctx.agency:
         _send_status(ctx, code, step_id, ExchangeStatus.DONE, DossierStatus.PROCESSING, at,
-                     f"step {step_id} done", late_due=due if late else None)
+                     f"step {step_id} done", late=notice)
     return sent
 
 
@@ -163,12 +169,9 @@ def enqueue(ctx: NodeContext, header: Header, payload: etree._Element, event: Ev
 
 
 def _send_status(ctx: NodeContext, code: DossierCode, step_id: str, exchange_status: ExchangeStatus,
-                 dossier_status: DossierStatus, at: dt.datetime, note: str, late_due: str | None = None) -> None:
-    apology, new_date = None, None
-    if late_due:
-        apology = (f"Xin lỗi: bước {step_id} quá hạn {late_due}; hồ sơ đã được xử lý ngày "
-                   f"{at.astimezone(ctx.rules.calendar.timezone):%d/%m/%Y}.")
-        new_date = ctx.rules.calendar.add(at.astimezone(ctx.rules.calendar.timezone).date(), 1)
+                 dossier_status: DossierStatus, at: dt.datetime, note: str,
+                 late: tuple[str, dt.date] | None = None) -> None:
+    apology, new_date = late if late else (None, None)  # the late agency's apology slip says the same
     update = StatusUpdate(code, ctx.agency, exchange_status, dossier_status, step=step_id, description=note,
                           timestamp=at, apology=apology, new_due_date=new_date)
     header = Header(kind=Kind.STATUS, sender=ctx.agency, recipient=code.agency, dossier=code,

@@ -364,6 +364,11 @@ class Store:
             (WebhookState.PENDING, now, limit)).fetchall()
         return [PendingWebhook(_accepted(row[:7]), int(row[7])) for row in rows]
 
+    def webhook_backlog(self) -> int:
+        """Webhook pushes not yet taken by the agency system (for ``exchange check``)."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM webhooks WHERE state = ?",
+                                     (WebhookState.PENDING,)).fetchone()[0])
+
     def webhook_done(self, message_id: str, attempts: int) -> None:
         self.conn.execute("UPDATE webhooks SET state = ?, attempts = ? WHERE message_id = ?",
                           (WebhookState.DONE, attempts, message_id))

@@ -1,0 +1,190 @@
+"""Slips for the desk and the applicant: the appointment slip at receipt, the apology slip when a
+step is late, each as XML and printable HTML, delivered once; ``done --new-date`` checked."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from exchange.adapters.embedded import EmbeddedTransport
+from exchange.audit.entries import Entry, Event
+from exchange.codes import DossierCode
+from exchange.demo import samples
+from exchange.node import slips
+from exchange.node.config import NodeConfig
+from exchange.node.context import NodeContext
+from exchange.node.daemon import Daemon
+from exchange.node.delivery import Deliverer
+from exchange.node.dispatcher import Dispatcher
+from exchange.node.metrics import Metrics
+from exchange.node.workflow import complete, submit
+from exchange.xml import safexml
+from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE
+from tests.node_cluster import Cluster, cli
+
+Trio = tuple[NodeContext, NodeContext, NodeContext, EmbeddedTransport]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Cluster:
+    cluster = Cluster(tmp_path)
+    cluster.init(str(COMMUNE), str(POLICE), str(INSURANCE))
+    return cluster
+
+
+@pytest.fixture
+def trio(cluster: Cluster) -> Iterator[Trio]:
+    """The commune (origin), the police and the social insurance over one embedded transport."""
+    with ExitStack() as stack:
+        commune, police, insurance = (
+            stack.enter_context(NodeContext.open(NodeConfig.load(cluster.config(str(a)))))
+            for a in (COMMUNE, POLICE, INSURANCE))
+        transport = stack.enter_context(EmbeddedTransport(commune.config.embedded_transport))
+        for agency in (COMMUNE, POLICE, INSURANCE):
+            transport.declare(agency)
+        yield commune, police, insurance, transport
+
+
+def settle(transport: EmbeddedTransport, *nodes: NodeContext, rounds: int = 4) -> None:
+    """The daemon's loop by hand: publish, take in, deliver, publish slips, a few times over."""
+    for _ in range(rounds):
+        for ctx in nodes:
+            with ctx.store.transaction() as conn:
+                conn.execute("UPDATE outbox SET next_attempt = 0")
+            Dispatcher(ctx, transport, Metrics()).dispatch()
+        for ctx in nodes:
+            with transport.consume(ctx.agency) as consumer:
+                while Daemon(ctx, transport).inbound(consumer, 0.2):
+                    pass
+            Deliverer(ctx, Metrics()).deliver()
+            slips.publish(ctx)
+
+
+def submit_sample(ctx: NodeContext, received_at: dt.datetime | None = None) -> DossierCode:
+    spec = samples.SampleSpec(COMMUNE, BIRTH, size_kb=2, sequence=3, received_at=received_at)
+    return submit(ctx, samples.to_bytes(samples.sample_dossier(spec)))
+
+
+def slip_files(ctx: NodeContext) -> list[str]:
+    return sorted(p.name for p in slips.folder(ctx).glob("phieu-*"))
+
+
+def test_the_desk_gets_an_appointment_slip_once_as_xml_and_html(trio: Trio) -> None:
+    """Submitting a dossier delivers one appointment slip, XML and HTML, with its code, procedure,
+    applicant and due date, Vietnamese unescaped; publishing again delivers nothing more."""
+    commune = trio[0]
+    code = submit_sample(commune)
+    assert slip_files(commune) == [f"phieu-hen-{code}.html", f"phieu-hen-{code}.xml"]
+    data = (slips.folder(commune) / f"phieu-hen-{code}.xml").read_bytes()
+    assert data.startswith(b"<?xml version='1.0' encoding='UTF-8'?>")
+    assert b"&#" not in data
+    root = safexml.parse(data)
+    dossier = safexml.parse(commune.store.dossier_payload(str(code)) or b"")
+    assert root.findtext(f"{{{slips.SLIP_NS}}}DossierCode") == str(code)
+    assert root.findtext(f"{{{slips.SLIP_NS}}}ProcedureCode") == str(BIRTH)
+    assert root.findtext(f"{{{slips.SLIP_NS}}}Applicant") == slips.applicant_of(dossier) != ""
+    assert root.findtext(f"{{{slips.SLIP_NS}}}Title") == "PHIẾU HẸN TRẢ KẾT QUẢ"
+    assert root.findtext(f"{{{slips.SLIP_NS}}}DueDate")
+    assert slips.publish(commune) == 0
+    assert slip_files(commune) == [f"phieu-hen-{code}.html", f"phieu-hen-{code}.xml"]
+    audited = [Entry.decode(e)[1] for _, e in commune.audit.dossier_entries(str(code))]
+    assert sum(e.event is Event.DELIVERED and e.detail.get("via") == "slip" for e in audited) == 2
+
+
+def test_the_html_slip_is_one_printable_page_whose_table_has_a_header(trio: Trio) -> None:
+    """The HTML slip is UTF-8, A5, Vietnamese as itself, and its table has a header row."""
+    commune = trio[0]
+    code = submit_sample(commune)
+    page = (slips.folder(commune) / f"phieu-hen-{code}.html").read_text("utf-8")
+    assert '<meta charset="utf-8">' in page
+    assert "size: A5" in page
+    assert "<thead><tr><th>Mục</th><th>Nội dung</th></tr></thead>" in page
+    assert "Ngày hẹn trả kết quả" in page
+    assert "&#" not in page
+    tree = etree.fromstring(page.encode(), etree.HTMLParser())
+    assert all(table.find("thead/tr/th") is not None for table in tree.iter("table"))
+
+
+def test_a_slip_whose_transaction_rolled_back_is_never_delivered(trio: Trio) -> None:
+    """A slip written aside inside a transaction that rolls back stays pending and is never
+    renamed into the desk's folder."""
+    commune = trio[0]
+    code = submit_sample(commune)
+    row = commune.store.dossier(str(code))
+    assert row is not None
+    dossier = safexml.parse(commune.store.dossier_payload(str(code)) or b"")
+    other = DossierCode(str(code)[:-4] + "9999")
+    slip = replace(slips.appointment(commune, code, dossier, dt.datetime.now(dt.UTC)), dossier=str(other))
+
+    def crash() -> None:
+        with commune.store.transaction():
+            slips.issue(commune, slip)
+            raise RuntimeError("crash before the commit")
+
+    with pytest.raises(RuntimeError):
+        crash()
+    assert slips.publish(commune) == 0
+    assert f"phieu-hen-{other}.xml" not in slip_files(commune)
+    assert (slips.folder(commune) / slips.PENDING / f"phieu-hen-{other}.xml").exists()
+
+
+def test_a_late_step_gives_the_applicant_an_apology_slip_at_both_nodes(
+        trio: Trio, past: Callable[[int], dt.datetime]) -> None:
+    """A step done after its due date writes an apology slip with the late agency's reason and new
+    date at the late node, and the origin's desk gets the same slip when the status arrives."""
+    commune, police, insurance, transport = trio
+    code = submit_sample(commune, received_at=past(20))
+    settle(transport, commune, police, insurance)
+    new_date = dt.date.today() + dt.timedelta(days=7)
+    complete(police, code, "residence", late=slips.Late("Chờ xác minh nơi cư trú.", new_date))
+    slips.publish(police)
+    name = f"phieu-xin-loi-{code}-residence"
+    assert slip_files(police) == [f"{name}.html", f"{name}.xml"]
+    settle(transport, commune, police, insurance)
+    assert {f"{name}.xml", f"{name}.html"} <= set(slip_files(commune))
+    for ctx in (police, commune):
+        root = safexml.parse((slips.folder(ctx) / f"{name}.xml").read_bytes())
+        assert root.findtext(f"{{{slips.SLIP_NS}}}NewDueDate") == new_date.isoformat()
+        assert "Chờ xác minh nơi cư trú." in (root.findtext(f"{{{slips.SLIP_NS}}}Reason") or "")
+    page = (slips.folder(commune) / f"{name}.html").read_text("utf-8")
+    assert "Kính gửi" in page
+    assert f"{new_date:%d/%m/%Y}" in page
+
+
+def test_a_step_on_time_writes_no_apology(trio: Trio) -> None:
+    """A step done before its due date writes no apology slip."""
+    commune, police, insurance, transport = trio
+    code = submit_sample(commune)
+    settle(transport, commune, police, insurance)
+    complete(police, code, "residence")
+    slips.publish(police)
+    assert not [n for n in slip_files(police) if n.startswith("phieu-xin-loi")]
+
+
+@pytest.mark.parametrize(("text", "message"), [("2020-01-01", "in the past"), ("31/12/2030", "YYYY-MM-DD"),
+                                               ("tomorrow", "YYYY-MM-DD")])
+def test_done_refuses_a_new_date_in_the_past_or_not_a_date(
+        cluster: Cluster, capsys: pytest.CaptureFixture[str], text: str, message: str) -> None:
+    """`exchange done --new-date` in the past or not a date exits with a clear error, nothing done."""
+    with NodeContext.open(NodeConfig.load(cluster.config(str(COMMUNE)))) as commune:
+        code = submit_sample(commune)
+    capsys.readouterr()
+    assert cli("done", "--config", cluster.config(str(COMMUNE)), "--dossier", str(code), "--step", "return",
+               "--new-date", text) != 0
+    err = capsys.readouterr().err
+    assert "--new-date" in err
+    assert message in err
+
+
+def test_parse_new_date_takes_today_and_later() -> None:
+    """A new date of today or later is taken; none given means the default."""
+    today = dt.date(2026, 11, 30)
+    assert slips.parse_new_date("2026-11-30", today) == today
+    assert slips.parse_new_date("2026-12-02", today) == dt.date(2026, 12, 2)
+    assert slips.parse_new_date(None, today) is None
