@@ -57,8 +57,9 @@ def test_birth_route_completes_with_receipts_and_audit(cluster: Cluster) -> None
     codes = run_birth_route(cluster, DOSSIERS)
     assert {row["code"]: row["state"] for row in cluster.status(COMMUNE)} == dict.fromkeys(codes, "completed")
     wait_until(lambda: len(cluster.delivered(COMMUNE)) == 4 * DOSSIERS, 30, "deliveries at the commune")
-    assert len(cluster.delivered(POLICE)) == DOSSIERS
-    assert len(cluster.delivered(INSURANCE)) == DOSSIERS
+    # Each branch got its dossier, then the origin's notice that it was completed.
+    wait_until(lambda: len(cluster.delivered(POLICE)) == len(cluster.delivered(INSURANCE)) == 2 * DOSSIERS, 30,
+               "completion notices at the branches")
     wait_until(lambda: _settled(cluster), 60, "every receipt")
     for agency in (COMMUNE, POLICE, INSURANCE):
         assert cluster.stop(agency) == 0

@@ -39,7 +39,7 @@ from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.doors import Door
 from exchange.node.status import view
-from exchange.node.workflow import DECISIONS, complete, submit
+from exchange.node.workflow import DECISIONS, complete, submit, withdraw
 from exchange.store.states import Result
 
 log = structlog.get_logger(__name__)
@@ -89,8 +89,16 @@ def openapi() -> dict[str, Any]:
                          "parameters": [code, {"name": "step", "in": "path", "required": True,
                                                "schema": {"type": "string"}}],
                          "requestBody": {"content": {"application/json": {"schema": {
-                             "type": "object", "properties": {"result": {"enum": [r.value for r in DECISIONS]}}}}}},
+                             "type": "object", "properties": {"result": {"enum": [r.value for r in DECISIONS]},
+                                                              "reason": {"type": "string"}}}}}},
                          "responses": {"200": {"description": "done; what was sent"}, "400": error, "404": error}}},
+            "/dossiers/{code}/withdraw": {
+                "post": {"summary": "The applicant withdrew the dossier at this node's desk",
+                         "parameters": [code],
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                             "type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}}}}},
+                         "responses": {"200": {"description": "withdrawn; the agencies told"}, "400": error,
+                                       "404": error}}},
         },
     }
 
@@ -213,14 +221,32 @@ def _submit(handler: Handler, ctx: NodeContext, params: dict[str, str], body: by
 
 
 def _done(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
-    try:
-        result = json.loads(body or b"{}").get("result", Result.ACCEPTED)
-    except (ValueError, AttributeError):
-        raise InvalidInput("the body must be JSON such as {\"result\": \"accepted\"}") from None
+    request = _json_object(body, '{"result": "refused", "reason": "..."}')
+    result, reason = request.get("result", Result.ACCEPTED), request.get("reason")
     if result not in set(DECISIONS):
         raise InvalidInput(f"result must be accepted or refused, not {result!r}")
-    sent = complete(ctx, _code(params["code"]), params["step"], result)
+    if reason is not None and not isinstance(reason, str):
+        raise InvalidInput("reason must be text")
+    sent = complete(ctx, _code(params["code"]), params["step"], result, reason)
     return HTTPStatus.OK, {"code": params["code"], "step": params["step"], "result": result, "sent": sent}
+
+
+def _withdraw(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
+    reason = _json_object(body, '{"reason": "..."}').get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput('give the applicant\'s reason: {"reason": "..."}')
+    told = withdraw(ctx, _code(params["code"]), reason)
+    return HTTPStatus.OK, {"code": params["code"], "state": "withdrawn", "told": told}
+
+
+def _json_object(body: bytes, example: str) -> dict[str, Any]:
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        request = None
+    if not isinstance(request, dict):
+        raise InvalidInput(f"the body must be a JSON object such as {example}")
+    return request
 
 
 def _timeline(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
@@ -257,6 +283,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
     ("GET", re.compile(r"/dossiers"), _list),
     ("GET", re.compile(r"/dossiers/(?P<code>[^/]+)"), _timeline),
     ("POST", re.compile(r"/dossiers/(?P<code>[^/]+)/steps/(?P<step>[a-z0-9_\-]+)/done"), _done),
+    ("POST", re.compile(r"/dossiers/(?P<code>[^/]+)/withdraw"), _withdraw),
 ]
 
 

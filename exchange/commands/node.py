@@ -1,4 +1,5 @@
-"""The node's commands: ``node init``, ``run``, ``submit``, ``done``, ``status``, ``dead``, ``check``."""
+"""The node's commands: ``node init``, ``run``, ``submit``, ``done``, ``withdraw``, ``status``, ``dead``,
+``check``."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from exchange.node.doors import Door
 from exchange.node.provisioning import init_node
 from exchange.node.status import local, view
 from exchange.node.transport import DeadLetter
-from exchange.node.workflow import DECISIONS, complete, submit
+from exchange.node.workflow import DECISIONS, complete, submit, withdraw
 from exchange.rules.load import load as load_rules
 from exchange.store.node import OutboxRow
 from exchange.store.states import Result
@@ -63,11 +64,19 @@ def register(commands: Any) -> None:
     done.add_argument("--dossier", required=True, metavar="CODE")
     done.add_argument("--step", required=True, metavar="STEP")
     done.add_argument("--result", choices=[r.value for r in DECISIONS], default=Result.ACCEPTED.value)
+    done.add_argument("--reason", metavar="TEXT", help="why the step refused the dossier (required with "
+                      "--result refused): it travels signed to the desk")
     done.add_argument("--late-reason", metavar="TEXT", help="if the step is late: why, on the apology slip "
                       "(phiếu xin lỗi) to the applicant")
     done.add_argument("--new-date", metavar="YYYY-MM-DD", help="if the step is late: the new date for the "
                       "result (default: the next working day)")
     done.set_defaults(handler=_done)
+
+    withdraw_ = commands.add_parser("withdraw", help="the applicant withdrew a dossier at this node's desk")
+    _config(withdraw_)
+    withdraw_.add_argument("--dossier", required=True, metavar="CODE")
+    withdraw_.add_argument("--reason", required=True, metavar="TEXT")
+    withdraw_.set_defaults(handler=_withdraw)
 
     status = commands.add_parser("status", help="where each dossier is")
     _config(status)
@@ -156,9 +165,16 @@ def _submit(args: argparse.Namespace) -> int:
 def _done(args: argparse.Namespace) -> int:
     with _open(args) as ctx:
         late = slips.Late(args.late_reason, slips.parse_new_date(args.new_date, slips.today(ctx)))
-        sent = complete(ctx, _dossier_code(args.dossier), args.step, args.result, late=late)
+        sent = complete(ctx, _dossier_code(args.dossier), args.step, args.result, args.reason, late=late)
         slips.publish(ctx)  # an apology slip, if the step was late
     print(f"{args.dossier} step {args.step} done ({args.result})" + (f": {', '.join(sent)}" if sent else ""))
+    return 0
+
+
+def _withdraw(args: argparse.Namespace) -> int:
+    with _open(args) as ctx:
+        told = withdraw(ctx, _dossier_code(args.dossier), args.reason)
+    print(f"{args.dossier} withdrawn" + (f"; told {', '.join(told)}" if told else ""))
     return 0
 
 

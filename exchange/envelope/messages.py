@@ -146,6 +146,10 @@ class StatusUpdate:
     timestamp: dt.datetime = field(default_factory=clock.now)
     apology: str | None = None
     new_due_date: dt.date | None = None
+    reason: str | None = None
+    """Why the dossier was refused or withdrawn, as the agency or the applicant gave it."""
+    final: str | None = None
+    """How the dossier ended (``completed``, ``refused``, ``withdrawn``), when this update ends it."""
 
 
 def status_element(update: StatusUpdate) -> etree._Element:
@@ -164,4 +168,6 @@ def status_element(update: StatusUpdate) -> etree._Element:
         late = etree.SubElement(root, q("Late", ns))
         _sub(late, ns, "Apology", update.apology)
         _sub(late, ns, "NewDueDate", update.new_due_date.isoformat())
+    _sub(root, ns, "Reason", update.reason)
+    _sub(root, ns, "FinalState", update.final)
     return root

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import structlog
 from lxml import etree
 
+from exchange import clock
 from exchange.audit.checkpoints import Verifier, check_attestation, origin_for
 from exchange.audit.entries import Event
 from exchange.audit.witness import Witness
@@ -29,10 +30,10 @@ from exchange.envelope.model import Header, Kind, VerifiedEnvelope
 from exchange.errors import InvalidEnvelope, NotAuthorized, RoutingError, StoreError, Unverifiable
 from exchange.node import slips
 from exchange.node.context import NodeContext
-from exchange.node.workflow import enqueue, refresh_ready
+from exchange.node.workflow import end_dossier, enqueue, refresh_ready
 from exchange.store import audit as audit_tables
 from exchange.store.node import DossierRow, InboxRecord, OutboxRow, StatusRow
-from exchange.store.states import DossierState, OutboxState, Outcome, StepState
+from exchange.store.states import DossierState, OutboxState, Outcome, Result, StepState
 from exchange.xml import safexml
 from exchange.xml.names import STATUS_NS, q
 
@@ -126,8 +127,12 @@ def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
         route = rules.route(procedure, code.agency)
     except RoutingError as exc:
         raise NotAuthorized(str(exc)) from None
-    if header.sender not in route.values() or code.agency != ctx.agency:
-        raise NotAuthorized(f"{header.sender} is not on the route of dossier {code}, or this node is not its origin")
+    if code.agency == ctx.agency:  # to the origin: from any agency on the route
+        if header.sender not in route.values():
+            raise NotAuthorized(f"{header.sender} is not on the route of dossier {code}")
+    elif header.sender != code.agency or ctx.agency not in route.values():  # from the origin to a participant
+        raise NotAuthorized(f"a status of dossier {code} comes from its origin {code.agency} to an agency on its "
+                            f"route, or from the route to the origin; not from {header.sender} to {ctx.agency}")
 
 
 # Taking in what was accepted -------------------------------------------------------------
@@ -136,7 +141,8 @@ def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
     header = env.header
     code, procedure, step = _routed(header)
     payload = document(env.payload)
-    if ctx.store.dossier(str(code)) is not None:
+    held = ctx.store.dossier(str(code))
+    if held is not None:
         ctx.store.replace_payload(str(code), payload)
     else:
         info = dossiers.DossierInfo.of(env.payload)
@@ -148,7 +154,11 @@ def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
         if route[before] == header.sender:
             ctx.store.finish_step(str(code), before, str(header.sender), utc(min(finished, header.created)))
     ctx.store.add_steps(str(code), [(step, str(ctx.agency))])
-    due = refresh_ready(ctx, code)
+    if held is not None and held.state.final:  # it ended before its transfer came: nothing to do here
+        ctx.store.cancel_steps(str(code))
+        due = {}
+    else:
+        due = refresh_ready(ctx, code)
     _record_inbox(ctx, env, Outcome.ACCEPTED, payload)
     ctx.record(ctx.entry(Event.RECEIVED, dossier=str(code), procedure=str(procedure), step=step,
                          message_id=header.message_id, counterpart=str(header.sender),
@@ -164,9 +174,34 @@ def _take_status(ctx: NodeContext, env: VerifiedEnvelope) -> None:
                                    payload.findtext(q("Description", STATUS_NS))))
     _record_inbox(ctx, env, Outcome.ACCEPTED, document(payload))
     slips.on_status(ctx, header.dossier, header.sender, payload)  # an apology becomes the desk's slip
+    final = payload.findtext(q("FinalState", STATUS_NS))
     ctx.record(ctx.entry(Event.STATUS_RECEIVED, dossier=str(header.dossier), procedure=str(header.procedure),
                          step=header.step, message_id=header.message_id, counterpart=str(header.sender),
-                         envelope_sha256=env.envelope_digest, detail={"status": exchange_status}))
+                         envelope_sha256=env.envelope_digest,
+                         detail={"status": exchange_status, **({"final": final} if final else {})}))
+    if final:
+        _take_final(ctx, env, DossierState(final), payload.findtext(q("Reason", STATUS_NS)),
+                    payload.findtext(q("Timestamp", STATUS_NS)) or utc(header.created))
+
+
+def _take_final(ctx: NodeContext, env: VerifiedEnvelope, final: DossierState, reason: str | None, at: str) -> None:
+    """A status that ends the dossier. At the origin, from the step that ended it (a refusal, or the
+    last step done elsewhere): the first end wins, and the origin tells every other participant.
+    At a participant, from the origin: its word is final, whatever this node thought."""
+    header = env.header
+    code, procedure, step = _routed(header)
+    row = ctx.store.dossier(str(code))
+    if code.agency == ctx.agency:
+        if row is None or row.state.final or final is DossierState.WITHDRAWN:
+            return
+        result = Result.REFUSED if final is DossierState.REFUSED else Result.ACCEPTED
+        ctx.store.finish_step(str(code), step, str(header.sender), at, result)
+        end_dossier(ctx, code, final, step, clock.parse(at), reason, spare=header.sender)
+        return
+    if row is None:  # the notice overtook the transfer: the dossier is known here as ended
+        ctx.store.add_dossier(DossierRow(str(code), str(procedure), str(code.agency), at, final), b"")
+    ctx.store.set_dossier_state(str(code), final)
+    ctx.store.cancel_steps(str(code))
 
 
 def _take_receipt(ctx: NodeContext, env: VerifiedEnvelope) -> None:

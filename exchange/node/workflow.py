@@ -19,9 +19,10 @@ from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.envelope import dossier as dossiers
 from exchange.envelope.messages import DossierStatus, ExchangeStatus, StatusUpdate, status_element
 from exchange.envelope.model import Header, Hop, Kind
-from exchange.errors import AlreadySubmitted, InvalidDossier, StepNotReady, UnknownDossier
+from exchange.errors import AlreadySubmitted, InvalidDossier, InvalidInput, StepNotReady, UnknownDossier
 from exchange.node import slips
 from exchange.node.context import NodeContext
+from exchange.node.status import NATIONAL_STATUS
 from exchange.rules.model import Procedure
 from exchange.store.node import DossierRow
 from exchange.store.states import DossierState, Result, StepState
@@ -30,6 +31,12 @@ from exchange.xml.names import DOSSIER_NS, q
 
 DECISIONS: tuple[Result, ...] = (Result.ACCEPTED, Result.REFUSED)
 """The results ``complete`` takes (``exchange done --result``, the HTTP API)."""
+FINAL_EXCHANGE_STATUS: dict[DossierState, ExchangeStatus] = {
+    DossierState.COMPLETED: ExchangeStatus.DONE,
+    DossierState.REFUSED: ExchangeStatus.REFUSED,
+    DossierState.WITHDRAWN: ExchangeStatus.DONE,  # QCVN 102 has no "withdrawn": the exchange is over (06)
+}
+"""The QCVN 102 status of the notice that tells a dossier's end; its national status says which end."""
 MAX_CONTROL_ROWS = 200
 """A dossier's processing-control slip stops growing here: a loop must not grow it forever."""
 
@@ -65,18 +72,27 @@ def submit(ctx: NodeContext, data: bytes, source: str = "dossier") -> DossierCod
 
 
 def complete(ctx: NodeContext, code: DossierCode, step_id: str, result: str = Result.ACCEPTED,
-             late: slips.Late | None = None) -> list[str]:
-    """The local agency finished ``step_id``; returns what the node sent or made ready."""
+             reason: str | None = None, late: slips.Late | None = None) -> list[str]:
+    """The local agency finished ``step_id``; returns what the node sent or made ready. A refusal
+    needs its ``reason``: it travels signed to the origin's desk, which hands it to the applicant."""
+    decision = Result(result)
+    if decision is Result.REFUSED and not (reason and reason.strip()):
+        raise InvalidInput(f"refusing step {step_id!r} of {code} needs a reason (--reason TEXT): "
+                           "the desk hands it to the applicant")
     with ctx.store.transaction():
         step = ctx.store.step(str(code), step_id)
         if step is None:
             raise UnknownDossier(f"this node knows no step {step_id!r} of dossier {code}")
         if step.agency != str(ctx.agency):
             raise StepNotReady(f"step {step_id!r} of {code} is performed by {step.agency}, not by this node")
+        if step.state is StepState.CANCELLED:
+            raise StepNotReady(f"step {step_id!r} of {code} was cancelled: the dossier is "
+                               f"{_dossier(ctx, code).state}; nothing more is done on it")
         if step.state is not StepState.READY:
             raise StepNotReady(f"step {step_id!r} of {code} is {step.state}, not ready: "
                                + _waiting_for(ctx, code, step_id))
-        return finish_step(ctx, code, step_id, clock.now(), Result(result), _payload(ctx, code), late=late)
+        return finish_step(ctx, code, step_id, clock.now(), decision, _payload(ctx, code),
+                           reason=reason.strip() if reason else None, late=late)
 
 
 def _waiting_for(ctx: NodeContext, code: DossierCode, step_id: str) -> str:
@@ -86,7 +102,7 @@ def _waiting_for(ctx: NodeContext, code: DossierCode, step_id: str) -> str:
 
 
 def finish_step(ctx: NodeContext, code: DossierCode, step_id: str, at: dt.datetime, result: Result,
-                payload: etree._Element, late: slips.Late | None = None) -> list[str]:
+                payload: etree._Element, reason: str | None = None, late: slips.Late | None = None) -> list[str]:
     """Record ``step_id`` done here, then hand off, finish the dossier, or tell the origin."""
     step = ctx.store.step(str(code), step_id)
     due = step.due if step else None
@@ -99,18 +115,63 @@ def finish_step(ctx: NodeContext, code: DossierCode, step_id: str, at: dt.dateti
                                                         **({"late": "yes"} if is_late else {})}))
     origin = code.agency
     if result is not Result.ACCEPTED:
-        ctx.store.set_dossier_state(str(code), DossierState.REFUSED)
-        if origin != ctx.agency:
-            _send_status(ctx, code, step_id, ExchangeStatus.REFUSED, DossierStatus.NOT_ACCEPTED, at,
-                         f"step {step_id} refused: {result}")
+        end_dossier(ctx, code, DossierState.REFUSED, step_id, at, reason or f"step {step_id} refused: {result}")
         return [DossierState.REFUSED.value]
     sent = _hand_off(ctx, code, step_id, at, payload)
-    if not sent and not _dependents(ctx, code, step_id):
+    finished = not sent and not _dependents(ctx, code, step_id)
+    if finished and origin == ctx.agency:
+        end_dossier(ctx, code, DossierState.COMPLETED, step_id, at, None)
+    elif finished:
         ctx.store.set_dossier_state(str(code), DossierState.COMPLETED)
     if origin != ctx.agency:
-        _send_status(ctx, code, step_id, ExchangeStatus.DONE, DossierStatus.PROCESSING, at,
-                     f"step {step_id} done", late=notice)
+        final = DossierState.COMPLETED if finished else None
+        _send_status(ctx, code, step_id, ExchangeStatus.DONE,
+                     NATIONAL_STATUS[final] if final else DossierStatus.PROCESSING, at,
+                     f"step {step_id} done", late=notice, final=final)
     return sent
+
+
+# The end of a dossier ----------------------------------------------------------------------
+
+def withdraw(ctx: NodeContext, code: DossierCode, reason: str) -> list[str]:
+    """The applicant withdrew the dossier at the origin's desk: it ends here as ``withdrawn`` and
+    every participant is told; returns the agencies told. Steps already done stay done."""
+    if not reason.strip():
+        raise InvalidInput(f"withdrawing {code} needs a reason (--reason TEXT)")
+    with ctx.store.transaction():
+        row = _dossier(ctx, code)
+        if code.agency != ctx.agency:
+            raise InvalidInput(f"dossier {code} was received at {code.agency}: the applicant withdraws it there")
+        if row.state.final:
+            raise InvalidInput(f"dossier {code} is already {row.state}: a finished dossier cannot be withdrawn")
+        first = procedure_of(ctx, code).steps[0].id
+        return end_dossier(ctx, code, DossierState.WITHDRAWN, first, clock.now(), reason.strip())
+
+
+def end_dossier(ctx: NodeContext, code: DossierCode, final: DossierState, step_id: str, at: dt.datetime,
+                reason: str | None, spare: AgencyCode | None = None) -> list[str]:
+    """The dossier ends here as ``final``: the steps not done are cancelled, and a signed notice
+    goes to the origin (from a participant) or to every participant but ``spare`` (from the
+    origin, whose word every participant takes). Returns the agencies told."""
+    told = _participants(ctx, code, spare) if code.agency == ctx.agency else [code.agency]
+    ctx.store.set_dossier_state(str(code), final)
+    ctx.store.cancel_steps(str(code))
+    notes = {DossierState.COMPLETED: "dossier completed", DossierState.REFUSED: f"step {step_id} refused",
+             DossierState.WITHDRAWN: "dossier withdrawn by the applicant"}
+    for agency in told:
+        _send_status(ctx, code, step_id, FINAL_EXCHANGE_STATUS[final], NATIONAL_STATUS[final], at, notes[final],
+                     recipient=agency, reason=reason, final=final)
+    return [str(agency) for agency in told]
+
+
+def _participants(ctx: NodeContext, code: DossierCode, spare: AgencyCode | None) -> list[AgencyCode]:
+    """Every other agency that took part in the dossier or holds it, as the origin knows: those its
+    steps were handed to, and those that sent it a status."""
+    taken = {s.agency for s in ctx.store.steps(str(code))
+             if s.state in (StepState.SENT, StepState.RECEIVED, StepState.DONE)}
+    taken |= {s.sender for s in ctx.store.statuses(str(code))}
+    taken -= {str(ctx.agency), str(spare)}
+    return [AgencyCode(agency) for agency in sorted(taken)]
 
 
 def _dependents(ctx: NodeContext, code: DossierCode, step_id: str) -> list[str]:
@@ -154,7 +215,8 @@ def _with_control_row(payload: etree._Element, at: dt.datetime, sender: AgencyCo
     return copy
 
 
-def enqueue(ctx: NodeContext, header: Header, payload: etree._Element, event: Event | None) -> str:
+def enqueue(ctx: NodeContext, header: Header, payload: etree._Element, event: Event | None,
+            detail: dict[str, str] | None = None) -> str:
     """Seal an envelope into the outbox, in the caller's transaction; audit it as ``event``."""
     data = ctx.signer.seal(header, payload)
     digest = hashlib.sha256(data).hexdigest()
@@ -164,19 +226,22 @@ def enqueue(ctx: NodeContext, header: Header, payload: etree._Element, event: Ev
     if event is not None:
         ctx.record(ctx.entry(event, dossier=dossier, procedure=str(header.procedure) if header.procedure else None,
                              step=header.step, message_id=header.message_id, counterpart=str(header.recipient),
-                             envelope_sha256=digest, time=header.created))
+                             envelope_sha256=digest, time=header.created, **({"detail": detail} if detail else {})))
     return header.message_id
 
 
 def _send_status(ctx: NodeContext, code: DossierCode, step_id: str, exchange_status: ExchangeStatus,
-                 dossier_status: DossierStatus, at: dt.datetime, note: str,
-                 late: tuple[str, dt.date] | None = None) -> None:
+                 dossier_status: DossierStatus, at: dt.datetime, note: str, late: tuple[str, dt.date] | None = None, *,
+                 recipient: AgencyCode | None = None, reason: str | None = None,
+                 final: DossierState | None = None) -> None:
     apology, new_date = late if late else (None, None)  # the late agency's apology slip says the same
     update = StatusUpdate(code, ctx.agency, exchange_status, dossier_status, step=step_id, description=note,
-                          timestamp=at, apology=apology, new_due_date=new_date)
-    header = Header(kind=Kind.STATUS, sender=ctx.agency, recipient=code.agency, dossier=code,
+                          timestamp=at, apology=apology, new_due_date=new_date, reason=reason,
+                          final=final.value if final else None)
+    header = Header(kind=Kind.STATUS, sender=ctx.agency, recipient=recipient or code.agency, dossier=code,
                     procedure=procedure_of(ctx, code).code, step=step_id, created=clock.now())
-    enqueue(ctx, header, status_element(update), Event.STATUS_SENT)
+    detail = {**({"final": final.value} if final else {}), **({"reason": reason[:300]} if reason else {})}
+    enqueue(ctx, header, status_element(update), Event.STATUS_SENT, detail)
 
 
 # Steps becoming ready --------------------------------------------------------------------

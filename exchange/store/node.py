@@ -292,6 +292,11 @@ class Store:
         self.conn.execute(f"UPDATE steps SET state = ? WHERE dossier = ? AND step = ? AND state IN ({marks})",  # noqa: S608
                           (state, dossier, step, *earlier))
 
+    def cancel_steps(self, dossier: str) -> int:
+        """The dossier ended: every step of it not done here is cancelled; returns how many."""
+        return self.conn.execute("UPDATE steps SET state = ? WHERE dossier = ? AND state NOT IN (?, ?)",
+                                 (StepState.CANCELLED, dossier, StepState.DONE, StepState.CANCELLED)).rowcount
+
     def make_ready(self, dossier: str, step: str, agency: str, due: str | None) -> None:
         """A pending (or new) step becomes ready with its due date; a step further along is left alone."""
         self.conn.execute("INSERT INTO steps (dossier, step, agency, state, due) VALUES (?, ?, ?, ?, ?) "

@@ -1,0 +1,190 @@
+"""The end of a dossier, in process over one embedded transport: a refusal and a withdrawal stop it
+at every node that holds it, and every participant learns its final state (completed, refused,
+withdrawn) from the origin, once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from exchange.adapters.embedded import EmbeddedTransport
+from exchange.audit.entries import Entry, Event
+from exchange.codes import DossierCode
+from exchange.demo import samples
+from exchange.errors import InvalidInput, StepNotReady
+from exchange.node.config import NodeConfig
+from exchange.node.context import NodeContext
+from exchange.node.daemon import Daemon
+from exchange.node.delivery import Deliverer
+from exchange.node.dispatcher import Dispatcher
+from exchange.node.metrics import Metrics
+from exchange.node.workflow import complete, submit, withdraw
+from exchange.store.states import DossierState, StepState
+from exchange.xml import safexml
+from exchange.xml.names import STATUS_NS, q
+from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE
+from tests.node_cluster import Cluster
+
+Trio = tuple[NodeContext, NodeContext, NodeContext, EmbeddedTransport]
+
+
+@pytest.fixture
+def trio(tmp_path: Path) -> Iterator[Trio]:
+    """The commune (origin), the police and the social insurance as contexts over one embedded transport."""
+    cluster = Cluster(tmp_path)
+    cluster.init(str(COMMUNE), str(POLICE), str(INSURANCE))
+    with ExitStack() as stack:
+        commune, police, insurance = (
+            stack.enter_context(NodeContext.open(NodeConfig.load(cluster.config(str(a)))))
+            for a in (COMMUNE, POLICE, INSURANCE))
+        transport = stack.enter_context(EmbeddedTransport(commune.config.embedded_transport))
+        for agency in (COMMUNE, POLICE, INSURANCE):
+            transport.declare(agency)
+        yield commune, police, insurance, transport
+
+
+def settle(transport: EmbeddedTransport, *nodes: NodeContext, rounds: int = 4) -> None:
+    """Every node publishes (retransmitting what waits for a receipt), takes in and delivers, a few
+    times over: the daemon's loop, with every backoff already over."""
+    for _ in range(rounds):
+        for ctx in nodes:
+            with ctx.store.transaction() as conn:
+                conn.execute("UPDATE outbox SET next_attempt = 0")
+            Dispatcher(ctx, transport, Metrics()).dispatch()
+        for ctx in nodes:
+            with transport.consume(ctx.agency) as consumer:
+                while Daemon(ctx, transport).inbound(consumer, 0.05):
+                    pass
+            Deliverer(ctx, Metrics()).deliver()
+
+
+def submitted(trio: Trio) -> DossierCode:
+    """A birth dossier submitted at the commune and taken in by the police and the insurance."""
+    commune, police, insurance, transport = trio
+    spec = samples.SampleSpec(COMMUNE, BIRTH, size_kb=2, sequence=7)
+    code = submit(commune, samples.to_bytes(samples.sample_dossier(spec)))
+    settle(transport, commune, police, insurance)
+    return code
+
+
+def state(ctx: NodeContext, code: DossierCode) -> DossierState:
+    row = ctx.store.dossier(str(code))
+    assert row is not None
+    return row.state
+
+
+def step_state(ctx: NodeContext, code: DossierCode, step: str) -> StepState:
+    row = ctx.store.step(str(code), step)
+    assert row is not None
+    return row.state
+
+
+def final_notices(ctx: NodeContext, code: DossierCode) -> list[tuple[str, str | None]]:
+    """(final state, reason) of every status file the agency system got that ends the dossier."""
+    found = []
+    for path in sorted(ctx.config.delivery_dir.glob(f"status-{code}-*.xml")):
+        root = safexml.parse(path.read_bytes())
+        final = root.findtext(q("FinalState", STATUS_NS))
+        if final:
+            found.append((final, root.findtext(q("Reason", STATUS_NS))))
+    return found
+
+
+def delivered_once(*nodes: NodeContext) -> bool:
+    """No node handed any envelope (by message id) or slip (by file) to its agency system twice."""
+    for ctx in nodes:
+        entries = [Entry.decode(data)[1] for _, data in ctx.audit.entries()]
+        counts = Counter(e.message_id or e.detail.get("file") for e in entries if e.event is Event.DELIVERED)
+        if any(n > 1 for n in counts.values()):
+            return False
+    return True
+
+
+def test_refusal_at_the_police_ends_the_dossier_everywhere(trio: Trio) -> None:
+    """A step refused at the police makes the dossier refused at every node, cancels the insurance
+    step and the return, and gives the commune's agency system the refusal with its reason, once."""
+    commune, police, insurance, transport = trio
+    code = submitted(trio)
+    complete(police, code, "residence", "refused", "Người khai không cư trú tại địa phương")
+    settle(transport, commune, police, insurance)
+    assert [state(ctx, code) for ctx in (commune, police, insurance)] == [DossierState.REFUSED] * 3
+    assert step_state(insurance, code, "insurance") is StepState.CANCELLED
+    assert step_state(commune, code, "return") is StepState.CANCELLED
+    assert final_notices(commune, code) == [("refused", "Người khai không cư trú tại địa phương")]
+    assert final_notices(insurance, code) == [("refused", "Người khai không cư trú tại địa phương")]
+    assert delivered_once(commune, police, insurance)
+    with pytest.raises(StepNotReady, match="cancelled"):
+        complete(insurance, code, "insurance")
+
+
+def test_a_refusal_needs_its_reason(trio: Trio) -> None:
+    """Refusing a step without a reason is refused, and nothing changes."""
+    commune, police, insurance, _ = trio
+    code = submitted(trio)
+    with pytest.raises(InvalidInput, match="reason"):
+        complete(police, code, "residence", "refused")
+    assert step_state(police, code, "residence") is StepState.READY
+
+
+def test_withdrawal_after_the_police_finished(trio: Trio) -> None:
+    """A withdrawal at the commune after the police's step is done makes every node's dossier
+    withdrawn, cancels the insurance step and keeps the police's step done."""
+    commune, police, insurance, transport = trio
+    code = submitted(trio)
+    complete(police, code, "residence")
+    settle(transport, commune, police, insurance)
+    told = withdraw(commune, code, "Người nộp rút hồ sơ")
+    assert set(told) == {str(POLICE), str(INSURANCE)}
+    settle(transport, commune, police, insurance)
+    assert [state(ctx, code) for ctx in (commune, police, insurance)] == [DossierState.WITHDRAWN] * 3
+    assert step_state(insurance, code, "insurance") is StepState.CANCELLED
+    assert step_state(police, code, "residence") is StepState.DONE
+    assert final_notices(police, code) == [("withdrawn", "Người nộp rút hồ sơ")]
+    assert delivered_once(commune, police, insurance)
+    with pytest.raises(StepNotReady, match="cancelled"):
+        complete(insurance, code, "insurance")
+    with pytest.raises(InvalidInput, match="already withdrawn"):
+        withdraw(commune, code, "again")
+
+
+def test_completion_reaches_every_participant(trio: Trio) -> None:
+    """When the commune returns the result, the police and the insurance learn the dossier is completed."""
+    commune, police, insurance, transport = trio
+    code = submitted(trio)
+    complete(police, code, "residence")
+    complete(insurance, code, "insurance")
+    settle(transport, commune, police, insurance)
+    complete(commune, code, "return")
+    settle(transport, commune, police, insurance)
+    assert [state(ctx, code) for ctx in (commune, police, insurance)] == [DossierState.COMPLETED] * 3
+    assert final_notices(police, code) == [("completed", None)]
+    assert final_notices(insurance, code) == [("completed", None)]
+    assert delivered_once(commune, police, insurance)
+    with pytest.raises(InvalidInput, match="already completed"):
+        withdraw(commune, code, "too late")
+
+
+def test_a_status_between_participants_is_not_authorized(trio: Trio) -> None:
+    """Only the origin may tell a participant a dossier's state: the same notice from the police to
+    the insurance is refused as not authorized."""
+    commune, police, insurance, transport = trio
+    code = submitted(trio)
+    from exchange.envelope.messages import DossierStatus, ExchangeStatus, StatusUpdate, status_element
+    from exchange.envelope.model import Header, Kind
+    from exchange.node.workflow import enqueue
+
+    update = StatusUpdate(code, police.agency, ExchangeStatus.REFUSED, DossierStatus.NOT_ACCEPTED,
+                          step="residence", reason="forged", final="refused")
+    header = Header(kind=Kind.STATUS, sender=police.agency, recipient=insurance.agency, dossier=code,
+                    procedure=BIRTH, step="residence")
+    with police.store.transaction():
+        enqueue(police, header, status_element(update), None)
+    settle(transport, police, insurance, rounds=1)
+    assert state(insurance, code) is DossierState.PROCESSING
+    refused = [Entry.decode(data)[1] for _, data in insurance.audit.entries()
+               if Entry.decode(data)[1].event is Event.REFUSED]
+    assert [e.detail.get("reason") for e in refused] == ["not-authorized"]
