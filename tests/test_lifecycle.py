@@ -4,6 +4,7 @@ withdrawn) from the origin, once."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from exchange.adapters.embedded import EmbeddedTransport
+from exchange.adapters.http_api import ApiServer
 from exchange.audit.entries import Entry, Event
 from exchange.codes import DossierCode
 from exchange.demo import samples
@@ -28,6 +30,7 @@ from exchange.xml import safexml
 from exchange.xml.names import STATUS_NS, q
 from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE
 from tests.node_cluster import Cluster
+from tests.test_http_api import TOKEN, call
 
 Trio = tuple[NodeContext, NodeContext, NodeContext, EmbeddedTransport]
 
@@ -188,3 +191,37 @@ def test_a_status_between_participants_is_not_authorized(trio: Trio) -> None:
     refused = [Entry.decode(data)[1] for _, data in insurance.audit.entries()
                if Entry.decode(data)[1].event is Event.REFUSED]
     assert [e.detail.get("reason") for e in refused] == ["not-authorized"]
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[str]:
+    """The commune's HTTP API, with the token configured."""
+    cluster = Cluster(tmp_path)
+    cluster.init(str(COMMUNE))
+    config = NodeConfig.load(cluster.config(str(COMMUNE)), environ={"EXCHANGE_AGENCY_SYSTEM_TOKEN": TOKEN})
+    with NodeContext.open(config) as ctx:
+        server = ApiServer(ctx)
+        server.start()
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+        server.stop()
+
+
+def test_withdrawal_and_refusal_over_the_http_api(api: str) -> None:
+    """The HTTP API withdraws a dossier with the applicant's reason (400 without one, or once it has
+    ended), and refuses a refusal without its reason and a done on a cancelled step."""
+    spec = samples.SampleSpec(COMMUNE, BIRTH, size_kb=2, sequence=3)
+    code = json.loads(call(f"{api}/dossiers", "POST", samples.to_bytes(samples.sample_dossier(spec)))[1])["code"]
+    status, body = call(f"{api}/dossiers/{code}/steps/return/done", "POST", b'{"result": "refused"}')
+    assert (status, "reason" in json.loads(body)["error"]) == (400, True)
+    assert call(f"{api}/dossiers/{code}/withdraw", "POST", b"{}")[0] == 400
+    status, body = call(f"{api}/dossiers/{code}/withdraw", "POST", '{"reason": "Người nộp rút hồ sơ"}'.encode())
+    assert status == 200
+    assert json.loads(body)["told"] == [str(POLICE), str(INSURANCE)]
+    (document,) = json.loads(call(f"{api}/dossiers/{code}")[1])
+    assert document["state"] == "withdrawn"
+    assert {s["step"]: s["state"] for s in document["steps"]} == {
+        "receive": "done", "residence": "cancelled", "insurance": "cancelled", "return": "cancelled"}
+    status, body = call(f"{api}/dossiers/{code}/steps/return/done", "POST", b'{"result": "accepted"}')
+    assert (status, "cancelled" in json.loads(body)["error"]) == (400, True)
+    status, body = call(f"{api}/dossiers/{code}/withdraw", "POST", b'{"reason": "again"}')
+    assert (status, "already withdrawn" in json.loads(body)["error"]) == (400, True)
