@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,5 +24,7 @@ def register(commands: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # progress a line at a time, even into a pipe
     logs.configure("console")
     return demo.run(args.out, args.broker, args.dossiers)

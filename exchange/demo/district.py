@@ -7,7 +7,12 @@ process, and plays the agency systems: it submits dossiers, completes each step 
 ready, lets one agency system be down for a while, enters one dossier received days ago (so its
 steps run late and the origin gets an apology with a new date), and sends one envelope from an
 agency off the route (refused, dead-lettered, audited). Then it stops the nodes, verifies every
-audit log, reconciles every pair of nodes that exchanged envelopes, and writes ``report.html``.
+audit log, reconciles every pair of nodes that exchanged envelopes, and writes ``report.html``:
+one summary row per dossier (state, due date, on time or late, apology sent), then the routes and
+each dossier's timeline. It prints its progress as it goes, a line at a time even when piped.
+
+Not yet here: a refused dossier, a supplement round and a withdrawal (issue 13). They come with
+the refusal, supplement and withdrawal commands; this demo adds a scenario for each once they are in.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from exchange.errors import ConfigError, ExchangeError
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.provisioning import init_node
+from exchange.node.status import local, view
 from exchange.node.transport import Message
 from exchange.node.workflow import complete, submit
 from exchange.rules import tools as rules_tools
@@ -67,7 +73,7 @@ class Demo:
     out: Path
     broker: str
     count: int
-    say: Callable[[str], None] = print
+    say: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
     rules_dir: Path = field(default_factory=lambda: Path(str(resources.files("exchange") / "routing_rules")))
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     contexts: dict[str, NodeContext] = field(default_factory=dict)
@@ -257,8 +263,10 @@ def write_report(demo: Demo, lines: list[str], verified: list[str], gaps: list[s
     parts = ["<!doctype html><html lang='vi'><meta charset='utf-8'><title>exchange demo report</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}.late{color:#b00;font-weight:bold}"
-             "h2{margin-top:2em}</style>",
+             "h2{margin-top:2em}.route svg,.route img{max-width:100%;height:auto}"
+             ".route pre,pre.route{max-width:100%;overflow-x:auto}</style>",
              "<h1>Đầm Hà district: one-stop inter-linked exchange, demo run</h1>",
+             "<h2>Dossiers</h2>" + _dossier_table(demo),
              "<h2>Summary</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>",
              "<h2>Audit</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in verified + gaps) + "</ul>",
              "<h2>Routes</h2>"]
@@ -296,14 +304,7 @@ def _logged(path: Path, event: str) -> bool:
 
 
 def _timeline(demo: Demo, code: str) -> str:
-    rows: list[Entry] = []
-    for agency in demo.agencies[:-1]:
-        source = DatabaseSource(NodeConfig.load(demo.config(agency)).database)
-        try:
-            rows.extend(Entry.decode(data)[1] for _, data in source.dossier_entries(code))
-        finally:
-            source.conn.close()
-    rows.sort(key=lambda e: e.time)
+    rows = sorted(_entries_of(demo, code), key=lambda e: e.time)
     procedure, desk, _ = demo.submitted[code]
     body = "".join(
         f"<tr><td>{e.time.astimezone(ICT):%Y-%m-%d %H:%M:%S}</td><td>{e.node}</td><td>{e.event.value}</td>"
@@ -311,10 +312,53 @@ def _timeline(demo: Demo, code: str) -> str:
         f"<td class='{'late' if e.detail.get('late') else ''}'>{'late' if e.detail.get('late') else ''}</td></tr>"
         for e in rows)
     return (f"<h3 class='timeline'>{code} ({procedure}, received at {desk})</h3><table><tr><th>time</th><th>node</th>"
-            f"<th>event</th><th>step</th><th>counterpart</th><th>due</th><th></th></tr>{body}</table>")
+            f"<th>event</th><th>step</th><th>counterpart</th><th>due</th><th>on time or late</th></tr>{body}</table>")
 
 
-def run(out: Path, broker: str = "", count: int = 24, say: Callable[[str], None] = print) -> int:
+def _entries_of(demo: Demo, code: str) -> list[Entry]:
+    rows: list[Entry] = []
+    for agency in demo.agencies[:-1]:
+        source = DatabaseSource(NodeConfig.load(demo.config(agency)).database)
+        try:
+            rows.extend(Entry.decode(data)[1] for _, data in source.dossier_entries(code))
+        finally:
+            source.conn.close()
+    return rows
+
+
+def dossier_rows(demo: Demo) -> list[dict[str, str]]:
+    """One summary row per dossier, as its origin sees it: code, procedure, state, due date, on time
+    or late, and whether an apology slip went to the applicant."""
+    rows = []
+    for code in sorted(demo.submitted):
+        procedure, desk, _ = demo.submitted[code]
+        with NodeContext.open(NodeConfig.load(demo.config(desk))) as ctx:
+            document = view(ctx, code)[0]
+            due = local(ctx, document["due"])
+        entries = _entries_of(demo, code)
+        late = document["on_time"] is False or any(e.detail.get("late") == "yes" for e in entries)
+        apology = any(e.detail.get("slip") == "apology" for e in entries)
+        rows.append({"code": code, "procedure": f"{procedure} {document['procedure_name']}",
+                     "state": document["state"], "due": due, "timing": "late" if late else "on time",
+                     "apology": "yes" if apology else "no"})
+    return rows
+
+
+def _dossier_table(demo: Demo) -> str:
+    head = ("<tr><th>dossier</th><th>procedure</th><th>state</th><th>due</th><th>on time or late</th>"
+            "<th>apology sent</th></tr>")
+    body = "".join(
+        f"<tr><td>{r['code']}</td><td>{html.escape(r['procedure'])}</td><td>{r['state']}</td><td>{r['due']}</td>"
+        f"<td class='{'late' if r['timing'] == 'late' else ''}'>{r['timing']}</td><td>{r['apology']}</td></tr>"
+        for r in dossier_rows(demo))
+    return f"<table class='dossiers'><thead>{head}</thead><tbody>{body}</tbody></table>"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)  # progress as it goes, even when piped
+
+
+def run(out: Path, broker: str = "", count: int = 24, say: Callable[[str], None] = _say) -> int:
     demo = Demo(out, broker, max(6, count), say)
     begin = time.monotonic()
     demo.setup()
@@ -327,6 +371,7 @@ def run(out: Path, broker: str = "", count: int = 24, say: Callable[[str], None]
         time.sleep(1.5)  # the last receipts and status updates
     finally:
         demo.stop()
+    say("nodes stopped; verifying every audit log and reconciling every pair of nodes")
     counts = summary_counts(demo)
     verified, gaps = demo.audit()
     lines = [f"{len(demo.submitted)} dossiers completed in {elapsed:.1f}s "
@@ -339,6 +384,7 @@ def run(out: Path, broker: str = "", count: int = 24, say: Callable[[str], None]
              f"the social insurance's system was down for the first {SLOW_SECONDS:.0f}s; its dossiers waited"]
     for line in lines + verified + gaps:
         say(line)
+    say("writing the report")
     report = write_report(demo, lines, verified, gaps)
     say(f"report: {report}  (total {time.monotonic() - begin:.0f}s)")
     healthy = not gaps and all("holds" in v for v in verified if "entries" in v)
