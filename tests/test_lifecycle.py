@@ -225,3 +225,24 @@ def test_withdrawal_and_refusal_over_the_http_api(api: str) -> None:
     assert (status, "cancelled" in json.loads(body)["error"]) == (400, True)
     status, body = call(f"{api}/dossiers/{code}/withdraw", "POST", b'{"reason": "again"}')
     assert (status, "already withdrawn" in json.loads(body)["error"]) == (400, True)
+
+
+def test_a_notice_that_overtakes_its_transfer(trio: Trio) -> None:
+    """A withdrawal notice that reaches the insurance before the dossier's transfer leaves the dossier
+    known there as withdrawn, and the transfer, when it comes, is taken in with its step cancelled."""
+    commune, police, insurance, transport = trio
+    spec = samples.SampleSpec(COMMUNE, BIRTH, size_kb=2, sequence=9)
+    code = submit(commune, samples.to_bytes(samples.sample_dossier(spec)))
+    held = ("acknowledged", str(INSURANCE), "transfer")
+    with commune.store.transaction() as conn:  # the transfer to the insurance is held back
+        conn.execute("UPDATE outbox SET state = ? WHERE recipient = ? AND kind = ?", held)
+    withdraw(commune, code, "Người nộp rút hồ sơ")
+    settle(transport, commune, police, insurance, rounds=2)
+    assert state(insurance, code) is DossierState.WITHDRAWN
+    with commune.store.transaction() as conn:
+        conn.execute("UPDATE outbox SET state = 'pending' WHERE state = ? AND recipient = ? AND kind = ?", held)
+    settle(transport, commune, police, insurance, rounds=2)
+    assert state(insurance, code) is DossierState.WITHDRAWN
+    assert step_state(insurance, code, "insurance") is StepState.CANCELLED
+    assert insurance.store.dossier_payload(str(code))
+    assert delivered_once(commune, police, insurance)
