@@ -5,14 +5,19 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exchange.audit.checkpoints import Checkpointer, NoteSigner, attest, origin_for, register_key
 from exchange.audit.entries import Entry, Event
 from exchange.audit.log import AuditLog
+from exchange.cli import main
 from exchange.codes import AgencyCode
 from exchange.envelope import pki
 from exchange.store import db
 from tests.agencies import COMMUNE, POLICE
+
+if TYPE_CHECKING:
+    import pytest
 
 
 @dataclass
@@ -83,3 +88,10 @@ def raw(path: Path) -> sqlite3.Connection:
     for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
         conn.execute(f'DROP TRIGGER "{name}"')
     return conn
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    """`exchange ARGV…` in process: its exit code, standard output and standard error."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err

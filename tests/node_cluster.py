@@ -20,6 +20,7 @@ from exchange.cli import main
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.demo import samples
 from tests import agencies
+from tests.transport_helpers import BROKER, delete_queues, require_broker
 
 RULES = Path(__file__).resolve().parent.parent / "routing_rules"
 EXE = str(Path(sys.executable).parent / "exchange")
@@ -158,6 +159,27 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+    @classmethod
+    def on(cls, kind: str, root: Path, *agencies: str) -> Cluster:
+        """A district on the embedded transport, or on the host's RabbitMQ with its agencies'
+        queues emptied first (a test parametrized by transport kind)."""
+        broker = ""
+        if kind == "rabbitmq":
+            require_broker()
+            broker = BROKER
+            delete_queues(*(AgencyCode(a) for a in agencies))
+        return cls(root, broker)
+
+    def finish_birth_route(self, codes: list[str], timeout: float = 60) -> None:
+        """Do every step of the birth route for ``codes`` where and when it is ready."""
+        for agency, step in ((POLICE, "residence"), (INSURANCE, "insurance")):
+            wait_until(lambda a=agency, s=step: self.ready(a, s) >= set(codes), timeout, f"{step} at {agency}")
+            for code in codes:
+                self.done(agency, code, step)
+        wait_until(lambda: self.ready(COMMUNE, "return") >= set(codes), timeout, "both branches back at the commune")
+        for code in codes:
+            self.done(COMMUNE, code, "return")
 
     def submit(self, sequence: int, procedure: str = BIRTH, agency: str = COMMUNE) -> str:
         path = self.root / f"dossier-{sequence}.xml"

@@ -14,20 +14,13 @@ import pytest
 
 from exchange.audit import checkpoints
 from exchange.audit.entries import Event
-from exchange.cli import main
 from exchange.envelope import pki
 from tests.agencies import DAM_HA_POLICE
-from tests.audit_helpers import Node, filled, make_node, raw, transfer
+from tests.audit_helpers import Node, filled, make_node, raw, run, transfer
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "auditing.md"
 POLICE = str(DAM_HA_POLICE)
 DOSSIER = "000.04.10.H49-261129-0002"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -16,20 +16,13 @@ from exchange.audit.entries import Entry, Event
 from exchange.audit.log import AuditLog
 from exchange.audit.sources import BundleSource
 from exchange.audit.witness import Witness
-from exchange.cli import main
 from exchange.clock import now
 from exchange.envelope import pki
 from exchange.store import audit as rows
 from tests.agencies import COMMUNE, POLICE
-from tests.audit_helpers import Node, filled, make_node, raw, transfer
+from tests.audit_helpers import Node, filled, make_node, raw, run, transfer
 
 ORIGIN = origin_for(str(COMMUNE))
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

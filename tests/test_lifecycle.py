@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from exchange.adapters.embedded import EmbeddedTransport
 from exchange.adapters.http_api import ApiServer
 from exchange.audit.entries import Entry, Event
 from exchange.codes import DossierCode
@@ -20,49 +18,22 @@ from exchange.demo import samples
 from exchange.errors import InvalidInput, StepNotReady
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
-from exchange.node.daemon import Daemon
-from exchange.node.delivery import Deliverer
-from exchange.node.dispatcher import Dispatcher
-from exchange.node.metrics import Metrics
 from exchange.node.workflow import complete, submit, withdraw
 from exchange.store.states import DossierState, StepState
 from exchange.xml import safexml
 from exchange.xml.names import STATUS_NS, q
+from tests import in_process
 from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE
+from tests.in_process import Trio, settle
 from tests.node_cluster import Cluster
 from tests.test_http_api import TOKEN, call
-
-Trio = tuple[NodeContext, NodeContext, NodeContext, EmbeddedTransport]
 
 
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[Trio]:
     """The commune (origin), the police and the social insurance as contexts over one embedded transport."""
-    cluster = Cluster(tmp_path)
-    cluster.init(str(COMMUNE), str(POLICE), str(INSURANCE))
-    with ExitStack() as stack:
-        commune, police, insurance = (
-            stack.enter_context(NodeContext.open(NodeConfig.load(cluster.config(str(a)))))
-            for a in (COMMUNE, POLICE, INSURANCE))
-        transport = stack.enter_context(EmbeddedTransport(commune.config.embedded_transport))
-        for agency in (COMMUNE, POLICE, INSURANCE):
-            transport.declare(agency)
-        yield commune, police, insurance, transport
-
-
-def settle(transport: EmbeddedTransport, *nodes: NodeContext, rounds: int = 4) -> None:
-    """Every node publishes (retransmitting what waits for a receipt), takes in and delivers, a few
-    times over: the daemon's loop, with every backoff already over."""
-    for _ in range(rounds):
-        for ctx in nodes:
-            with ctx.store.transaction() as conn:
-                conn.execute("UPDATE outbox SET next_attempt = 0")
-            Dispatcher(ctx, transport, Metrics()).dispatch()
-        for ctx in nodes:
-            with transport.consume(ctx.agency) as consumer:
-                while Daemon(ctx, transport).inbound(consumer, 0.05):
-                    pass
-            Deliverer(ctx, Metrics()).deliver()
+    with in_process.trio(Cluster(tmp_path)) as nodes:
+        yield nodes
 
 
 def submitted(trio: Trio) -> DossierCode:

@@ -13,23 +13,16 @@ from pathlib import Path
 import pytest
 
 from exchange.audit.entries import Entry
-from exchange.codes import AgencyCode
 from exchange.xml import safexml
 from exchange.xml.names import STATUS_NS, q
 from tests.node_cluster import COMMUNE, EXE, INSURANCE, POLICE, Cluster, wait_until
-from tests.transport_helpers import BROKER, delete_queues, require_broker
 
 NODES = (COMMUNE, POLICE, INSURANCE)
 
 
 @pytest.fixture(params=["embedded", "rabbitmq"])
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    broker = ""
-    if request.param == "rabbitmq":
-        require_broker()
-        broker = BROKER
-        delete_queues(*(AgencyCode(a) for a in NODES))
-    district = Cluster(tmp_path, broker)
+    district = Cluster.on(request.param, tmp_path, *NODES)
     district.init(*NODES)
     for agency in NODES:
         district.start(agency)

@@ -17,7 +17,6 @@ from exchange.node.config import NodeConfig
 from exchange.node.transport import Message
 from tests import agencies
 from tests.node_cluster import BIRTH, COMMUNE, INSURANCE, POLICE, Cluster, cli, wait_until
-from tests.transport_helpers import BROKER, delete_queues, require_broker
 
 HAI_HA_POLICE = str(agencies.HAI_HA_POLICE)
 DOSSIERS = 6
@@ -25,12 +24,7 @@ DOSSIERS = 6
 
 @pytest.fixture(params=["embedded", "rabbitmq"])
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    broker = ""
-    if request.param == "rabbitmq":
-        require_broker()
-        broker = BROKER
-        delete_queues(*(AgencyCode(a) for a in (COMMUNE, POLICE, INSURANCE, HAI_HA_POLICE)))
-    district = Cluster(tmp_path, broker)
+    district = Cluster.on(request.param, tmp_path, COMMUNE, POLICE, INSURANCE, HAI_HA_POLICE)
     yield district
     district.stop_all()
 
@@ -38,13 +32,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
 def run_birth_route(cluster: Cluster, count: int) -> list[str]:
     """Submit ``count`` birth dossiers, do every step where it is due, and return their codes."""
     codes = [cluster.submit(i) for i in range(1, count + 1)]
-    for agency, step in ((POLICE, "residence"), (INSURANCE, "insurance")):
-        wait_until(lambda a=agency, s=step: cluster.ready(a, s) >= set(codes), 60, f"{step} at {agency}")
-        for code in codes:
-            cluster.done(agency, code, step)
-    wait_until(lambda: cluster.ready(COMMUNE, "return") >= set(codes), 60, "both branches back at the commune")
-    for code in codes:
-        cluster.done(COMMUNE, code, "return")
+    cluster.finish_birth_route(codes)
     return codes
 
 

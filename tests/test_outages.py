@@ -230,13 +230,7 @@ def start_with_traffic(cluster: Cluster, sockets: dict[str, NotifySocket], count
 
 def complete_route(cluster: Cluster, codes: list[str]) -> None:
     """Do every step of the birth route for ``codes`` and check each file arrived exactly once."""
-    for agency, step in ((POLICE, "residence"), (INSURANCE, "insurance")):
-        wait_until(lambda a=agency, s=step: cluster.ready(a, s) >= set(codes), 90, f"{step} at {agency}")
-        for code in codes:
-            cluster.done(agency, code, step)
-    wait_until(lambda: cluster.ready(COMMUNE, "return") >= set(codes), 90, "both branches back")
-    for code in codes:
-        cluster.done(COMMUNE, code, "return")
+    cluster.finish_birth_route(codes, timeout=90)
     assert {row["code"]: row["state"] for row in cluster.status(COMMUNE)} == dict.fromkeys(codes, "completed")
     wait_until(lambda: len(cluster.delivered(COMMUNE)) == 4 * len(codes), 60, "deliveries at the commune")
     for agency in (POLICE, INSURANCE):

@@ -5,65 +5,38 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
-from exchange.adapters.embedded import EmbeddedTransport
 from exchange.audit.entries import Entry, Event
 from exchange.codes import DossierCode
 from exchange.demo import samples
 from exchange.node import slips
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
-from exchange.node.daemon import Daemon
-from exchange.node.delivery import Deliverer
-from exchange.node.dispatcher import Dispatcher
-from exchange.node.metrics import Metrics
 from exchange.node.workflow import complete, submit
 from exchange.xml import safexml
-from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE
+from tests import in_process
+from tests.agencies import BIRTH, COMMUNE
+from tests.in_process import Trio, settle
 from tests.node_cluster import Cluster, cli
-
-Trio = tuple[NodeContext, NodeContext, NodeContext, EmbeddedTransport]
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Cluster:
     cluster = Cluster(tmp_path)
-    cluster.init(str(COMMUNE), str(POLICE), str(INSURANCE))
+    cluster.init(*(str(a) for a in in_process.BIRTH_ROUTE))
     return cluster
 
 
 @pytest.fixture
 def trio(cluster: Cluster) -> Iterator[Trio]:
     """The commune (origin), the police and the social insurance over one embedded transport."""
-    with ExitStack() as stack:
-        commune, police, insurance = (
-            stack.enter_context(NodeContext.open(NodeConfig.load(cluster.config(str(a)))))
-            for a in (COMMUNE, POLICE, INSURANCE))
-        transport = stack.enter_context(EmbeddedTransport(commune.config.embedded_transport))
-        for agency in (COMMUNE, POLICE, INSURANCE):
-            transport.declare(agency)
-        yield commune, police, insurance, transport
-
-
-def settle(transport: EmbeddedTransport, *nodes: NodeContext, rounds: int = 4) -> None:
-    """The daemon's loop by hand: publish, take in, deliver, publish slips, a few times over."""
-    for _ in range(rounds):
-        for ctx in nodes:
-            with ctx.store.transaction() as conn:
-                conn.execute("UPDATE outbox SET next_attempt = 0")
-            Dispatcher(ctx, transport, Metrics()).dispatch()
-        for ctx in nodes:
-            with transport.consume(ctx.agency) as consumer:
-                while Daemon(ctx, transport).inbound(consumer, 0.2):
-                    pass
-            Deliverer(ctx, Metrics()).deliver()
-            slips.publish(ctx)
+    with in_process.trio(cluster) as nodes:
+        yield nodes
 
 
 def submit_sample(ctx: NodeContext, received_at: dt.datetime | None = None) -> DossierCode:
