@@ -16,6 +16,8 @@ route that fails in any way answers 500 with a JSON error and one log event, nev
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import errno
 import hmac
@@ -34,12 +36,13 @@ from xml.sax.saxutils import escape
 import structlog
 
 from exchange.codes import DossierCode
+from exchange.envelope.dossier import Supplement, media_type
 from exchange.errors import ConfigError, ExchangeError, InvalidInput, UnknownDossier
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.doors import Door
 from exchange.node.status import view
-from exchange.node.workflow import DECISIONS, complete, submit, withdraw
+from exchange.node.workflow import DECISIONS, complete, submit, supplement, withdraw
 from exchange.store.states import Result
 
 log = structlog.get_logger(__name__)
@@ -92,6 +95,18 @@ def openapi() -> dict[str, Any]:
                              "type": "object", "properties": {"result": {"enum": [r.value for r in DECISIONS]},
                                                               "reason": {"type": "string"}}}}}},
                          "responses": {"200": {"description": "done; what was sent"}, "400": error, "404": error}}},
+            "/dossiers/{code}/supplement": {
+                "post": {"summary": "The applicant brought the documents a step asked for: the step resumes",
+                         "parameters": [code],
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                             "type": "object", "required": ["documents"], "properties": {"documents": {
+                                 "type": "array", "minItems": 1, "items": {
+                                     "type": "object", "required": ["file_name", "content_base64"],
+                                     "properties": {"file_name": {"type": "string"}, "title": {"type": "string"},
+                                                    "media_type": {"type": "string"},
+                                                    "content_base64": {"type": "string"}}}}}}}}},
+                         "responses": {"200": {"description": "supplemented; where the dossier went"},
+                                       "400": error, "404": error}}},
             "/dossiers/{code}/withdraw": {
                 "post": {"summary": "The applicant withdrew the dossier at this node's desk",
                          "parameters": [code],
@@ -224,11 +239,40 @@ def _done(handler: Handler, ctx: NodeContext, params: dict[str, str], body: byte
     request = _json_object(body, '{"result": "refused", "reason": "..."}')
     result, reason = request.get("result", Result.ACCEPTED), request.get("reason")
     if result not in set(DECISIONS):
-        raise InvalidInput(f"result must be accepted or refused, not {result!r}")
+        raise InvalidInput(f"result must be one of {', '.join(DECISIONS)}, not {result!r}")
     if reason is not None and not isinstance(reason, str):
         raise InvalidInput("reason must be text")
     sent = complete(ctx, _code(params["code"]), params["step"], result, reason)
     return HTTPStatus.OK, {"code": params["code"], "step": params["step"], "result": result, "sent": sent}
+
+
+def _supplement(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
+    example = '{"documents": [{"file_name": "giay-xac-nhan.pdf", "content_base64": "..."}]}'
+    documents = _json_object(body, example).get("documents")
+    if not isinstance(documents, list) or not documents:
+        raise InvalidInput(f"give the documents the applicant brought: {example}")
+    files = [_document(item, index) for index, item in enumerate(documents)]
+    sent = supplement(ctx, _code(params["code"]), files)
+    return HTTPStatus.OK, {"code": params["code"], "documents": len(files), "resumed": sent}
+
+
+def _document(item: Any, index: int) -> Supplement:
+    where = f"documents[{index}]"
+    if not isinstance(item, dict):
+        raise InvalidInput(f"{where} must be an object with file_name and content_base64")
+    name, content = item.get("file_name"), item.get("content_base64")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput(f"{where}.file_name must be the file's name")
+    if not isinstance(content, str):
+        raise InvalidInput(f"{where}.content_base64 must be the file's content in base64")
+    try:
+        data = base64.b64decode(content, validate=True)
+    except binascii.Error as exc:
+        raise InvalidInput(f"{where}.content_base64 is not base64: {exc}") from None
+    kind, title = item.get("media_type") or media_type(name), item.get("title")
+    if not isinstance(kind, str) or not isinstance(title, str | None):
+        raise InvalidInput(f"{where}.media_type and .title must be text")
+    return Supplement(name.strip(), kind, data, title)
 
 
 def _withdraw(handler: Handler, ctx: NodeContext, params: dict[str, str], body: bytes) -> tuple[int, Any]:
@@ -284,6 +328,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
     ("GET", re.compile(r"/dossiers/(?P<code>[^/]+)"), _timeline),
     ("POST", re.compile(r"/dossiers/(?P<code>[^/]+)/steps/(?P<step>[a-z0-9_\-]+)/done"), _done),
     ("POST", re.compile(r"/dossiers/(?P<code>[^/]+)/withdraw"), _withdraw),
+    ("POST", re.compile(r"/dossiers/(?P<code>[^/]+)/supplement"), _supplement),
 ]
 
 

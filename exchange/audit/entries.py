@@ -41,6 +41,9 @@ class Event(StrEnum):
     NODE_STARTED = "node-started"
     NODE_STOPPED = "node-stopped"
     FORK_DETECTED = "fork-detected"
+    PAUSED = "paused"  # the dossier's clock stopped: a fee to pay, documents to supplement
+    RESUMED = "resumed"  # and started again; detail says by how many working days the deadlines moved
+    ENDED = "dossier-ended"  # the dossier's final state, as this node learnt it
 
 
 @dataclass(frozen=True, slots=True)

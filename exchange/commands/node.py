@@ -1,5 +1,5 @@
-"""The node's commands: ``node init``, ``run``, ``submit``, ``done``, ``withdraw``, ``status``, ``dead``,
-``check``."""
+"""The node's commands: ``node init``, ``run``, ``submit``, ``done``, ``supplement``, ``withdraw``,
+``status``, ``dead``, ``check``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from exchange.adapters.webhooks import Webhooks
 from exchange.codes import DossierCode
 from exchange.commands import agency_arg, read_input
 from exchange.envelope import pki
+from exchange.envelope.dossier import Supplement, media_type
 from exchange.errors import ConfigError, ExchangeError, InvalidCode, UnknownDossier
 from exchange.node import health, slips
 from exchange.node.config import NodeConfig, split_password
@@ -29,7 +30,7 @@ from exchange.node.doors import Door
 from exchange.node.provisioning import init_node
 from exchange.node.status import local, view
 from exchange.node.transport import DeadLetter
-from exchange.node.workflow import DECISIONS, complete, submit, withdraw
+from exchange.node.workflow import DECISIONS, complete, submit, supplement, withdraw
 from exchange.rules.load import load as load_rules
 from exchange.store.node import OutboxRow
 from exchange.store.states import Result
@@ -64,13 +65,21 @@ def register(commands: Any) -> None:
     done.add_argument("--dossier", required=True, metavar="CODE")
     done.add_argument("--step", required=True, metavar="STEP")
     done.add_argument("--result", choices=[r.value for r in DECISIONS], default=Result.ACCEPTED.value)
-    done.add_argument("--reason", metavar="TEXT", help="why the step refused the dossier (required with "
-                      "--result refused): it travels signed to the desk")
+    done.add_argument("--reason", metavar="TEXT", help="why the step refused the dossier, or what documents "
+                      "it needs (required with --result refused or supplement): it travels signed to the desk")
     done.add_argument("--late-reason", metavar="TEXT", help="if the step is late: why, on the apology slip "
                       "(phiếu xin lỗi) to the applicant")
     done.add_argument("--new-date", metavar="YYYY-MM-DD", help="if the step is late: the new date for the "
                       "result (default: the next working day)")
     done.set_defaults(handler=_done)
+
+    more = commands.add_parser("supplement", help="the applicant brought the documents a step asked for")
+    _config(more)
+    more.add_argument("--dossier", required=True, metavar="CODE")
+    more.add_argument("--title", action="append", default=[], metavar="TEXT",
+                      help="the document's title, once per FILE in order (default: the file's name)")
+    more.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    more.set_defaults(handler=_supplement)
 
     withdraw_ = commands.add_parser("withdraw", help="the applicant withdrew a dossier at this node's desk")
     _config(withdraw_)
@@ -168,6 +177,18 @@ def _done(args: argparse.Namespace) -> int:
         sent = complete(ctx, _dossier_code(args.dossier), args.step, args.result, args.reason, late=late)
         slips.publish(ctx)  # an apology slip, if the step was late
     print(f"{args.dossier} step {args.step} done ({args.result})" + (f": {', '.join(sent)}" if sent else ""))
+    return 0
+
+
+def _supplement(args: argparse.Namespace) -> int:
+    if len(args.title) > len(args.files):
+        raise ConfigError(f"{len(args.title)} --title for {len(args.files)} file(s): one title per FILE at most")
+    titles = args.title + [None] * (len(args.files) - len(args.title))
+    files = [Supplement(path.name, media_type(path.name), read_input(path), title)
+             for path, title in zip(args.files, titles, strict=True)]
+    with _open(args) as ctx:
+        sent = supplement(ctx, _dossier_code(args.dossier), files)
+    print(f"{args.dossier}: {len(files)} document(s) added; resumed " + ", ".join(sent))
     return 0
 
 

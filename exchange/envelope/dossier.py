@@ -6,6 +6,8 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import mimetypes
+import re
 from dataclasses import dataclass
 
 from lxml import etree
@@ -96,3 +98,75 @@ def attachment_problems(root: etree._Element, source: str) -> list[AttachmentPro
             found.append(AttachmentProblem(
                 where, name, f"Sha256 is {declared} but the content hashes to {actual}", False))
     return found
+
+
+# Changing a dossier on its way: supplements and joins ------------------------------------
+
+MAX_DOCUMENTS = 100
+"""dossier.xsd's bound on a dossier's documents."""
+
+
+@dataclass(frozen=True, slots=True)
+class Supplement:
+    """One file the applicant brought to the desk to supplement a dossier."""
+
+    file_name: str
+    media_type: str
+    content: bytes
+    title: str | None = None
+
+
+def media_type(file_name: str) -> str:
+    """The media type a file's name suggests (dossier.xsd wants ``type/subtype``)."""
+    guessed = mimetypes.guess_type(file_name, strict=False)[0]
+    return guessed if guessed and re.fullmatch(r"[a-z]+/[a-zA-Z0-9.+\-]+", guessed) else "application/octet-stream"
+
+
+def add_documents(root: etree._Element, files: list[Supplement], kind: str = "supplement") -> etree._Element:
+    """A copy of the dossier with one more document per file (its title, or its file name), each
+    attachment hashed. InvalidDossier when the dossier would hold too many documents."""
+    copy = safexml.parse(etree.tostring(root))
+    documents = copy.find(d("Documents"))
+    assert documents is not None  # dossier.xsd requires it
+    if len(documents) + len(files) > MAX_DOCUMENTS:
+        raise InvalidDossier(f"dossier {copy.findtext(d('Code'))} holds {len(documents)} documents; "
+                             f"{len(files)} more would pass the {MAX_DOCUMENTS} dossier.xsd allows")
+    for item in files:
+        document = etree.SubElement(documents, d("Document"), kind=kind)
+        etree.SubElement(document, d("Title")).text = (item.title or item.file_name)[:500]
+        attachment = etree.SubElement(document, d("Attachment"))
+        for name, text in (("FileName", item.file_name[:500]), ("MediaType", item.media_type),
+                           ("Sha256", hashlib.sha256(item.content).hexdigest()),
+                           ("Content", base64.b64encode(item.content).decode("ascii"))):
+            etree.SubElement(attachment, d(name)).text = text
+    return copy
+
+
+def merge(held: etree._Element, incoming: etree._Element) -> etree._Element:
+    """One dossier from two copies of it (branches meeting at a join, a supplement meeting the copy
+    a step held): ``incoming`` with the documents and control rows only ``held`` has, control rows
+    in time order. Nothing is lost, nothing appears twice."""
+    merged = safexml.parse(etree.tostring(incoming))
+    _union(merged.find(d("Documents")), held.find(d("Documents")), MAX_DOCUMENTS)
+    control = merged.find(d("ProcessingControl"))
+    _union(control, held.find(d("ProcessingControl")), 200)
+    if control is not None:
+        control[:] = sorted(control, key=lambda row: row.findtext(d("Time")) or "")
+    return merged
+
+
+def _union(into: etree._Element | None, other: etree._Element | None, bound: int) -> None:
+    if into is None or other is None:
+        return
+    seen = {_canonical(child) for child in into}
+    for child in other:
+        if len(into) >= bound:
+            return
+        key = _canonical(child)
+        if key not in seen:
+            seen.add(key)
+            into.append(safexml.parse(etree.tostring(child)))
+
+
+def _canonical(element: etree._Element) -> bytes:
+    return etree.tostring(element, method="c14n", exclusive=True)

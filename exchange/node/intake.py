@@ -24,13 +24,20 @@ from exchange.audit.witness import Witness
 from exchange.clock import utc
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.envelope import dossier as dossiers
-from exchange.envelope.messages import Ack, Witnessed, read_acks, read_witnessed, receipt_element
+from exchange.envelope.messages import Ack, DossierStatus, Witnessed, read_acks, read_witnessed, receipt_element
 from exchange.envelope.messages import Outcome as ReceiptOutcome
 from exchange.envelope.model import Header, Kind, VerifiedEnvelope
 from exchange.errors import InvalidEnvelope, NotAuthorized, RoutingError, StoreError, Unverifiable
 from exchange.node import slips
 from exchange.node.context import NodeContext
-from exchange.node.workflow import end_dossier, enqueue, refresh_ready
+from exchange.node.workflow import (
+    end_dossier,
+    enqueue,
+    learn_end,
+    refresh_ready,
+    resume_after_supplement,
+    supplement_requested,
+)
 from exchange.store import audit as audit_tables
 from exchange.store.node import DossierRow, InboxRecord, OutboxRow, StatusRow
 from exchange.store.states import DossierState, OutboxState, Outcome, Result, StepState
@@ -119,6 +126,8 @@ def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
     code, procedure, step = _routed(header)
     rules = ctx.rules
     if header.kind is Kind.TRANSFER:
+        if _is_supplement(ctx, header):
+            return  # the origin's desk sends back the step that asked it for documents
         decision = rules.authorize(header.sender, ctx.agency, procedure, step, code.agency)
         if not decision:
             raise NotAuthorized(decision.reason)
@@ -137,11 +146,28 @@ def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
 
 # Taking in what was accepted -------------------------------------------------------------
 
+def _is_supplement(ctx: NodeContext, header: Header) -> bool:
+    """A transfer from the dossier's origin of a step this node performs and that waits for the
+    applicant's supplement: the route is the one the step was on, the state says it asked."""
+    code, _, step = _routed(header)
+    if header.sender != code.agency:
+        return False
+    held = ctx.store.dossier(str(code))
+    waiting = ctx.store.step(str(code), step)
+    return (held is not None and held.state is DossierState.SUPPLEMENT_REQUESTED and waiting is not None
+            and waiting.state is StepState.WAITING and waiting.agency == str(ctx.agency))
+
+
 def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
     header = env.header
     code, procedure, step = _routed(header)
-    payload = document(env.payload)
     held = ctx.store.dossier(str(code))
+    if held is not None and _is_supplement(ctx, header):
+        _take_supplement(ctx, env)
+        return
+    stored = ctx.store.dossier_payload(str(code)) if held is not None else None
+    merged = dossiers.merge(safexml.parse(stored), env.payload) if stored else env.payload  # branches meet here
+    payload = document(merged)
     if held is not None:
         ctx.store.replace_payload(str(code), payload)
     else:
@@ -159,10 +185,44 @@ def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
         due = {}
     else:
         due = refresh_ready(ctx, code)
+    waiting = _still_waiting_for(ctx, code, step)
+    # At a join the agency system gets the dossier once, merged, with the transfer that makes the
+    # step ready; the transfers before it are recorded and receipted but hold nothing to deliver.
+    _record_inbox(ctx, env, Outcome.ACCEPTED, None if waiting else payload, delivered=bool(waiting))
+    detail = {**({"due": due[step]} if step in due else {}), **({"held": f"until {', '.join(waiting)}"}
+                                                                  if waiting else {})}
+    ctx.record(ctx.entry(Event.RECEIVED, dossier=str(code), procedure=str(procedure), step=step,
+                         message_id=header.message_id, counterpart=str(header.sender),
+                         envelope_sha256=env.envelope_digest, detail=detail))
+
+
+def _still_waiting_for(ctx: NodeContext, code: DossierCode, step: str) -> list[str]:
+    """The other branches a join step still waits for when one branch's transfer comes. None, or a
+    branch this node works itself (its agency system needs the dossier now): deliver now."""
+    row = ctx.store.step(str(code), step)
+    if row is None or row.state is not StepState.PENDING:
+        return []
+    done = ctx.store.done_steps(str(code))
+    procedure = ctx.rules.procedure(ProcedureCode(ctx.store.dossier(str(code)).procedure))  # type: ignore[union-attr]
+    route = ctx.rules.route(procedure.code, code.agency)
+    missing = [before for before in procedure.step(step).after if before not in done]
+    return [] if any(route[before] == ctx.agency for before in missing) else missing
+
+
+def _take_supplement(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+    """The applicant's supplement for the step here that asked: merged into the dossier held, the
+    step ready again (its deadline moved by the days the dossier waited), delivered once."""
+    header = env.header
+    code, procedure, step = _routed(header)
+    stored = ctx.store.dossier_payload(str(code))
+    payload = document(dossiers.merge(safexml.parse(stored), env.payload) if stored else env.payload)
+    ctx.store.replace_payload(str(code), payload)
+    due = resume_after_supplement(ctx, code, step, header.created)
     _record_inbox(ctx, env, Outcome.ACCEPTED, payload)
     ctx.record(ctx.entry(Event.RECEIVED, dossier=str(code), procedure=str(procedure), step=step,
                          message_id=header.message_id, counterpart=str(header.sender),
-                         envelope_sha256=env.envelope_digest, detail={"due": due[step]} if step in due else {}))
+                         envelope_sha256=env.envelope_digest,
+                         detail={"supplement": "yes", **({"due": due} if due else {})}))
 
 
 def _take_status(ctx: NodeContext, env: VerifiedEnvelope) -> None:
@@ -179,9 +239,13 @@ def _take_status(ctx: NodeContext, env: VerifiedEnvelope) -> None:
                          step=header.step, message_id=header.message_id, counterpart=str(header.sender),
                          envelope_sha256=env.envelope_digest,
                          detail={"status": exchange_status, **({"final": final} if final else {})}))
+    at = payload.findtext(q("Timestamp", STATUS_NS)) or utc(header.created)
+    reason = payload.findtext(q("Reason", STATUS_NS))
     if final:
-        _take_final(ctx, env, DossierState(final), payload.findtext(q("Reason", STATUS_NS)),
-                    payload.findtext(q("Timestamp", STATUS_NS)) or utc(header.created))
+        _take_final(ctx, env, DossierState(final), reason, at)
+    elif header.dossier is not None and header.dossier.agency == ctx.agency and \
+            payload.findtext(q("DossierStatus", STATUS_NS)) == str(int(DossierStatus.SUPPLEMENT_REQUESTED)):
+        supplement_requested(ctx, header.dossier, header.step or "?", header.sender, clock.parse(at), reason)
 
 
 def _take_final(ctx: NodeContext, env: VerifiedEnvelope, final: DossierState, reason: str | None, at: str) -> None:
@@ -199,9 +263,9 @@ def _take_final(ctx: NodeContext, env: VerifiedEnvelope, final: DossierState, re
         end_dossier(ctx, code, final, step, clock.parse(at), reason, spare=header.sender)
         return
     if row is None:  # the notice overtook the transfer: the dossier is known here as ended
-        ctx.store.add_dossier(DossierRow(str(code), str(procedure), str(code.agency), at, final), b"")
-    ctx.store.set_dossier_state(str(code), final)
-    ctx.store.cancel_steps(str(code))
+        ctx.store.add_dossier(DossierRow(str(code), str(procedure), str(code.agency), at, DossierState.PROCESSING),
+                              b"")
+    learn_end(ctx, code, final, step, clock.parse(at), reason)
 
 
 def _take_receipt(ctx: NodeContext, env: VerifiedEnvelope) -> None:

@@ -38,6 +38,9 @@ PENDING = ".pending"
 STALE_SECONDS = 600.0
 """A pending slip whose transaction never committed is removed after this long."""
 SLIP_NS = "urn:vn-exchange:slip:1"
+PAUSED_NOTE = ("Thời gian bổ sung, hoàn thiện hồ sơ không tính vào thời hạn giải quyết; "
+               "ngày hẹn trả kết quả được lùi tương ứng.")
+"""On the supplement slip: the days the applicant takes do not count (the deadlines move by them)."""
 DEFAULT_LATE_REASON = "Hồ sơ chưa được giải quyết đúng hạn do cần thêm thời gian thẩm định."
 """The apology's reason when the late agency gives none (``exchange done --late-reason``)."""
 
@@ -48,7 +51,7 @@ class SlipError(InvalidInput):
 
 @dataclass(frozen=True)
 class Slip:
-    """What a slip says; ``kind`` is ``appointment`` or ``apology``."""
+    """What a slip says; ``kind`` is ``appointment``, ``apology`` or ``supplement``."""
 
     kind: str
     dossier: str
@@ -65,12 +68,16 @@ class Slip:
     def stem(self) -> str:
         if self.kind == "appointment":
             return f"phieu-hen-{self.dossier}"
+        if self.kind == "supplement":
+            return f"phieu-yeu-cau-bo-sung-{self.dossier}-{self.step}"
         return f"phieu-xin-loi-{self.dossier}-{self.step}"
 
     @property
     def title(self) -> str:
         if self.kind == "appointment":
             return "PHIẾU HẸN TRẢ KẾT QUẢ"
+        if self.kind == "supplement":
+            return "PHIẾU YÊU CẦU BỔ SUNG, HOÀN THIỆN HỒ SƠ"
         return "PHIẾU XIN LỖI VÀ HẸN LẠI NGÀY TRẢ KẾT QUẢ"
 
 
@@ -91,6 +98,15 @@ def apology(ctx: NodeContext, code: DossierCode, dossier: etree._Element, receiv
     return Slip("apology", str(code), str(procedure), ctx.rules.procedure(procedure).name,
                 applicant_of(dossier), received_at, new_date, _agency_name(ctx, late_agency), step,
                 reason or DEFAULT_LATE_REASON)
+
+
+def supplement_request(ctx: NodeContext, code: DossierCode, dossier: etree._Element, received_at: dt.datetime,
+                       step: str, reason: str, asking: AgencyCode, due: dt.date) -> Slip:
+    """The slip the desk gives the applicant when a step asks for more documents: what is missing,
+    and that the clock stands still until the documents come."""
+    procedure = _procedure(ctx, code)
+    return Slip("supplement", str(code), str(procedure), ctx.rules.procedure(procedure).name,
+                applicant_of(dossier), received_at, due, _agency_name(ctx, asking), step, reason)
 
 
 def _procedure(ctx: NodeContext, code: DossierCode) -> ProcedureCode:
@@ -180,6 +196,8 @@ def _fields(slip: Slip, tz: dt.tzinfo) -> list[tuple[str, str]]:
               ("Agency", slip.agency_name)]
     if slip.kind == "apology":
         fields += [("Step", slip.step or ""), ("Reason", slip.reason or ""), ("NewDueDate", slip.due.isoformat())]
+    elif slip.kind == "supplement":
+        fields += [("Step", slip.step or ""), ("Missing", slip.reason or ""), ("Paused", PAUSED_NOTE)]
     else:
         fields.append(("DueDate", slip.due.isoformat()))
     return fields
@@ -188,7 +206,8 @@ def _fields(slip: Slip, tz: dt.tzinfo) -> list[tuple[str, str]]:
 _LABELS = {"DossierCode": "Mã hồ sơ", "ProcedureCode": "Mã thủ tục", "ProcedureName": "Thủ tục",
            "Applicant": "Người nộp", "ReceivedAt": "Ngày tiếp nhận", "Agency": "Cơ quan",
            "Step": "Bước", "Reason": "Lý do", "NewDueDate": "Ngày hẹn trả kết quả mới",
-           "DueDate": "Ngày hẹn trả kết quả"}
+           "DueDate": "Ngày hẹn trả kết quả", "Missing": "Nội dung yêu cầu bổ sung, hoàn thiện",
+           "Paused": "Thời hạn giải quyết"}
 _CSS = ("@page { size: A5; margin: 12mm; } body { font-family: 'Times New Roman', serif; max-width: 148mm; } "
         "h1 { font-size: 16pt; text-align: center; } table { width: 100%; border-collapse: collapse; } "
         "th, td { border: 1px solid #444; padding: 4px; text-align: left; vertical-align: top; }")
@@ -198,7 +217,8 @@ def to_html(slip: Slip, tz: dt.tzinfo) -> bytes:
     """The slip as one printable A5 page; its table has a header row."""
     rows = "".join(f"<tr><td>{html.escape(_LABELS[name])}</td><td>{html.escape(_shown(name, value, tz))}</td></tr>"
                    for name, value in _fields(slip, tz) if name in _LABELS)
-    addressee = f"<p>Kính gửi: Ông/Bà {html.escape(slip.applicant)}</p>" if slip.kind == "apology" else ""
+    addressee = (f"<p>Kính gửi: Ông/Bà {html.escape(slip.applicant)}</p>"
+                 if slip.kind in ("apology", "supplement") else "")
     page = (f'<!DOCTYPE html>\n<html lang="vi"><head><meta charset="utf-8"><title>{slip.title} {slip.dossier}'
             f"</title><style>{_CSS}</style></head><body><h1>{slip.title}</h1>{addressee}"
             f"<table><thead><tr><th>Mục</th><th>Nội dung</th></tr></thead><tbody>{rows}</tbody></table>"
@@ -267,7 +287,9 @@ def _committed(ctx: NodeContext, name: str) -> bool:
 
 def _dossier_of(name: str) -> str:
     """The dossier code in a slip's file name (a code is ``agency-yymmdd-nnnn``)."""
-    stem = Path(name).stem.removeprefix("phieu-hen-").removeprefix("phieu-xin-loi-")
+    stem = Path(name).stem
+    for prefix in ("phieu-hen-", "phieu-xin-loi-", "phieu-yeu-cau-bo-sung-"):
+        stem = stem.removeprefix(prefix)
     return "-".join(stem.split("-")[:3])
 
 

@@ -64,13 +64,14 @@ def view(ctx: NodeContext, code: str | None = None, *, overdue_only: bool = Fals
 
 def _document(ctx: NodeContext, row: DossierRow, late: set[tuple[str, str]]) -> dict[str, Any]:
     steps = ctx.store.steps(row.code)
-    due = _due(ctx, row)
+    due = dossier_due(ctx, row)
     finished = max((s.done_at for s in steps if s.done_at), default=None) if row.state.final else None
     on_time = None if due is None else (_day(ctx, finished) if finished else today(ctx)) <= due
     upcoming = _upcoming(ctx, row, steps)
     return {
         "code": row.code, "procedure": row.procedure, "procedure_name": _procedure_name(ctx, row.procedure),
         "origin": row.origin, "received_at": row.received_at, "state": row.state.value,
+        "paused_days": paused_days(ctx, row, dt.date.fromisoformat(today(ctx))),
         "national_status": int(NATIONAL_STATUS[row.state]), "due": due, "on_time": on_time,
         "pending_here": [s.step for s in steps if s.agency == str(ctx.agency) and s.state is StepState.READY],
         "steps": [_step(ctx, s, late, upcoming) for s in steps],
@@ -98,9 +99,21 @@ def _timeline(ctx: NodeContext, code: str) -> list[dict[str, Any]]:
     return events
 
 
-def _due(ctx: NodeContext, row: DossierRow) -> str | None:
+def paused_days(ctx: NodeContext, row: DossierRow, today: dt.date) -> int:
+    """The working days a dossier's clock stood still, counting a pause still running up to ``today``."""
+    if row.paused_since is None:
+        return row.paused_days
+    calendar = ctx.rules.calendar
+    since = calendar.local(clock.parse(row.paused_since)).date()
+    return row.paused_days + max(0, calendar.working_days_between(since, today))
+
+
+def dossier_due(ctx: NodeContext, row: DossierRow) -> str | None:
+    """The date the whole procedure is due, moved by the days its clock stood still."""
     try:
-        return ctx.rules.due_date(ProcedureCode(row.procedure), clock.parse(row.received_at)).isoformat()
+        due = ctx.rules.due_date(ProcedureCode(row.procedure), clock.parse(row.received_at))
+        today = dt.datetime.now(ctx.rules.calendar.timezone).date()
+        return ctx.rules.calendar.add(due, paused_days(ctx, row, today)).isoformat()
     except RoutingError:  # a procedure the rules in force no longer hold
         return None
 

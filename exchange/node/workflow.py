@@ -22,14 +22,14 @@ from exchange.envelope.model import Header, Hop, Kind
 from exchange.errors import AlreadySubmitted, InvalidDossier, InvalidInput, StepNotReady, UnknownDossier
 from exchange.node import slips
 from exchange.node.context import NodeContext
-from exchange.node.status import NATIONAL_STATUS
-from exchange.rules.model import Procedure
+from exchange.node.status import NATIONAL_STATUS, dossier_due
+from exchange.rules.model import NextStep, Procedure
 from exchange.store.node import DossierRow
 from exchange.store.states import DossierState, Result, StepState
 from exchange.xml import safexml
 from exchange.xml.names import DOSSIER_NS, q
 
-DECISIONS: tuple[Result, ...] = (Result.ACCEPTED, Result.REFUSED)
+DECISIONS: tuple[Result, ...] = (Result.ACCEPTED, Result.REFUSED, Result.SUPPLEMENT)
 """The results ``complete`` takes (``exchange done --result``, the HTTP API)."""
 FINAL_EXCHANGE_STATUS: dict[DossierState, ExchangeStatus] = {
     DossierState.COMPLETED: ExchangeStatus.DONE,
@@ -76,8 +76,9 @@ def complete(ctx: NodeContext, code: DossierCode, step_id: str, result: str = Re
     """The local agency finished ``step_id``; returns what the node sent or made ready. A refusal
     needs its ``reason``: it travels signed to the origin's desk, which hands it to the applicant."""
     decision = Result(result)
-    if decision is Result.REFUSED and not (reason and reason.strip()):
-        raise InvalidInput(f"refusing step {step_id!r} of {code} needs a reason (--reason TEXT): "
+    if decision is not Result.ACCEPTED and not (reason and reason.strip()):
+        what = "refusing" if decision is Result.REFUSED else "asking for more documents at"
+        raise InvalidInput(f"{what} step {step_id!r} of {code} needs a reason (--reason TEXT): "
                            "the desk hands it to the applicant")
     with ctx.store.transaction():
         step = ctx.store.step(str(code), step_id)
@@ -88,11 +89,38 @@ def complete(ctx: NodeContext, code: DossierCode, step_id: str, result: str = Re
         if step.state is StepState.CANCELLED:
             raise StepNotReady(f"step {step_id!r} of {code} was cancelled: the dossier is "
                                f"{_dossier(ctx, code).state}; nothing more is done on it")
+        if step.state is StepState.WAITING:
+            raise StepNotReady(f"step {step_id!r} of {code} waits for the applicant's supplement "
+                               f"(asked {_paused_since(ctx, code)}); it is ready again when the desk sends it")
         if step.state is not StepState.READY:
             raise StepNotReady(f"step {step_id!r} of {code} is {step.state}, not ready: "
                                + _waiting_for(ctx, code, step_id))
-        return finish_step(ctx, code, step_id, clock.now(), decision, _payload(ctx, code),
+        at = clock.now()
+        _check_late(ctx, code, step_id, step.due, at, late)
+        if decision is Result.SUPPLEMENT:
+            return request_supplement(ctx, code, step_id, at, str(reason).strip())
+        return finish_step(ctx, code, step_id, at, decision, _payload(ctx, code),
                            reason=reason.strip() if reason else None, late=late)
+
+
+def _check_late(ctx: NodeContext, code: DossierCode, step_id: str, due: str | None, at: dt.datetime,
+                late: slips.Late | None) -> None:
+    """What the late agency says is for a late step only: said of one on time, it would vanish."""
+    if late is None or (late.reason is None and late.new_date is None):
+        return
+    if not (due and _local_day(ctx, at) > due):
+        when = f"due {due}" if due else "without a due date (its clock is paused)"
+        raise InvalidInput(f"step {step_id!r} of {code} is {when} and done on time: --late-reason and "
+                           "--new-date are for a late step's apology slip")
+
+
+def _local_day(ctx: NodeContext, at: dt.datetime) -> str:
+    return at.astimezone(ctx.rules.calendar.timezone).date().isoformat()
+
+
+def _paused_since(ctx: NodeContext, code: DossierCode) -> str:
+    since = _dossier(ctx, code).paused_since
+    return _local_day(ctx, clock.parse(since)) if since else "earlier"
 
 
 def _waiting_for(ctx: NodeContext, code: DossierCode, step_id: str) -> str:
@@ -106,10 +134,12 @@ def finish_step(ctx: NodeContext, code: DossierCode, step_id: str, at: dt.dateti
     """Record ``step_id`` done here, then hand off, finish the dossier, or tell the origin."""
     step = ctx.store.step(str(code), step_id)
     due = step.due if step else None
-    is_late = bool(due and at.astimezone(ctx.rules.calendar.timezone).date().isoformat() > due)
+    is_late = bool(due and _local_day(ctx, at) > due)
     notice = slips.late_step(ctx, code, step_id, at, due, payload, clock.parse(_dossier(ctx, code).received_at),
                              late) if due and is_late else None
     ctx.store.finish_step(str(code), step_id, str(ctx.agency), utc(at), result)
+    if procedure_of(ctx, code).step(step_id).paused:  # the applicant paid: the clock runs again
+        resume_clock(ctx, code, at, "fee", step_id)
     ctx.record(ctx.entry(Event.STEP_DONE, dossier=str(code), procedure=str(procedure_of(ctx, code).code),
                          step=step_id, time=at, detail={"result": result, **({"due": due} if due else {}),
                                                         **({"late": "yes"} if is_late else {})}))
@@ -123,6 +153,7 @@ def finish_step(ctx: NodeContext, code: DossierCode, step_id: str, at: dt.dateti
         end_dossier(ctx, code, DossierState.COMPLETED, step_id, at, None)
     elif finished:
         ctx.store.set_dossier_state(str(code), DossierState.COMPLETED)
+        _record_end(ctx, code, DossierState.COMPLETED, step_id, at, None)
     if origin != ctx.agency:
         final = DossierState.COMPLETED if finished else None
         _send_status(ctx, code, step_id, ExchangeStatus.DONE,
@@ -156,12 +187,150 @@ def end_dossier(ctx: NodeContext, code: DossierCode, final: DossierState, step_i
     told = _participants(ctx, code, spare) if code.agency == ctx.agency else [code.agency]
     ctx.store.set_dossier_state(str(code), final)
     ctx.store.cancel_steps(str(code))
+    _record_end(ctx, code, final, step_id, at, reason)
     notes = {DossierState.COMPLETED: "dossier completed", DossierState.REFUSED: f"step {step_id} refused",
              DossierState.WITHDRAWN: "dossier withdrawn by the applicant"}
     for agency in told:
         _send_status(ctx, code, step_id, FINAL_EXCHANGE_STATUS[final], NATIONAL_STATUS[final], at, notes[final],
                      recipient=agency, reason=reason, final=final)
     return [str(agency) for agency in told]
+
+
+def _record_end(ctx: NodeContext, code: DossierCode, final: DossierState, step_id: str | None,
+                at: dt.datetime, reason: str | None) -> None:
+    """The audit entry of a dossier's end here: what an auditor looks for first."""
+    ctx.record(ctx.entry(Event.ENDED, dossier=str(code), procedure=str(procedure_of(ctx, code).code), step=step_id,
+                         time=at, detail={"state": final.value, **({"reason": reason[:300]} if reason else {})}))
+
+
+def learn_end(ctx: NodeContext, code: DossierCode, final: DossierState, step_id: str | None, at: dt.datetime,
+              reason: str | None) -> None:
+    """A participant learns from the origin how the dossier ended: its word is final here."""
+    row = ctx.store.dossier(str(code))
+    if row is not None and row.state is final:
+        return
+    ctx.store.set_dossier_state(str(code), final)
+    ctx.store.cancel_steps(str(code))
+    _record_end(ctx, code, final, step_id, at, reason)
+
+
+# The clock standing still: fees and supplements -------------------------------------------
+
+def request_supplement(ctx: NodeContext, code: DossierCode, step_id: str, at: dt.datetime, reason: str) -> list[str]:
+    """The step's agency needs more documents: the step waits, the dossier's clock stops, and the
+    origin's desk is told what is missing (signed), to ask the applicant."""
+    ctx.store.wait(str(code), step_id)
+    ctx.store.pause(str(code), DossierState.SUPPLEMENT_REQUESTED, utc(at))
+    ctx.record(ctx.entry(Event.PAUSED, dossier=str(code), procedure=str(procedure_of(ctx, code).code), step=step_id,
+                         time=at, detail={"why": "supplement", "reason": reason[:300]}))
+    if code.agency == ctx.agency:
+        _supplement_slip(ctx, code, step_id, reason, ctx.agency)
+        return ["supplement requested at this desk"]
+    _send_status(ctx, code, step_id, ExchangeStatus.PROCESSING, DossierStatus.SUPPLEMENT_REQUESTED, at,
+                 f"step {step_id} asks for more documents", reason=reason)
+    return [f"supplement requested → {code.agency}"]
+
+
+def supplement_requested(ctx: NodeContext, code: DossierCode, step_id: str, asking: AgencyCode, at: dt.datetime,
+                         reason: str | None) -> None:
+    """At the origin: a step asked for more documents. The desk's copy of the step waits, the
+    clock stops, and the desk gets the slip to hand to the applicant."""
+    row = ctx.store.dossier(str(code))
+    if row is None or row.state.final:
+        return
+    ctx.store.wait(str(code), step_id)
+    ctx.store.pause(str(code), DossierState.SUPPLEMENT_REQUESTED, utc(at))
+    ctx.record(ctx.entry(Event.PAUSED, dossier=str(code), procedure=row.procedure, step=step_id, time=at,
+                         counterpart=str(asking), detail={"why": "supplement", "reason": (reason or "")[:300]}))
+    _supplement_slip(ctx, code, step_id, reason or "", asking)
+
+
+def _supplement_slip(ctx: NodeContext, code: DossierCode, step_id: str, reason: str, asking: AgencyCode) -> None:
+    row = _dossier(ctx, code)
+    due = dt.date.fromisoformat(dossier_due(ctx, row) or _local_day(ctx, clock.now()))
+    slips.issue(ctx, slips.supplement_request(ctx, code, _payload(ctx, code), clock.parse(row.received_at),
+                                              step_id, reason, asking, due))
+
+
+def supplement(ctx: NodeContext, code: DossierCode, files: list[dossiers.Supplement]) -> list[str]:
+    """The applicant brought what a step asked for: the documents join the dossier, the clock runs
+    again, and each waiting step resumes with them (sent again to its performer); the deadlines
+    move by the working days the dossier waited. Returns where the dossier went."""
+    if not files:
+        raise InvalidInput(f"a supplement of {code} brings at least one file")
+    with ctx.store.transaction():
+        row = _dossier(ctx, code)
+        if code.agency != ctx.agency:
+            raise InvalidInput(f"dossier {code} was received at {code.agency}: the applicant supplements it there")
+        if row.state is not DossierState.SUPPLEMENT_REQUESTED:
+            raise InvalidInput(f"dossier {code} is {row.state}: no step asked for more documents")
+        at = clock.now()
+        payload = dossiers.add_documents(_payload(ctx, code), files)
+        dossiers.load(etree.tostring(payload), f"dossier {code} with the supplement")  # still a valid dossier
+        waiting = [s for s in ctx.store.steps(str(code)) if s.state is StepState.WAITING]
+        upcoming = {item.step.id: item.due for item in _next(ctx, row)}
+        days = resume_clock(ctx, code, at, "supplement", waiting[0].step if waiting else None,
+                            {"documents": str(len(files))})
+        ctx.store.replace_payload(str(code), etree.tostring(payload))
+        dues = {step.step: _later(ctx, step.due or _iso(upcoming.get(step.step)), days) for step in waiting}
+        return [_resume_waiting(ctx, code, step.step, step.agency, dues[step.step], payload, at, len(files))
+                for step in waiting]
+
+
+def _resume_waiting(ctx: NodeContext, code: DossierCode, step_id: str, agency: str, due: str | None,
+                    payload: etree._Element, at: dt.datetime, count: int) -> str:
+    if agency == str(ctx.agency):
+        ctx.store.resume_step(str(code), step_id, due)
+        return f"{step_id} (here)"
+    body = _with_control_row(payload, at, ctx.agency, AgencyCode(agency),
+                             f"supplement for {step_id}: {count} document(s) added")
+    header = Header(kind=Kind.TRANSFER, sender=ctx.agency, recipient=AgencyCode(agency), dossier=code,
+                    procedure=procedure_of(ctx, code).code, step=step_id, created=at, trace=(Hop(ctx.agency, at),))
+    enqueue(ctx, header, body, Event.SEALED, {"supplement": str(count)})
+    ctx.store.hand_over(str(code), step_id, StepState.SENT)
+    ctx.store.set_due(str(code), step_id, due)
+    return f"{step_id} → {agency}"
+
+
+def resume_after_supplement(ctx: NodeContext, code: DossierCode, step_id: str, at: dt.datetime) -> str | None:
+    """At the step that asked: the supplement came; the step is ready again, due later by the
+    working days the dossier waited. Returns its new due date."""
+    step = ctx.store.step(str(code), step_id)
+    days = resume_clock(ctx, code, at, "supplement", step_id)
+    due = _later(ctx, step.due if step else None, days)
+    ctx.store.resume_step(str(code), step_id, due)
+    return due
+
+
+def resume_clock(ctx: NodeContext, code: DossierCode, at: dt.datetime, why: str, step_id: str | None,
+                 detail: dict[str, str] | None = None) -> int:
+    """The dossier's clock runs again; returns the working days it stood still (0 if it ran)."""
+    row = _dossier(ctx, code)
+    if row.paused_since is None:
+        return 0
+    calendar = ctx.rules.calendar
+    since = clock.parse(row.paused_since)
+    days = max(0, calendar.working_days_between(calendar.local(since).date(), calendar.local(at).date()))
+    ctx.store.resume(str(code), days)
+    ctx.record(ctx.entry(Event.RESUMED, dossier=str(code), procedure=row.procedure, step=step_id, time=at,
+                         detail={"why": why, "paused_days": str(days), **(detail or {})}))
+    return days
+
+
+def _later(ctx: NodeContext, due: str | None, days: int) -> str | None:
+    if due is None or days == 0:
+        return due
+    return ctx.rules.calendar.add(dt.date.fromisoformat(due), days).isoformat()
+
+
+def _iso(day: dt.date | None) -> str | None:
+    return day.isoformat() if day else None
+
+
+def _next(ctx: NodeContext, row: DossierRow) -> list[NextStep]:
+    done = {step: clock.parse(at) for step, at in ctx.store.done_steps(row.code).items()}
+    return ctx.rules.next_steps(ProcedureCode(row.procedure), AgencyCode(row.origin), clock.parse(row.received_at),
+                                done)
 
 
 def _participants(ctx: NodeContext, code: DossierCode, spare: AgencyCode | None) -> list[AgencyCode]:
@@ -249,17 +418,27 @@ def _send_status(ctx: NodeContext, code: DossierCode, step_id: str, exchange_sta
 def refresh_ready(ctx: NodeContext, code: DossierCode) -> dict[str, str]:
     """Mark this node's steps whose prerequisites are all done as ready, with their due dates."""
     row = _dossier(ctx, code)
-    done = {step: clock.parse(at) for step, at in ctx.store.done_steps(str(code)).items()}
-    ready = ctx.rules.next_steps(ProcedureCode(row.procedure), code.agency, clock.parse(row.received_at), done)
     dues = {}
-    for item in ready:
+    for item in _next(ctx, row):
         if item.agency != ctx.agency:
             continue
+        before = ctx.store.step(str(code), item.step.id)
         due = item.due.isoformat() if item.due else None
         ctx.store.make_ready(str(code), item.step.id, str(ctx.agency), due)
         if due:
             dues[item.step.id] = due
+        if item.step.paused and row.state is DossierState.PROCESSING and (before is None or
+                                                                          before.state is StepState.PENDING):
+            _pause_for_fee(ctx, code, item.step.id)
     return dues
+
+
+def _pause_for_fee(ctx: NodeContext, code: DossierCode, step_id: str) -> None:
+    """A step that waits on the applicant (a fee, a financial obligation) became ready: the clock stops."""
+    at = clock.now()
+    ctx.store.pause(str(code), DossierState.PAUSED, utc(at))
+    ctx.record(ctx.entry(Event.PAUSED, dossier=str(code), procedure=str(procedure_of(ctx, code).code), step=step_id,
+                         time=at, detail={"why": "fee"}))
 
 
 # Helpers ----------------------------------------------------------------------------------

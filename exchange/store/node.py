@@ -43,6 +43,9 @@ class OutboxRow:
         return cls(*values)  # type: ignore[arg-type]
 
 
+DOSSIER_COLUMNS = "code, procedure, origin, received_at, state, paused_days, paused_since"
+
+
 @dataclass(frozen=True)
 class DossierRow:
     code: str
@@ -50,6 +53,10 @@ class DossierRow:
     origin: str
     received_at: str
     state: DossierState
+    paused_days: int = 0
+    """Working days the dossier's clock stood still so far (fees, supplements): its deadlines move by them."""
+    paused_since: str | None = None
+    """While the clock stands still: since when (ISO time)."""
 
 
 @dataclass(frozen=True)
@@ -209,13 +216,12 @@ class Store:
     # dossiers
 
     def dossier(self, code: str) -> DossierRow | None:
-        row = self.conn.execute("SELECT code, procedure, origin, received_at, state FROM dossiers WHERE code = ?",
-                                (code,)).fetchone()
+        row = self.conn.execute(f"SELECT {DOSSIER_COLUMNS} FROM dossiers WHERE code = ?", (code,)).fetchone()  # noqa: S608
         return _dossier(row) if row else None
 
     def dossiers(self, code: str | None = None, state: DossierState | None = None) -> list[DossierRow]:
         """Every dossier at this node by code, or the one named, or those in ``state``."""
-        query, params = "SELECT code, procedure, origin, received_at, state FROM dossiers", []
+        query, params = f"SELECT {DOSSIER_COLUMNS} FROM dossiers", []  # noqa: S608
         if code is not None:
             query, params = query + " WHERE code = ?", [code]
         elif state is not None:
@@ -237,6 +243,16 @@ class Store:
 
     def set_dossier_state(self, code: str, state: DossierState) -> None:
         self.conn.execute("UPDATE dossiers SET state = ?, updated = ? WHERE code = ?", (state, time.time(), code))
+
+    def pause(self, code: str, state: DossierState, since: str) -> None:
+        """The dossier's clock stops (``state`` says why); a clock already stopped keeps its start."""
+        self.conn.execute("UPDATE dossiers SET state = ?, paused_since = COALESCE(paused_since, ?), updated = ? "
+                          "WHERE code = ?", (state, since, time.time(), code))
+
+    def resume(self, code: str, days: int) -> None:
+        """The clock runs again after standing still ``days`` working days."""
+        self.conn.execute("UPDATE dossiers SET state = ?, paused_days = paused_days + ?, paused_since = NULL, "
+                          "updated = ? WHERE code = ?", (DossierState.PROCESSING, days, time.time(), code))
 
     # steps
 
@@ -287,7 +303,8 @@ class Store:
     def hand_over(self, dossier: str, step: str, state: StepState) -> None:
         """Another agency's step moves on as this node sees it (sent, then received), never back
         from further along (done, cancelled)."""
-        earlier = (StepState.PENDING,) if state is StepState.SENT else (StepState.PENDING, StepState.SENT)
+        earlier = ((StepState.PENDING, StepState.WAITING) if state is StepState.SENT
+                   else (StepState.PENDING, StepState.SENT))
         marks = ", ".join("?" * len(earlier))
         self.conn.execute(f"UPDATE steps SET state = ? WHERE dossier = ? AND step = ? AND state IN ({marks})",  # noqa: S608
                           (state, dossier, step, *earlier))
@@ -296,6 +313,20 @@ class Store:
         """The dossier ended: every step of it not done here is cancelled; returns how many."""
         return self.conn.execute("UPDATE steps SET state = ? WHERE dossier = ? AND state NOT IN (?, ?)",
                                  (StepState.CANCELLED, dossier, StepState.DONE, StepState.CANCELLED)).rowcount
+
+    def wait(self, dossier: str, step: str) -> None:
+        """A step stops for the applicant's supplement (done steps and cancelled ones stay as they are)."""
+        self.conn.execute("UPDATE steps SET state = ? WHERE dossier = ? AND step = ? AND state NOT IN (?, ?)",
+                          (StepState.WAITING, dossier, step, StepState.DONE, StepState.CANCELLED))
+
+    def resume_step(self, dossier: str, step: str, due: str | None) -> None:
+        """A step that waited for a supplement is ready again, due later by the days it waited."""
+        self.conn.execute("UPDATE steps SET state = ?, due = ? WHERE dossier = ? AND step = ? AND state = ?",
+                          (StepState.READY, due, dossier, step, StepState.WAITING))
+
+    def set_due(self, dossier: str, step: str, due: str | None) -> None:
+        """The due date this node knows for a step another agency performs (moved by a pause)."""
+        self.conn.execute("UPDATE steps SET due = ? WHERE dossier = ? AND step = ?", (due, dossier, step))
 
     def make_ready(self, dossier: str, step: str, agency: str, due: str | None) -> None:
         """A pending (or new) step becomes ready with its due date; a step further along is left alone."""
@@ -401,5 +432,6 @@ def _step(row: tuple[object, ...]) -> StepRow:
 
 
 def _dossier(row: tuple[object, ...]) -> DossierRow:
-    code, procedure, origin, received_at, state = row
-    return DossierRow(str(code), str(procedure), str(origin), str(received_at), DossierState(str(state)))
+    code, procedure, origin, received_at, state, paused_days, paused_since = row
+    return DossierRow(str(code), str(procedure), str(origin), str(received_at), DossierState(str(state)),
+                      int(paused_days), str(paused_since) if paused_since else None)  # type: ignore[call-overload]

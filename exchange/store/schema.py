@@ -152,6 +152,10 @@ MIGRATIONS: tuple[str, ...] = (
     # outage neither makes the first confirmed publication look like a retransmission nor spends
     # the retransmission bound.
     "ALTER TABLE outbox ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;",
+    # 3: a dossier's clock stops while the applicant pays or supplements: the working days it stood
+    # still move its deadlines, and while it stands still it is known since when.
+    "ALTER TABLE dossiers ADD COLUMN paused_days INTEGER NOT NULL DEFAULT 0;\n"
+    "ALTER TABLE dossiers ADD COLUMN paused_since TEXT;",
 )
 VERSION = len(MIGRATIONS)
 

@@ -28,6 +28,7 @@ class StepState(StrEnum):
     READY = "ready"  # this node's agency can do it now
     SENT = "sent"  # handed off to its performer: the transfer is on its way
     RECEIVED = "received"  # its performer's receipt came back
+    WAITING = "waiting"  # its performer asked for more documents: it waits for the desk's supplement
     DONE = "done"
     CANCELLED = "cancelled"  # the dossier ended (refused, withdrawn) before this step was done
 
