@@ -37,10 +37,26 @@ class RabbitNodeError(Exception):
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on at 127.0.0.1 right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port nobody listens on at 127.0.0.1 right now, below the kernel's ephemeral range: a
+    client retrying a stopped broker on an ephemeral port can connect to itself (TCP simultaneous
+    open) and hold the very port the broker must listen on again (seen: eaddrinuse at start_app)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = secrets.choice(range(max(1024, low - 12000), low))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RabbitNodeError(f"no free port below {low} on 127.0.0.1")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def tool(name: str) -> str:
