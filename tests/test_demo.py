@@ -17,7 +17,8 @@ def test_demo_runs_the_district_and_reports(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "exchange", "demo", "--out", str(out), "--dossiers", "12"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "12 dossiers completed" in result.stdout
+    assert "12 dossiers finished" in result.stdout
+    assert "10 completed, 1 refused, 1 withdrawn; 1 supplement round(s)" in result.stdout
     assert "1 refusals" in result.stdout
     assert "0 gaps" in result.stdout
     assert not re.search(r"[1-9]\d* gaps", result.stdout)

@@ -130,3 +130,53 @@ def test_withdrawal_with_a_node_killed(cluster: Cluster) -> None:
     assert again.returncode == 1
     assert "already withdrawn" in again.stderr
     assert delivered_twice(cluster) == []
+
+
+def transfers(cluster: Cluster, agency: str, code: str) -> list[Path]:
+    return [path for path in cluster.delivered(agency) if path.name.startswith(f"transfer-{code}-")]
+
+
+def test_supplement_with_nodes_killed(cluster: Cluster, tmp_path: Path) -> None:
+    """The police ask for more documents and are SIGKILLed; the commune supplements and is SIGKILLed
+    right after; once both are back the police step is ready again with the new document, delivered
+    once, and the dossier completes everywhere."""
+    code = submitted(cluster)
+    asked = exchange(cluster, POLICE, "done", "--dossier", code, "--step", "residence", "--result", "supplement",
+                     "--reason", "Thiếu giấy chứng nhận kết hôn")
+    assert asked.returncode == 0, asked.stderr
+    kill(cluster, POLICE)
+    wait_until(lambda: states(cluster, code).get(COMMUNE) == "supplement-requested", 60, "the request at the commune")
+    scan = tmp_path / "giay-chung-nhan-ket-hon.pdf"
+    scan.write_bytes(b"%PDF-1.7 ban sao")
+    added = exchange(cluster, COMMUNE, "supplement", "--dossier", code, str(scan))
+    assert added.returncode == 0, added.stderr
+    kill(cluster, COMMUNE)
+    cluster.start(COMMUNE)
+    cluster.start(POLICE)
+    wait_until(lambda: code in cluster.ready(POLICE, "residence"), 60, "the police step ready again")
+    assert len(transfers(cluster, POLICE, code)) == 2  # the dossier, then once again with the supplement
+    assert any(b"giay-chung-nhan-ket-hon.pdf" in path.read_bytes() for path in transfers(cluster, POLICE, code))
+    cluster.done(POLICE, code, "residence")
+    cluster.done(INSURANCE, code, "insurance")
+    wait_until(lambda: code in cluster.ready(COMMUNE, "return"), 60, "the return step ready")
+    cluster.done(COMMUNE, code, "return")
+    wait_until(lambda: set(states(cluster, code).values()) == {"completed"}, 60, "every node completed")
+    assert delivered_twice(cluster) == []
+
+
+def test_a_join_delivers_once_with_the_origin_killed(cluster: Cluster) -> None:
+    """Both branches finish while the commune (where they meet) is SIGKILLed between them: once it is
+    back its agency system has the dossier once, with both branches' control rows."""
+    code = submitted(cluster)
+    cluster.done(POLICE, code, "residence")
+    wait_until(lambda: step_state(cluster, COMMUNE, code, "residence") == "done", 60, "the police's hand-off")
+    kill(cluster, COMMUNE)
+    cluster.done(INSURANCE, code, "insurance")
+    cluster.start(COMMUNE)
+    wait_until(lambda: code in cluster.ready(COMMUNE, "return"), 60, "the return step ready")
+    wait_until(lambda: bool(transfers(cluster, COMMUNE, code)), 30, "the delivery at the commune")
+    (delivered,) = transfers(cluster, COMMUNE, code)
+    rows = delivered.read_bytes()
+    assert POLICE.encode() in rows
+    assert INSURANCE.encode() in rows
+    assert delivered_twice(cluster) == []

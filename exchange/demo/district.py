@@ -6,13 +6,15 @@ sub-department, the provincial Department of Natural Resources), starts each nod
 process, and plays the agency systems: it submits dossiers, completes each step where it becomes
 ready, lets one agency system be down for a while, enters one dossier received days ago (so its
 steps run late and the origin gets an apology with a new date), and sends one envelope from an
-agency off the route (refused, dead-lettered, audited). Then it stops the nodes, verifies every
+agency off the route (refused, dead-lettered, audited). Three birth registrations leave the happy
+path: the police refuse one (it ends refused everywhere, the reason back at the desk), ask for more
+documents on another (the desk supplements it, the clock stands still meanwhile), and the applicant
+withdraws the third at the desk. Every birth registration meets a join (police and social insurance
+in parallel, then back to the desk), where the desk's system gets the dossier once, merged. Then it
+stops the nodes, verifies every
 audit log, reconciles every pair of nodes that exchanged envelopes, and writes ``report.html``:
 one summary row per dossier (state, due date, on time or late, apology sent), then the routes and
 each dossier's timeline. It prints its progress as it goes, a line at a time even when piped.
-
-Not yet here: a refused dossier, a supplement round and a withdrawal (issue 13). They come with
-the refusal, supplement and withdrawal commands; this demo adds a scenario for each once they are in.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -41,15 +44,16 @@ from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.demo import samples
 from exchange.envelope import dossier as dossiers
 from exchange.envelope import pki
+from exchange.envelope.dossier import Supplement
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Signer
-from exchange.errors import ConfigError, ExchangeError
+from exchange.errors import ConfigError, ExchangeError, StepNotReady
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.provisioning import init_node
 from exchange.node.status import local, view
 from exchange.node.transport import Message
-from exchange.node.workflow import complete, submit
+from exchange.node.workflow import complete, submit, supplement, withdraw
 from exchange.rules import tools as rules_tools
 from exchange.rules.load import load as load_rules
 from exchange.store.states import DossierState
@@ -64,6 +68,15 @@ SLOW_SECONDS = 6.0
 MIX = (("2.000986", COMMUNES), ("1.004194", COMMUNES), ("2.000635", COMMUNES), ("2.002622", COMMUNES),
        ("1.012784", (CENTRE,)), ("1.012786", (CENTRE,)))
 DEADLINE_S = 90.0
+BIRTH = "2.000986"
+SCENARIOS = {2: "refused", 3: "supplement", 5: "withdrawn"}
+"""Dossiers (by their order of submission) that leave the happy path; each is a birth registration."""
+REFUSAL = "Người được khai sinh đã được đăng ký thường trú tại địa phương khác."
+MISSING = "Thiếu bản sao giấy chứng nhận kết hôn của cha mẹ."
+WITHDRAWAL = "Người nộp xin rút hồ sơ để bổ sung giấy tờ nhân thân."
+FINISHED = (DossierState.COMPLETED, DossierState.REFUSED, DossierState.WITHDRAWN)
+SUPPLEMENT_FILE = Supplement("giay-chung-nhan-ket-hon.pdf", "application/pdf", b"%PDF-1.7\n% ban sao\n",
+                             "Bản sao giấy chứng nhận kết hôn")
 MARKER = ".exchange-demo"
 """In the folder a demo made: only such a folder (or an empty one) is replaced by the next run."""
 
@@ -80,6 +93,9 @@ class Demo:
     submitted: dict[str, tuple[str, str, float]] = field(default_factory=dict)
     late_code: str = ""
     started: float = 0.0
+    scenarios: dict[str, str] = field(default_factory=dict)
+    """Dossier code → the scenario it plays (refused, supplement, withdrawn)."""
+    asked: set[str] = field(default_factory=set)
 
     @property
     def agencies(self) -> tuple[str, ...]:
@@ -154,6 +170,8 @@ class Demo:
         mix = itertools.cycle(MIX)
         for i in range(self.count):
             procedure, desks = next(mix)
+            if i in SCENARIOS:
+                procedure, desks = BIRTH, COMMUNES
             desk = desks[i % len(desks)]
             received = today
             if i == 1:  # received on paper a week ago, entered only now: its steps run late
@@ -167,7 +185,12 @@ class Demo:
             self.submitted[code] = (procedure, desk, time.monotonic())
             if i == 1:
                 self.late_code = code
+            if i in SCENARIOS:
+                self.scenarios[code] = SCENARIOS[i]
         self.say(f"submitted {self.count} dossiers of {len(MIX)} procedures at {len(COMMUNES) + 1} desks")
+        for code in (c for c, plan in self.scenarios.items() if plan == "withdrawn"):
+            told = withdraw(self.contexts[str(DossierCode(code).agency)], DossierCode(code), WITHDRAWAL)
+            self.say(f"  {code}: the applicant withdrew it at the desk; told {', '.join(told) or 'nobody yet'}")
 
     def intrude(self) -> None:
         """Hải Hà's police sends an envelope for a step it does not perform: it must be refused."""
@@ -202,14 +225,36 @@ class Demo:
             if agency == SLOW_AGENCY and time.monotonic() - self.started < SLOW_SECONDS:
                 continue  # this agency's system is down for a while
             for step in ctx.store.ready_steps(agency):
-                complete(ctx, DossierCode(step.dossier), step.step)
+                try:
+                    self._decide(ctx, DossierCode(step.dossier), step.step)
+                except StepNotReady as exc:  # the dossier ended (withdrawn, refused) as the agency decided
+                    self.say(f"  {step.dossier}: {exc}")
                 progressed = True
-            for code in (row.code for row in ctx.store.dossiers(state=DossierState.COMPLETED)):
-                if code in self.submitted and code not in done:
-                    done.add(code)
-                    procedure, desk, _ = self.submitted[code]
-                    self.say(f"  [{len(done):3d}/{len(self.submitted)}] {code}  {procedure}  completed at {desk}")
+            for row in ctx.store.dossiers(state=DossierState.SUPPLEMENT_REQUESTED):
+                if row.origin == agency:  # the applicant brings the missing document to the desk
+                    sent = supplement(ctx, DossierCode(row.code), [SUPPLEMENT_FILE])
+                    self.say(f"  {row.code}: the applicant brought the missing document; resumed {', '.join(sent)}")
+                    progressed = True
+            for state in FINISHED:
+                for code in (row.code for row in ctx.store.dossiers(state=state) if row.origin == agency):
+                    if code in self.submitted and code not in done:
+                        done.add(code)
+                        procedure, desk, _ = self.submitted[code]
+                        self.say(f"  [{len(done):3d}/{len(self.submitted)}] {code}  {procedure}  {state} at {desk}")
         return progressed
+
+    def _decide(self, ctx: NodeContext, code: DossierCode, step: str) -> None:
+        """What the agency decides at a step: accepted, except where the dossier plays a scenario."""
+        plan = self.scenarios.get(str(code))
+        if step == "residence" and plan == "refused":
+            complete(ctx, code, step, "refused", REFUSAL)
+            self.say(f"  {code}: the police refused it: {REFUSAL}")
+        elif step == "residence" and plan == "supplement" and str(code) not in self.asked:
+            self.asked.add(str(code))
+            complete(ctx, code, step, "supplement", MISSING)
+            self.say(f"  {code}: the police asked for more documents: {MISSING}")
+        else:
+            complete(ctx, code, step)
 
     # checks and report ---------------------------------------------------------------
 
@@ -374,14 +419,18 @@ def run(out: Path, broker: str = "", count: int = 24, say: Callable[[str], None]
     say("nodes stopped; verifying every audit log and reconciling every pair of nodes")
     counts = summary_counts(demo)
     verified, gaps = demo.audit()
-    lines = [f"{len(demo.submitted)} dossiers completed in {elapsed:.1f}s "
+    ends = Counter(row["state"] for row in dossier_rows(demo))
+    lines = [f"{len(demo.submitted)} dossiers finished in {elapsed:.1f}s "
              f"({counts['transfers'] / max(elapsed, 0.001):.1f} transfers/s): "
              f"{len(demo.submitted) - counts['late_dossiers']} on time, {counts['late_dossiers']} late",
              f"{counts['transfers']} transfers, {counts['receipts']} receipts, {counts['retries']} retries, "
              f"{counts['refusals']} refusals",
              f"{counts['late']} step(s) done late: dossier {demo.late_code} was received 9 days before it "
              "was entered" + ("; its origin got an apology with a new date" if counts["late"] else ""),
-             f"the social insurance's system was down for the first {SLOW_SECONDS:.0f}s; its dossiers waited"]
+             f"the social insurance's system was down for the first {SLOW_SECONDS:.0f}s; its dossiers waited",
+             f"{ends['completed']} completed, {ends['refused']} refused, {ends['withdrawn']} withdrawn; "
+             f"{len(demo.asked)} supplement round(s), the clock paused meanwhile; "
+             "at every join the desk's system got the dossier once, merged"]
     for line in lines + verified + gaps:
         say(line)
     say("writing the report")
