@@ -41,7 +41,7 @@ from exchange.node.config import NodeConfig  # noqa: E402
 from exchange.node.context import NodeContext  # noqa: E402
 from exchange.node.workflow import submit  # noqa: E402
 
-RULES = Path(__file__).resolve().parent.parent / "routing_rules"
+RULES = Path(__file__).resolve().parent.parent / "tests" / "rules" / "seed-2019"
 COMMUNE, POLICE = "000.04.10.H49", "000.30.10.H49"
 PROCEDURE = "1.004194"
 EXE = str(Path(sys.executable).parent / "exchange")

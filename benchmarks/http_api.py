@@ -37,7 +37,7 @@ from exchange.node.provisioning import init_node
 from exchange.node.workflow import submit
 from exchange.rules.load import load
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "routing_rules"
+RULES_DIR = Path(__file__).resolve().parent.parent / "tests" / "rules" / "seed-2019"
 COMMUNE = AgencyCode("000.04.10.H49")
 TOKEN = "bench-token"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from exchange.rules.load import load
 from exchange.rules.model import RuleSet
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "routing_rules"
+RULES_DIR = Path(__file__).resolve().parent.parent / "tests" / "rules" / "seed-2019"
 ICT = dt.timezone(dt.timedelta(hours=7))
 
 

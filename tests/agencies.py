@@ -1,4 +1,5 @@
-"""The agencies and procedure the tests use, defined once, as in routing_rules/agencies.xml.
+"""The agencies and procedure the tests use, defined once, as in tests/rules/seed-2019/agencies.xml (the seed's
+2019 district, undated: in force whatever the day the tests run).
 
 Node processes and the command line take codes as text: ``str(COMMUNE)``.
 """

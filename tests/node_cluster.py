@@ -22,7 +22,7 @@ from exchange.demo import samples
 from tests import agencies
 from tests.transport_helpers import BROKER, delete_queues, require_broker
 
-RULES = Path(__file__).resolve().parent.parent / "routing_rules"
+RULES = Path(__file__).resolve().parent / "rules" / "seed-2019"
 EXE = str(Path(sys.executable).parent / "exchange")
 COMMUNE, POLICE, INSURANCE = str(agencies.COMMUNE), str(agencies.POLICE), str(agencies.INSURANCE)
 """As text: node directories, command lines and ``status --json`` name agencies by their code."""

@@ -43,7 +43,7 @@ from tests.conftest import Pki, make_dossier, transfer_header
 from tests.node_cluster import Cluster
 
 D = f"{{{DOSSIER_NS}}}"
-RULES = Path(__file__).resolve().parent.parent / "exchange" / "routing_rules"
+RULES = Path(__file__).resolve().parent / "rules" / "seed-2019"
 
 
 def _bytes(root: etree._Element) -> bytes:

@@ -16,7 +16,7 @@ from exchange.rules.load import load
 from exchange.rules.model import RuleSet
 from tests.agencies import BIRTH, DAM_HA_CENTRE, DAM_HA_INSURANCE, DAM_HA_POLICE, DUC_YEN, HAI_HA_POLICE, QUANG_LONG
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "routing_rules"
+RULES_DIR = Path(__file__).resolve().parent / "rules" / "seed-2019"
 ICT = dt.timezone(dt.timedelta(hours=7))
 SPLIT_PLOT = ProcedureCode("1.012784")
 

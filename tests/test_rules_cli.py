@@ -12,7 +12,7 @@ import pytest
 from exchange.cli import main
 from tests.conftest import require_tool
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "routing_rules"
+RULES_DIR = Path(__file__).resolve().parent / "rules" / "seed-2019"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ import pytest
 from exchange.errors import Problem, RuleError
 from exchange.rules.load import RuleBook, load
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "routing_rules"
+RULES_DIR = Path(__file__).resolve().parent / "rules" / "seed-2019"
 
 AGENCIES = """<?xml version="1.0" encoding="UTF-8"?>
 <rules xmlns="urn:vn-exchange:rules:1" version="1">
