@@ -43,9 +43,9 @@ def questions(rules: RuleSet, n: int) -> list[tuple]:  # type: ignore[type-arg]
     keys = sorted(rules.routes)
     out = []
     for _ in range(n):
-        code, origin = rng.choice(keys)
+        code, origin, epoch = rng.choice(keys)
         proc = rules.procedures[code]
-        route = rules.routes[(code, origin)]
+        route = rules.routes[(code, origin, epoch)]
         cut = rng.randrange(len(proc.steps))
         received = dt.datetime(2026, rng.randint(1, 11), rng.randint(1, 28), rng.randint(7, 17),
                                tzinfo=ICT)
@@ -66,7 +66,7 @@ def main() -> None:
     loaded = time.perf_counter() - start
     qs = questions(rules, 1000)
 
-    floor = rate(lambda i: rules.routes[(qs[i][0], qs[i][1])], args.seconds, args.rounds)
+    floor = rate(lambda i: rules.routes[(qs[i][0], qs[i][1], 0)], args.seconds, args.rounds)
     nexts = rate(lambda i: rules.next_steps(*qs[i][:4]), args.seconds, args.rounds)
     auths = rate(lambda i: rules.authorize(qs[i][4], qs[i][5], qs[i][0], qs[i][6], qs[i][1]),
                  args.seconds, args.rounds)

@@ -97,7 +97,7 @@ def test_unknown_questions_are_routing_errors(rules: RuleSet) -> None:
 def test_every_route_transfer_is_authorized(rules: RuleSet) -> None:
     """Every hand-off of every route from every origin is allowed, for that origin and overall."""
     checked = 0
-    for (code, origin), route in rules.routes.items():
+    for (code, origin, _), route in rules.routes.items():
         for step in rules.procedures[code].steps:
             for before in step.after:
                 sender, receiver = route[before], route[step.id]

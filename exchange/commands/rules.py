@@ -45,9 +45,13 @@ def register(commands: Any) -> None:
     graph.add_argument("--out", type=Path, metavar="FILE", help="default: standard output")
     graph.set_defaults(handler=_graph)
 
-    diff = sub.add_parser("diff", help="what an edit of the rules changes, in words")
+    diff = sub.add_parser("diff", help="what an edit of the rules, or a dated reorganisation, changes, in words")
     diff.add_argument("old", type=Path, metavar="DIR_OLD")
-    diff.add_argument("new", type=Path, metavar="DIR_NEW")
+    diff.add_argument("new", type=Path, metavar="DIR_NEW", nargs="?",
+                      help="the edited rules; omit it with --on to read one dated rule set")
+    diff.add_argument("--on", type=_date, metavar="YYYY-MM-DD",
+                      help="what changes on this day in DIR_OLD's dated rules: agencies ending (successor "
+                           "by successor), beginning, procedures replaced, performers moved")
     diff.set_defaults(handler=_diff)
 
 
@@ -60,6 +64,13 @@ def _moment(text: str) -> dt.datetime:
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no zone offset; add one, such as +07:00")
     return moment
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date such as 2025-07-01, got {text!r}") from None
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -105,6 +116,10 @@ def _render(source: bytes, fmt: str) -> bytes:
 
 
 def _diff(args: argparse.Namespace) -> int:
+    if args.on is not None and args.new is None:
+        return _reorganisation(args)
+    if args.new is None:
+        raise ConfigError("give DIR_NEW to compare two rule sets, or --on YYYY-MM-DD to read one dated rule set")
     old, new = load(args.old), load(args.new)
     changes = rules_tools.diff(old, new)
     if not changes:
@@ -113,4 +128,15 @@ def _diff(args: argparse.Namespace) -> int:
     for line in changes:
         print(line)
     print(f"{len(changes)} change(s): sha256:{old.digest[:12]}… → sha256:{new.digest[:12]}…")
+    return 0
+
+
+def _reorganisation(args: argparse.Namespace) -> int:
+    rules = load(args.old)
+    changes = rules_tools.reorganisation(rules, args.on)
+    if not changes:
+        print(f"nothing in {args.old} changes on {args.on}")
+        return 0
+    for line in changes:
+        print(line)
     return 0

@@ -9,6 +9,7 @@ gets its receipt again and nothing else); the rules name its sender for its step
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
 from collections import defaultdict
@@ -34,6 +35,8 @@ from exchange.node.workflow import (
     end_dossier,
     enqueue,
     learn_end,
+    procedure_of,
+    received_at,
     refresh_ready,
     resume_after_supplement,
     supplement_requested,
@@ -125,15 +128,16 @@ def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
     header = env.header
     code, procedure, step = _routed(header)
     rules = ctx.rules
+    at = _received_at(ctx, env)
     if header.kind is Kind.TRANSFER:
         if _is_supplement(ctx, header):
             return  # the origin's desk sends back the step that asked it for documents
-        decision = rules.authorize(header.sender, ctx.agency, procedure, step, code.agency)
+        decision = rules.authorize(header.sender, ctx.agency, procedure, step, code.agency, at)
         if not decision:
             raise NotAuthorized(decision.reason)
         return
     try:
-        route = rules.route(procedure, code.agency)
+        route = rules.route(procedure, code.agency, at)
     except RoutingError as exc:
         raise NotAuthorized(str(exc)) from None
     if code.agency == ctx.agency:  # to the origin: from any agency on the route
@@ -145,6 +149,21 @@ def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
 
 
 # Taking in what was accepted -------------------------------------------------------------
+
+def _received_at(ctx: NodeContext, env: VerifiedEnvelope) -> dt.datetime | None:
+    """When the dossier's desk received it: the rules in force then route it. From the dossier
+    held here, else from a transfer's payload; None (the rules as they stand) for a status about
+    a dossier this node never held."""
+    held = ctx.store.dossier(str(env.header.dossier))
+    if held is not None and held.received_at:
+        return clock.parse(held.received_at)
+    if env.header.kind is Kind.TRANSFER:
+        try:
+            return dossiers.DossierInfo.of(env.payload).received_at
+        except ValueError:
+            return None
+    return None
+
 
 def _is_supplement(ctx: NodeContext, header: Header) -> bool:
     """A transfer from the dossier's origin of a step this node performs and that waits for the
@@ -174,9 +193,10 @@ def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
         info = dossiers.DossierInfo.of(env.payload)
         ctx.store.add_dossier(DossierRow(str(code), str(procedure), str(code.agency), utc(info.received_at),
                                          DossierState.PROCESSING), payload)
-    route = ctx.rules.route(procedure, code.agency)
+    at = _received_at(ctx, env)
+    route = ctx.rules.route(procedure, code.agency, at)
     finished = next((hop.at for hop in reversed(header.trace) if hop.agency == header.sender), header.created)
-    for before in ctx.rules.procedure(procedure).step(step).after:
+    for before in ctx.rules.procedure(procedure, at).step(step).after:
         if route[before] == header.sender:
             ctx.store.finish_step(str(code), before, str(header.sender), utc(min(finished, header.created)))
     ctx.store.add_steps(str(code), [(step, str(ctx.agency))])
@@ -203,8 +223,8 @@ def _still_waiting_for(ctx: NodeContext, code: DossierCode, step: str) -> list[s
     if row is None or row.state is not StepState.PENDING:
         return []
     done = ctx.store.done_steps(str(code))
-    procedure = ctx.rules.procedure(ProcedureCode(ctx.store.dossier(str(code)).procedure))  # type: ignore[union-attr]
-    route = ctx.rules.route(procedure.code, code.agency)
+    procedure = procedure_of(ctx, code)
+    route = ctx.rules.route(procedure.code, code.agency, received_at(ctx, code))
     missing = [before for before in procedure.step(step).after if before not in done]
     return [] if any(route[before] == ctx.agency for before in missing) else missing
 

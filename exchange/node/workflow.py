@@ -50,8 +50,8 @@ def submit(ctx: NodeContext, data: bytes, source: str = "dossier") -> DossierCod
         raise InvalidDossier(f"{source}: this node is {ctx.agency}; the dossier {info.code} was received "
                              f"by {info.receiving_agency}")
     rules = ctx.rules
-    procedure = rules.procedure(info.procedure)
-    route = rules.route(info.procedure, ctx.agency)
+    procedure = rules.procedure(info.procedure, info.received_at)  # the version in force when the desk received it
+    route = rules.route(info.procedure, ctx.agency, info.received_at)
     first = procedure.steps[0]
     at = clock.now()
     code = str(info.code)
@@ -352,7 +352,7 @@ def _hand_off(ctx: NodeContext, code: DossierCode, done_step: str, at: dt.dateti
     """Send the dossier to the performer of every step that waits on ``done_step``; a step this
     node performs itself becomes ready here once all its prerequisites are done."""
     procedure = procedure_of(ctx, code)
-    route = ctx.rules.route(procedure.code, code.agency)
+    route = ctx.rules.route(procedure.code, code.agency, received_at(ctx, code))
     sent = []
     for step_id in _dependents(ctx, code, done_step):
         agency = route[step_id]
@@ -451,8 +451,14 @@ def _dossier(ctx: NodeContext, code: DossierCode) -> DossierRow:
 
 
 def procedure_of(ctx: NodeContext, code: DossierCode) -> Procedure:
-    """The procedure a dossier held here follows, as the rules in force define it."""
-    return ctx.rules.procedure(ProcedureCode(_dossier(ctx, code).procedure))
+    """The procedure a dossier held here follows: the version in force when its desk received it
+    (a dossier keeps its procedure and deadlines across a reorganisation)."""
+    row = _dossier(ctx, code)
+    return ctx.rules.procedure(ProcedureCode(row.procedure), clock.parse(row.received_at))
+
+
+def received_at(ctx: NodeContext, code: DossierCode) -> dt.datetime:
+    return clock.parse(_dossier(ctx, code).received_at)
 
 
 def _payload(ctx: NodeContext, code: DossierCode) -> etree._Element:

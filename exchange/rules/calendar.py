@@ -16,9 +16,12 @@ import bisect
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from exchange.errors import RoutingError
 
+Cutoff = dt.time | None | Literal["calendar"]
+"""A procedure's afternoon cut-off: a time, none (the whole day counts), or the calendar's."""
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -31,7 +34,8 @@ class WorkingCalendar:
     holidays: Mapping[dt.date, str] = field(default_factory=dict)
     makeup_days: Mapping[dt.date, str] = field(default_factory=dict)
     """Weekend days declared working days, to make up for a bridged holiday."""
-    cutoff: dt.time = dt.time(15, 0)
+    cutoff: dt.time | None = dt.time(15, 0)
+    """The cut-off of procedures that name none; None: a day counts whenever the dossier came."""
     timezone: dt.tzinfo = dt.timezone(dt.timedelta(hours=7))
     _days: tuple[dt.date, ...] = field(init=False, repr=False, compare=False)
     _next: dict[dt.date, int] = field(init=False, repr=False, compare=False)
@@ -65,12 +69,14 @@ class WorkingCalendar:
             raise RoutingError(f"time {moment.isoformat()} has no zone; give an offset such as +07:00")
         return moment.astimezone(self.timezone)
 
-    def first_counted_day(self, moment: dt.datetime) -> dt.date:
-        """The working day from which a deadline counts, for something received at ``moment``."""
+    def first_counted_day(self, moment: dt.datetime, cutoff: Cutoff = "calendar") -> dt.date:
+        """The working day from which a deadline counts, for something received at ``moment``
+        under a procedure whose afternoon ``cutoff`` is given (or is the calendar's)."""
         local = self.local(moment)
         day = local.date()
         index = self._index(day)  # that day if it works, else the next one
-        if index < len(self._days) and self._days[index] == day and local.time() >= self.cutoff:
+        limit = self.cutoff if cutoff == "calendar" else cutoff
+        if index < len(self._days) and self._days[index] == day and limit is not None and local.time() >= limit:
             index += 1
         return self._at(index, day)
 
@@ -78,9 +84,9 @@ class WorkingCalendar:
         """The ``working_days``-th working day after working day ``day`` (or the next one)."""
         return self._at(self._index(day) + working_days, day)
 
-    def due(self, moment: dt.datetime, working_days: int) -> dt.date:
+    def due(self, moment: dt.datetime, working_days: int, cutoff: Cutoff = "calendar") -> dt.date:
         """The due date of something received at ``moment`` with a budget of ``working_days``."""
-        return self.add(self.first_counted_day(moment), working_days)
+        return self.add(self.first_counted_day(moment, cutoff), working_days)
 
     def working_days_between(self, start: dt.date, end: dt.date) -> int:
         """How many working days lie after ``start`` up to and including ``end`` (may be < 0)."""

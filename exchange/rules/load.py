@@ -21,8 +21,8 @@ from lxml import etree
 
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.errors import MalformedXml, Problem, RuleError, TooLarge
-from exchange.rules.calendar import WEEKDAYS, WorkingCalendar
-from exchange.rules.model import Agency, Level, Pairs, Procedure, RuleSet, Selector, Step
+from exchange.rules.calendar import WEEKDAYS, Cutoff, WorkingCalendar
+from exchange.rules.model import Agency, Level, Pairs, Procedure, RuleSet, Selector, Step, Successor
 from exchange.xml import safexml, schemas
 from exchange.xml.datatypes import parse_date
 
@@ -135,7 +135,8 @@ class _Builder:
         self.sources = sources
         self.report = report
         self.agencies: dict[AgencyCode, _Placed] = {}
-        self.procedures: dict[ProcedureCode, _Placed] = {}
+        self.procedures: dict[ProcedureCode, list[_Placed]] = {}
+        """Every version of each procedure, oldest first."""
 
     def elements(self, name: str) -> Iterable[tuple[_Source, etree._Element]]:
         for source in self.sources:
@@ -147,12 +148,25 @@ class _Builder:
         calendar = self._calendar()
         self._procedures()
         agencies = {code: placed.value for code, placed in self.agencies.items()}
-        routes, senders = self._routes(agencies)
+        epochs = self._epochs()
+        routes, senders = self._routes(agencies, epochs)
         if self.report.problems or calendar is None:
             raise RuleError(self.report.problems)
-        procedures = {code: placed.value for code, placed in self.procedures.items()}
-        return RuleSet(agencies, calendar, procedures, _digest(agencies, calendar, procedures),
-                       routes, senders)
+        versions = {code: tuple(p.value for p in placed) for code, placed in self.procedures.items()}
+        latest = {code: found[-1] for code, found in versions.items()}
+        return RuleSet(agencies, calendar, latest, _digest(agencies, calendar, versions), routes, senders,
+                       versions, epochs)
+
+    def _epochs(self) -> tuple[dt.date, ...]:
+        """The days on which anything starts, or starts no longer: where the rules in force change."""
+        days = {dt.date.min}
+        dated = [p.value for p in self.agencies.values()] + [p.value for v in self.procedures.values() for p in v]
+        for item in dated:
+            if item.start is not None:
+                days.add(item.start)
+            if item.end is not None and item.end < dt.date.max:
+                days.add(item.end + dt.timedelta(days=1))
+        return tuple(sorted(days))
 
     # The agency directory -------------------------------------------------------------
 
@@ -160,8 +174,11 @@ class _Builder:
         for source, el in self.elements("agency"):
             code = AgencyCode(el.get("code", ""))
             parent = el.get("parent")
+            start, end = _span(source, el, self.report)
+            successors = tuple(Successor(AgencyCode(s.get("agency", "")), AgencyCode(s.get("for", "")) if s.get("for")
+                                         else None) for s in el.iter(r("successor")))
             agency = Agency(code, el.findtext(r("name")) or "", Level(el.get("level", "")),
-                            el.get("kind", ""), AgencyCode(parent) if parent else None)
+                            el.get("kind", ""), AgencyCode(parent) if parent else None, start, end, successors)
             placed = _Placed(agency, source, el)
             if code in self.agencies:
                 first = self.agencies[code].at("code")
@@ -171,7 +188,30 @@ class _Builder:
             self.agencies[code] = placed
         for placed in self.agencies.values():
             self._check_parent(placed)
+            self._check_successors(placed)
 
+    def _check_successors(self, placed: _Placed) -> None:
+        """An agency that ends names who takes over, and each successor exists the next day."""
+        agency: Agency = placed.value
+        if agency.end is None:
+            if agency.successors:
+                self.report.add(placed.at(), f"agency {agency.code} names successors but no until= day")
+            return
+        if not agency.successors:
+            self.report.add(placed.at("until"), f"agency {agency.code} ({agency.name}) ends on {agency.end} and "
+                            "names no <successor agency=\"CODE\"/>: its work in flight would have nowhere to go")
+        after = agency.end + dt.timedelta(days=1)
+        for successor, el in zip(agency.successors, placed.element.iter(r("successor")), strict=True):
+            found = self.agencies.get(successor.agency)
+            if found is None:
+                self.report.add(placed.source.at(el, "agency"), f"agency {agency.code}: successor "
+                                f"{successor.agency} is not in the directory")
+            elif not found.value.in_force(after):
+                self.report.add(placed.source.at(el, "agency"), f"agency {agency.code} ends on {agency.end} but "
+                                f"its successor {successor.agency} is not in force on {after}")
+            if successor.for_ is not None and successor.for_ not in self.agencies:
+                self.report.add(placed.source.at(el, "for"), f"agency {agency.code}: successor for "
+                                f"{successor.for_}, which is not in the directory")
     def _check_parent(self, placed: _Placed) -> None:
         agency: Agency = placed.value
         seen = {agency.code}
@@ -210,18 +250,22 @@ class _Builder:
             years.append(year)
             self._year(source, year_el, year, holidays, makeup)
         weekend = frozenset(WEEKDAYS.index(d) for d in (el.get("weekend") or "").split())
-        hours, minutes = (int(x) for x in (el.get("cutoff") or "15:00").split(":"))
         return WorkingCalendar(
             years=_contiguous(sorted(set(years)), source.at(el), self.report),
             weekend=weekend, holidays=holidays, makeup_days=makeup,
-            cutoff=dt.time(hours, minutes), timezone=_offset(el.get("timezone") or "+07:00"))
+            cutoff=_clock(el.get("cutoff")), timezone=_offset(el.get("timezone") or "+07:00"))
 
     def _year(self, source: _Source, year_el: etree._Element, year: int,
               holidays: dict[dt.date, str], makeup: dict[dt.date, str]) -> None:
+        flags = set((self._calendar_flags() or "").split())
         for holiday in year_el.iter(r("holiday")):
+            if holiday.get("flag") and holiday.get("flag") not in flags:
+                continue  # announced, not confirmed: it counts once its flag is switched on
             for day in _holiday_days(source, holiday, year, self.report):
                 holidays[day] = holiday.get("name", "")
         for workday in year_el.iter(r("workday")):
+            if workday.get("flag") and workday.get("flag") not in flags:
+                continue
             worked = _date(source, workday, "date", self.report)
             if worked is None:
                 continue
@@ -229,19 +273,43 @@ class _Builder:
                 self.report.add(source.at(workday, "date"), f"{worked} is not in year {year}")
             makeup[worked] = workday.get("name", "")
 
+    def _calendar_flags(self) -> str | None:
+        return next((el.get("flags") for _, el in self.elements("calendar")), None)
+
     # Procedures -----------------------------------------------------------------------
 
     def _procedures(self) -> None:
         for source, el in self.elements("procedure"):
             code = ProcedureCode(el.get("code", ""))
-            if code in self.procedures:
-                first = self.procedures[code].at("code")
-                self.report.add(source.at(el, "code"), f"duplicate procedure {code} "
-                                f"(first defined at {first[0]}:{first[1]})")
-                continue
             procedure = self._procedure(source, el, code)
-            if procedure is not None:
-                self.procedures[code] = _Placed(procedure, source, el)
+            if procedure is None:
+                continue
+            placed = _Placed(procedure, source, el)
+            clash = next((v for v in self.procedures.get(code, []) if _overlap(v.value, procedure)), None)
+            if clash is not None:
+                first = clash.at("code")
+                self.report.add(source.at(el, "code"), f"duplicate procedure {code}: this version and the one at "
+                                f"{first[0]}:{first[1]} are both in force on some day (give each from= and until= "
+                                "days that do not overlap)")
+                continue
+            self.procedures.setdefault(code, []).append(placed)
+        for code, versions in self.procedures.items():
+            versions.sort(key=lambda p: p.value.start or dt.date.min)
+            self._check_replacements(code, versions[-1])
+
+    def _check_replacements(self, code: ProcedureCode, last: _Placed) -> None:
+        """A procedure that ends names what replaces it, in force the next day."""
+        procedure: Procedure = last.value
+        if procedure.end is None:
+            return
+        if not procedure.replaced_by:
+            self.report.add(last.at("until"), f"procedure {code} ends on {procedure.end} and names no "
+                            "<replaced-by procedure=\"CODE\"/>: a desk would not know what to receive instead")
+        after = procedure.end + dt.timedelta(days=1)
+        for other in procedure.replaced_by:
+            if not any(v.value.in_force(after) for v in self.procedures.get(other, [])):
+                self.report.add(last.at("until"), f"procedure {code} is replaced by {other}, which is not in "
+                                f"force on {after}")
 
     def _procedure(self, source: _Source, el: etree._Element, code: ProcedureCode) -> Procedure | None:
         steps: dict[str, tuple[Step, etree._Element]] = {}
@@ -255,9 +323,13 @@ class _Builder:
         if not self._check_graph(source, el, code, steps):
             return None
         ordered = _topological({s.id: s for s, _ in steps.values()})
+        start, end = _span(source, el, self.report)
+        cutoff: Cutoff = _clock(el.get("cutoff")) if el.get("cutoff") else "calendar"
         procedure = Procedure(code, el.findtext(r("name")) or "", el.get("scope", ""),
                               int(el.get("budget", "0")), tuple((el.get("origins") or "").split()),
-                              tuple(ordered))
+                              tuple(ordered), start, end, cutoff,
+                              tuple(ProcedureCode(x.get("procedure", "")) for x in el.iter(r("replaced-by"))),
+                              (el.findtext(r("source")) or "").strip() or None)
         self._check_budget(source, el, procedure)
         return procedure
 
@@ -325,43 +397,90 @@ class _Builder:
 
     # Resolving every route from every origin ------------------------------------------
 
-    def _routes(self, agencies: Mapping[AgencyCode, Agency]) -> tuple[
-            dict[tuple[ProcedureCode, AgencyCode], dict[str, AgencyCode]],
-            dict[tuple[ProcedureCode, str], dict[AgencyCode, Pairs]]]:
-        routes: dict[tuple[ProcedureCode, AgencyCode], dict[str, AgencyCode]] = {}
-        senders: dict[tuple[ProcedureCode, str], dict[AgencyCode, Pairs]] = {}
-        resolver = _Resolver(agencies)
-        for code, placed in self.procedures.items():
-            procedure: Procedure = placed.value
-            origins = [a for a in agencies.values() if a.kind in procedure.origins]
-            if not origins:
-                self.report.add(placed.at("origins"), f"procedure {code}: no agency of kind "
-                                f"{' or '.join(procedure.origins)} in the directory receives it")
-            for origin in origins:
-                route = self._route(placed, procedure, origin, resolver)
-                if route is None:
+    def _routes(self, agencies: Mapping[AgencyCode, Agency], epochs: tuple[dt.date, ...]) -> tuple[
+            dict[tuple[ProcedureCode, AgencyCode, int], dict[str, AgencyCode]],
+            dict[tuple[ProcedureCode, str, int], dict[AgencyCode, Pairs]]]:
+        """Every route from every origin, epoch by epoch, over the agencies in force then; each
+        failure reported once, with the first day it fails."""
+        routes: dict[tuple[ProcedureCode, AgencyCode, int], dict[str, AgencyCode]] = {}
+        senders: dict[tuple[ProcedureCode, str, int], dict[AgencyCode, Pairs]] = {}
+        reported: set[tuple[object, ...]] = set()
+        for index, day in enumerate(epochs):
+            present = {code: a for code, a in agencies.items() if a.in_force(day)}
+            self._check_parents_present(present, agencies, day, reported)
+            resolver = _Resolver(present)
+            for code, versions in self.procedures.items():
+                placed = next((v for v in versions if v.value.in_force(day)), None)
+                if placed is None:
                     continue
-                routes[(code, origin.code)] = route
-                for step in procedure.steps:
-                    pairs = frozenset((route[b], route[step.id]) for b in step.after)
-                    senders.setdefault((code, step.id), {})[origin.code] = pairs
+                procedure: Procedure = placed.value
+                origins = [a for a in present.values() if a.kind in procedure.origins]
+                if not origins and (code, "origins") not in reported:
+                    reported.add((code, "origins"))
+                    self.report.add(placed.at("origins"), f"procedure {code}{_on(day)}: no agency of kind "
+                                    f"{' or '.join(procedure.origins)} in the directory receives it")
+                for origin in origins:
+                    route = self._route(placed, procedure, origin, resolver, day, reported)
+                    if route is None:
+                        continue
+                    routes[(code, origin.code, index)] = route
+                    for step in procedure.steps:
+                        pairs = frozenset((route[b], route[step.id]) for b in step.after)
+                        senders.setdefault((code, step.id, index), {})[origin.code] = pairs
         return routes, senders
 
-    def _route(self, placed: _Placed, procedure: Procedure, origin: Agency,
-               resolver: _Resolver) -> dict[str, AgencyCode] | None:
+    def _check_parents_present(self, present: Mapping[AgencyCode, Agency], agencies: Mapping[AgencyCode, Agency],
+                               day: dt.date, reported: set[tuple[object, ...]]) -> None:
+        for agency in present.values():
+            parent = agency.parent
+            if parent is not None and parent in agencies and parent not in present and (agency.code, "parent") \
+                    not in reported:
+                reported.add((agency.code, "parent"))
+                self.report.add(self.agencies[agency.code].at("parent"), f"agency {agency.code} is in force on "
+                                f"{day} but its parent {parent} is not")
+
+    def _route(self, placed: _Placed, procedure: Procedure, origin: Agency, resolver: _Resolver,
+               day: dt.date, reported: set[tuple[object, ...]]) -> dict[str, AgencyCode] | None:
         route = {}
         for step in procedure.steps:
             found = resolver.resolve(step.by, origin)
             if len(found) != 1:
-                step_el = next(e for e in placed.element.iter(r("step")) if e.get("id") == step.id)
-                by = step_el.find(r("by"))
-                what = "nothing" if not found else f"{len(found)} agencies ({', '.join(map(str, found))})"
-                self.report.add(placed.source.at(by if by is not None else step_el),
-                                f"procedure {procedure.code} step {step.id!r}: {step.by} resolves to "
-                                f"{what} for origin {origin.code} ({origin.name})")
+                key = (procedure.code, step.id, origin.code, procedure.start)
+                if key not in reported:
+                    reported.add(key)
+                    step_el = next(e for e in placed.element.iter(r("step")) if e.get("id") == step.id)
+                    by = step_el.find(r("by"))
+                    what = "nothing" if not found else f"{len(found)} agencies ({', '.join(map(str, found))})"
+                    self.report.add(placed.source.at(by if by is not None else step_el),
+                                    f"procedure {procedure.code} step {step.id!r}: {step.by} resolves to "
+                                    f"{what}{_on(day, ' in force')} for origin {origin.code} ({origin.name})")
                 return None
             route[step.id] = found[0]
         return route
+
+
+def _on(day: dt.date, what: str = "") -> str:
+    """`` on DAY`` for a dated epoch; nothing for the one before any date."""
+    return "" if day == dt.date.min else f"{what} on {day}"
+
+
+def _overlap(a: Procedure, b: Procedure) -> bool:
+    return (a.start or dt.date.min) <= (b.end or dt.date.max) and (b.start or dt.date.min) <= (a.end or dt.date.max)
+
+
+def _span(source: _Source, el: etree._Element, report: _Report) -> tuple[dt.date | None, dt.date | None]:
+    start = _date(source, el, "from", report) if el.get("from") else None
+    end = _date(source, el, "until", report) if el.get("until") else None
+    if start and end and end < start:
+        report.add(source.at(el, "until"), f"until={end} comes before from={start}")
+    return start, end
+
+
+def _clock(text: str | None) -> dt.time | None:
+    if not text:
+        return None
+    hours, minutes = (int(x) for x in text.split(":"))
+    return dt.time(hours, minutes)
 
 
 class _Resolver:
@@ -506,37 +625,52 @@ def _critical_path(procedure: Procedure) -> tuple[int, list[str]]:
 
 
 def _digest(agencies: Mapping[AgencyCode, Agency], calendar: WorkingCalendar,
-            procedures: Mapping[ProcedureCode, Procedure]) -> str:
+            procedures: Mapping[ProcedureCode, tuple[Procedure, ...]]) -> str:
     """SHA-256 of the canonical JSON form: formatting, comments and file layout do not count."""
     return hashlib.sha256(canonical_json(agencies, calendar, procedures).encode("utf-8")).hexdigest()
 
 
 def canonical_json(agencies: Mapping[AgencyCode, Agency], calendar: WorkingCalendar,
-                   procedures: Mapping[ProcedureCode, Procedure]) -> str:
+                   procedures: Mapping[ProcedureCode, tuple[Procedure, ...]]) -> str:
+    """Dates, successors and a procedure's own cut-off appear only where set: an undated rule
+    set keeps the digest it had before rules had dates."""
     form = {
         "version": 1,
-        "agencies": [[str(a.code), a.name, a.level.value, a.kind, str(a.parent or "")]
+        "agencies": [[str(a.code), a.name, a.level.value, a.kind, str(a.parent or ""), *_dated(a)]
                      for a in sorted(agencies.values(), key=lambda a: a.code)],
         "calendar": {
             "years": list(calendar.years),
             "weekend": sorted(calendar.weekend),
-            "cutoff": calendar.cutoff.isoformat("minutes"),
+            "cutoff": calendar.cutoff.isoformat("minutes") if calendar.cutoff else None,
             "timezone": str(calendar.timezone),
             "holidays": sorted([d.isoformat(), n] for d, n in calendar.holidays.items()),
             "makeup": sorted([d.isoformat(), n] for d, n in calendar.makeup_days.items()),
         },
-        "procedures": [_procedure_form(p) for p in sorted(procedures.values(), key=lambda p: p.code)],
+        "procedures": [_procedure_form(p) for code in sorted(procedures) for p in procedures[code]],
     }
     return json.dumps(form, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
+def _dated(agency: Agency) -> list[Any]:
+    if agency.start is None and agency.end is None and not agency.successors:
+        return []
+    return [str(agency.start or ""), str(agency.end or ""),
+            sorted([str(s.agency), str(s.for_ or "")] for s in agency.successors)]
+
+
 def _procedure_form(p: Procedure) -> dict[str, Any]:
-    return {
+    form: dict[str, Any] = {
         "code": str(p.code), "name": p.name, "scope": p.scope, "budget": p.budget,
         "origins": sorted(p.origins),
         "steps": [{"id": s.id, "action": s.action, "budget": s.budget, "after": sorted(s.after),
                    "paused": s.paused, "by": str(s.by)} for s in sorted(p.steps, key=lambda s: s.id)],
     }
+    dated = {"from": str(p.start) if p.start else None, "until": str(p.end) if p.end else None,
+             "cutoff": p.cutoff.isoformat("minutes") if isinstance(p.cutoff, dt.time) else
+             (None if p.cutoff == "calendar" else "none"),
+             "replaced_by": sorted(map(str, p.replaced_by)) or None}
+    form.update({k: v for k, v in dated.items() if v is not None})
+    return form
 
 
 class RuleBook:

@@ -3,10 +3,18 @@
 Pure: no I/O after loading (``rules_load`` builds a ``RuleSet`` from XML). Every route of every
 procedure from every possible origin is resolved once at load, so a routing decision is a few
 dictionary lookups and two bisections in the working calendar.
+
+Time is part of the rules: agencies and procedure versions are in force from one day to another
+(both inclusive, local dates), and an abolished agency names its successors. The days on which
+anything starts or ends cut time into epochs; within one epoch the directory and the procedures
+in force do not change, so routes are resolved once per epoch, and a question "at" a moment is
+answered by the epoch holding that moment's local date. A question without a moment is answered
+by the last epoch: the rules as they stand once every dated change has happened.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +22,7 @@ from enum import StrEnum
 
 from exchange.codes import AgencyCode, ProcedureCode
 from exchange.errors import RoutingError
-from exchange.rules.calendar import WorkingCalendar
+from exchange.rules.calendar import Cutoff, WorkingCalendar
 
 Pairs = frozenset[tuple[AgencyCode, AgencyCode]]
 """(sender, receiver) pairs."""
@@ -27,12 +35,29 @@ class Level(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Successor:
+    """Who takes over an abolished agency's work: all of it, or (``for_``) that of dossiers
+    received at one agency or under it."""
+
+    agency: AgencyCode
+    for_: AgencyCode | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Agency:
     code: AgencyCode
     name: str
     level: Level
     kind: str
     parent: AgencyCode | None
+    start: dt.date | None = None
+    """The first day it exists (None: since always)."""
+    end: dt.date | None = None
+    """The last day it exists (None: until further notice)."""
+    successors: tuple[Successor, ...] = ()
+
+    def in_force(self, day: dt.date) -> bool:
+        return (self.start is None or self.start <= day) and (self.end is None or day <= self.end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +90,8 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Procedure:
+    """One version of a procedure: its route and deadlines while it is in force."""
+
     code: ProcedureCode
     name: str
     scope: str
@@ -72,11 +99,28 @@ class Procedure:
     origins: tuple[str, ...]
     steps: tuple[Step, ...]
     """In an order where every step comes after its prerequisites."""
+    start: dt.date | None = None
+    end: dt.date | None = None
+    cutoff: Cutoff = "calendar"
+    """Received at or after this local time, a dossier counts from the next working day."""
+    replaced_by: tuple[ProcedureCode, ...] = ()
+    source: str | None = None
+    """The legal act the route and deadlines come from."""
     requires: tuple[tuple[Step, frozenset[str]], ...] = field(init=False, repr=False, compare=False)
     """Each step with its prerequisites as a set, for the hot path of ``next_steps``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "requires", tuple((s, frozenset(s.after)) for s in self.steps))
+
+    def in_force(self, day: dt.date) -> bool:
+        return (self.start is None or self.start <= day) and (self.end is None or day <= self.end)
+
+    @property
+    def span(self) -> str:
+        """Its days in force, as people read them."""
+        if self.start is None and self.end is None:
+            return "in force"
+        return f"in force {self.start or 'always'} – {self.end or 'until further notice'}"
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:
@@ -116,24 +160,102 @@ class RuleSet:
     """A whole, checked rule set. Build it with ``rules_load.load``; never half-built."""
 
     agencies: Mapping[AgencyCode, Agency]
+    """Every agency that exists or existed, whatever the day."""
     calendar: WorkingCalendar
     procedures: Mapping[ProcedureCode, Procedure]
+    """The latest version of each procedure (for names; ask ``procedure(code, at)`` for the one in force)."""
     digest: str
     """SHA-256 of the canonical form: the audit log records it at every load."""
-    routes: Mapping[tuple[ProcedureCode, AgencyCode], Mapping[str, AgencyCode]] = field(repr=False)
-    """Resolved performer of every step, per procedure and origin."""
-    senders: Mapping[tuple[ProcedureCode, str], Mapping[AgencyCode, Pairs]] = field(repr=False)
-    """Per procedure and step: per origin, the (sender, receiver) pairs a transfer may take."""
+    routes: Mapping[tuple[ProcedureCode, AgencyCode, int], Mapping[str, AgencyCode]] = field(repr=False)
+    """Resolved performer of every step, per procedure, origin and epoch."""
+    senders: Mapping[tuple[ProcedureCode, str, int], Mapping[AgencyCode, Pairs]] = field(repr=False)
+    """Per procedure, step and epoch: per origin, the (sender, receiver) pairs a transfer may take."""
+    versions: Mapping[ProcedureCode, tuple[Procedure, ...]] = field(default_factory=dict, repr=False)
+    """Every version of each procedure, oldest first."""
+    epochs: tuple[dt.date, ...] = (dt.date.min,)
+    """The first day of each epoch, sorted; the first is ``date.min``."""
 
     @property
     def step_count(self) -> int:
         return sum(len(p.steps) for p in self.procedures.values())
 
-    def procedure(self, code: ProcedureCode) -> Procedure:
-        try:
-            return self.procedures[code]
-        except KeyError:
-            raise RoutingError(f"no routing rules for procedure {code}") from None
+    def day(self, at: dt.datetime | dt.date | None) -> dt.date | None:
+        """The local date a moment falls on (a date as it is; None stays None)."""
+        if at is None or not isinstance(at, dt.datetime):
+            return at
+        return self.calendar.local(at).date()
+
+    def epoch(self, at: dt.datetime | dt.date | None) -> int:
+        """The epoch holding a moment; the last one when no moment is given."""
+        day = self.day(at)
+        if day is None:
+            return len(self.epochs) - 1
+        return bisect.bisect_right(self.epochs, day) - 1
+
+    def procedure(self, code: ProcedureCode, at: dt.datetime | dt.date | None = None) -> Procedure:
+        """The version of ``code`` in force at ``at`` (the latest without a moment); RoutingError
+        naming its replacement when none is in force then."""
+        versions = self.versions.get(code) or ((self.procedures[code],) if code in self.procedures else ())
+        if not versions:
+            raise RoutingError(f"no routing rules for procedure {code}")
+        day = self.day(at)
+        if day is None:
+            return versions[-1]
+        for version in versions:
+            if version.in_force(day):
+                return version
+        return self._not_in_force(code, versions, day)
+
+    def _not_in_force(self, code: ProcedureCode, versions: tuple[Procedure, ...], day: dt.date) -> Procedure:
+        last = versions[-1]
+        if last.end is not None and day > last.end:
+            instead = ", ".join(str(c) for c in last.replaced_by)
+            raise RoutingError(f"procedure {code} ({last.name}) is not in force on {day}: it ended on {last.end}"
+                               + (f"; it was replaced by {instead}" if instead else ""))
+        first = versions[0]
+        raise RoutingError(f"procedure {code} ({first.name}) is not in force on {day}: "
+                           + (f"it starts on {first.start}" if first.start and day < first.start
+                              else "no version of it covers that day"))
+
+    def agencies_in_force(self, at: dt.datetime | dt.date) -> list[Agency]:
+        day = self.day(at)
+        return [a for a in self.agencies.values() if day is not None and a.in_force(day)]
+
+    def successor(self, agency: AgencyCode, at: dt.datetime | dt.date, origin: AgencyCode | None = None
+                  ) -> AgencyCode:
+        """The agency doing ``agency``'s work at ``at``: itself while it is in force, else its
+        successor for ``origin`` (or for an agency above it), following the chain."""
+        day = self.day(at)
+        assert day is not None
+        current, seen = agency, set()
+        while current in self.agencies and not self.agencies[current].in_force(day):
+            if current in seen:
+                break
+            seen.add(current)
+            chosen = self._successor_for(self.agencies[current], origin)
+            if chosen is None:
+                raise RoutingError(f"agency {current} ({self.agencies[current].name}) ended on "
+                                   f"{self.agencies[current].end} and names no successor"
+                                   + (f" for {origin}" if origin else ""))
+            current = chosen
+        return current
+
+    def _successor_for(self, agency: Agency, origin: AgencyCode | None) -> AgencyCode | None:
+        general = [s.agency for s in agency.successors if s.for_ is None]
+        if origin is not None:
+            above = set(self._ancestors(origin))
+            specific = [s.agency for s in agency.successors if s.for_ is not None and s.for_ in above]
+            if specific:
+                return specific[0]
+        return general[0] if general else None
+
+    def _ancestors(self, code: AgencyCode) -> list[AgencyCode]:
+        chain, current = [], code
+        while current is not None and current not in chain:
+            chain.append(current)
+            parent = self.agencies.get(current)
+            current = parent.parent if parent else None  # type: ignore[assignment]
+        return chain
 
     def agency(self, code: AgencyCode) -> Agency:
         try:
@@ -141,11 +263,17 @@ class RuleSet:
         except KeyError:
             raise RoutingError(f"agency {code} is not in the directory") from None
 
-    def route(self, procedure: ProcedureCode, origin: AgencyCode) -> Mapping[str, AgencyCode]:
-        """The agency performing each step when the dossier was received at ``origin``."""
-        route = self.routes.get((procedure, origin))
+    def route(self, procedure: ProcedureCode, origin: AgencyCode,
+              at: dt.datetime | dt.date | None = None) -> Mapping[str, AgencyCode]:
+        """The agency performing each step when the dossier was received at ``origin`` at ``at``."""
+        route = self.routes.get((procedure, origin, self.epoch(at)))
         if route is None:
-            proc = self.procedure(procedure)
+            proc = self.procedure(procedure, at)
+            day = self.day(at)
+            agency = self.agencies.get(origin)
+            if agency is not None and day is not None and not agency.in_force(day):
+                raise RoutingError(f"{origin} ({agency.name}) is not in force on {day}"
+                                   + (f": it ended on {agency.end}" if agency.end and day > agency.end else ""))
             raise RoutingError(f"procedure {procedure} is not received at {origin}; it is received "
                                f"by agencies of kind {', '.join(proc.origins)}")
         return route
@@ -156,8 +284,8 @@ class RuleSet:
 
         A step counts from when its last prerequisite was done (from receipt for the first).
         """
-        proc = self.procedure(procedure)
-        route = self.route(procedure, origin)
+        proc = self.procedure(procedure, received_at)
+        route = self.route(procedure, origin, received_at)
         unknown = done.keys() - route.keys()
         if unknown:
             raise RoutingError(f"procedure {procedure} has no step {sorted(unknown)[0]!r}")
@@ -167,13 +295,14 @@ class RuleSet:
             if step.id in done or not requires <= finished:
                 continue
             start = max((done[p] for p in step.after), default=received_at)
-            due = None if step.paused else self.calendar.due(start, step.budget)
+            due = None if step.paused else self.calendar.due(start, step.budget, proc.cutoff)
             ready.append(NextStep(step, route[step.id], due))
         return ready
 
     def due_date(self, procedure: ProcedureCode, received_at: dt.datetime) -> dt.date:
         """When the whole procedure is due, for a dossier received at ``received_at``."""
-        return self.calendar.due(received_at, self.procedure(procedure).budget)
+        proc = self.procedure(procedure, received_at)
+        return self.calendar.due(received_at, proc.budget, proc.cutoff)
 
     def plan(self, procedure: ProcedureCode, origin: AgencyCode,
              received_at: dt.datetime) -> list[NextStep]:
@@ -181,9 +310,9 @@ class RuleSet:
 
         Paused steps are taken to end on the day they start (the applicant pays at once).
         """
-        proc = self.procedure(procedure)
-        route = self.route(procedure, origin)
-        first = self.calendar.first_counted_day(received_at)
+        proc = self.procedure(procedure, received_at)
+        route = self.route(procedure, origin, received_at)
+        first = self.calendar.first_counted_day(received_at, proc.cutoff)
         ends: dict[str, dt.date] = {}
         plan = []
         for step in proc.steps:
@@ -193,16 +322,18 @@ class RuleSet:
         return plan
 
     def authorize(self, sender: AgencyCode, receiver: AgencyCode, procedure: ProcedureCode,
-                  step: str, origin: AgencyCode | None = None) -> Decision:
-        """May ``sender`` hand ``receiver`` a dossier for ``step``? Narrowed to one origin if given.
+                  step: str, origin: AgencyCode | None = None, at: dt.datetime | dt.date | None = None) -> Decision:
+        """May ``sender`` hand ``receiver`` a dossier for ``step``? Narrowed to one origin if given,
+        under the rules in force at ``at`` (when the dossier was received).
 
         A step's dossier comes from the performer of one of its prerequisites and goes to its
         own performer.
         """
-        proc = self.procedures.get(procedure)
-        if proc is None:
-            return Decision(False, f"no routing rules for procedure {procedure}")
-        per_origin = self.senders.get((procedure, step))
+        try:
+            proc = self.procedure(procedure, at)
+        except RoutingError as exc:
+            return Decision(False, str(exc))
+        per_origin = self.senders.get((procedure, step, self.epoch(at)))
         if per_origin is None:
             return Decision(False, f"procedure {procedure} has no step {step!r}")
         if origin is not None:

@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Iterator, Mapping
 
 from exchange.codes import AgencyCode, ProcedureCode
+from exchange.errors import RoutingError
 from exchange.rules.model import Procedure, RuleSet, Step
 
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -13,8 +14,10 @@ DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 def summary(rules: RuleSet) -> str:
     years = rules.calendar.years
-    return (f"{len(rules.agencies)} agencies, {len(rules.procedures)} procedures, "
-            f"{rules.step_count} steps, {len(rules.routes)} routes; calendar {years[0]}–{years[-1]} "
+    dated = f", {len(rules.epochs) - 1} dated change(s)" if len(rules.epochs) > 1 else ""
+    versions = sum(len(v) for v in rules.versions.values()) or len(rules.procedures)
+    return (f"{len(rules.agencies)} agencies, {len(rules.procedures)} procedures ({versions} versions), "
+            f"{rules.step_count} steps, {len(rules.routes)} routes{dated}; calendar {years[0]}–{years[-1]} "
             f"with {len(rules.calendar.holidays)} days off; digest sha256:{rules.digest}")
 
 
@@ -24,15 +27,20 @@ def _day(day: dt.date | None) -> str:
 
 def explain(rules: RuleSet, procedure: ProcedureCode, origin: AgencyCode,
             received_at: dt.datetime) -> str:
-    """The route as a table: step, action, agency code and name, budget, due date."""
-    proc = rules.procedure(procedure)
+    """The route as a table under the rules in force at ``received_at``: step, action, agency
+    code and name, budget, due date. RoutingError for a procedure not in force then (naming its
+    replacement) or an origin that does not exist then."""
+    proc = rules.procedure(procedure, received_at)
     plan = rules.plan(procedure, origin, received_at)
     local = rules.calendar.local(received_at)
-    first = rules.calendar.first_counted_day(received_at)
+    first = rules.calendar.first_counted_day(received_at, proc.cutoff)
+    cutoff = rules.calendar.cutoff if proc.cutoff == "calendar" else proc.cutoff
     lines = [
         f"{proc.code}  {proc.name}",
-        f"{proc.scope}, {proc.budget} working days; received at {origin} "
-        f"({rules.agency(origin).name}) on {local:%Y-%m-%d %H:%M %z}",
+        f"{proc.scope}, {proc.budget} working days; {proc.span}; "
+        + (f"received after {cutoff:%H:%M} counts from the next working day" if cutoff else "no afternoon cut-off"),
+        *([f"source: {proc.source}"] if proc.source else []),
+        f"received at {origin} ({rules.agency(origin).name}) on {local:%Y-%m-%d %H:%M %z}",
         f"counts from {_day(first)}; "
         f"the whole procedure is due {_day(rules.due_date(procedure, received_at))}",
         "",
@@ -104,7 +112,8 @@ def _agency_changes(old: RuleSet, new: RuleSet) -> Iterator[str]:
         elif after is None and before is not None:
             yield f"agency {code} removed: {before.name}"
         elif before != after and before is not None and after is not None:
-            yield from _field_changes(f"agency {code}", before, after, ("name", "level", "kind", "parent"))
+            yield from _field_changes(f"agency {code}", before, after,
+                                      ("name", "level", "kind", "parent", "start", "end", "successors"))
 
 
 def _field_changes(what: str, before: object, after: object, names: tuple[str, ...]) -> Iterator[str]:
@@ -112,6 +121,10 @@ def _field_changes(what: str, before: object, after: object, names: tuple[str, .
         a, b = getattr(before, name), getattr(after, name)
         if a != b:
             yield f"{what}: {name} {_show(a)} → {_show(b)}"
+
+
+def _clock(value: dt.time | None) -> str:
+    return f"{value:%H:%M}" if value else "none"
 
 
 def _show(value: object) -> str:
@@ -125,7 +138,7 @@ def _calendar_changes(old: RuleSet, new: RuleSet) -> Iterator[str]:
     if a.years != b.years:
         yield f"calendar: years {a.years[0]}–{a.years[-1]} → {b.years[0]}–{b.years[-1]}"
     if a.cutoff != b.cutoff:
-        yield f"calendar: afternoon cut-off {a.cutoff:%H:%M} → {b.cutoff:%H:%M}"
+        yield f"calendar: afternoon cut-off {_clock(a.cutoff)} → {_clock(b.cutoff)}"
     if a.weekend != b.weekend:
         yield f"calendar: weekend days changed to {', '.join(DAY_NAMES[d] for d in sorted(b.weekend))}"
     for day in sorted(set(a.holidays) | set(b.holidays)):
@@ -148,7 +161,7 @@ def _procedure_changes(old: RuleSet, new: RuleSet) -> Iterator[str]:
             yield f"procedure {code} removed: {before.name}"
         elif before is not None and after is not None and before != after:
             yield from _field_changes(f"procedure {code}", before, after,
-                                      ("name", "scope", "budget", "origins"))
+                                      ("name", "scope", "budget", "origins", "start", "end", "cutoff", "replaced_by"))
             yield from _step_changes(before, after)
     yield from _route_changes(old, new)
 
@@ -170,9 +183,10 @@ def _step_changes(before: Procedure, after: Procedure) -> Iterator[str]:
 def _route_changes(old: RuleSet, new: RuleSet) -> Iterator[str]:
     """Who performs a step changes even when no step changed, when the directory does."""
     moved: dict[tuple[ProcedureCode, str, AgencyCode, AgencyCode], list[AgencyCode]] = {}
-    for (code, origin), route in sorted(new.routes.items()):
-        before = old.routes.get((code, origin))
-        if before is None:
+    last_old, last_new = len(old.epochs) - 1, len(new.epochs) - 1
+    for (code, origin, index), route in sorted(new.routes.items()):
+        before = old.routes.get((code, origin, last_old))
+        if before is None or index != last_new:
             continue
         for step_id, agency in route.items():
             if step_id in before and before[step_id] != agency:
@@ -181,3 +195,65 @@ def _route_changes(old: RuleSet, new: RuleSet) -> Iterator[str]:
         more = "…" if len(origins) > 3 else ""
         yield (f"procedure {code} step {step_id!r}: performed by {b} instead of {a} for "
                f"{len(origins)} origin(s) ({', '.join(map(str, origins[:3]))}{more})")
+
+
+# A reorganisation, day by day -------------------------------------------------------------
+
+def reorganisation(rules: RuleSet, day: dt.date) -> list[str]:
+    """What changes on ``day`` in a dated rule set, in words: agencies that end (each successor,
+    and for whom), agencies that begin, procedures that end (their replacements) or begin, and
+    each step whose performer changes for dossiers received from that day, origin by origin."""
+    before = day - dt.timedelta(days=1)
+    lines: list[str] = []
+    for agency in sorted(rules.agencies.values(), key=lambda a: a.code):
+        if agency.end == before:
+            lines.append(f"agency {agency.code} ({agency.name}) ends on {before}")
+            for successor in agency.successors:
+                whom = (f"for dossiers of {successor.for_} ({_name(rules, successor.for_)})" if successor.for_
+                        else "for all of its work")
+                lines.append(f"    → {successor.agency} ({_name(rules, successor.agency)}) {whom}")
+    lines += [f"agency {a.code} ({a.name}) begins on {day}: {a.kind}, {a.level}"
+              for a in sorted(rules.agencies.values(), key=lambda a: a.code) if a.start == day]
+    for code, versions in sorted(rules.versions.items()):
+        for version in versions:
+            if version.end == before and not any(v.start == day for v in versions):
+                instead = ", ".join(f"{c} ({_procedure_name(rules, c)})" for c in version.replaced_by)
+                lines.append(f"procedure {code} ({version.name}) ends on {before}"
+                             + (f"; replaced by {instead}" if instead else ""))
+            if version.start == day:
+                again = any(v.end == before for v in versions)
+                lines.append(f"procedure {code} ({version.name}) " + ("has a new version" if again else "begins")
+                             + f" from {day}")
+    return lines + list(_moved_on(rules, before, day))
+
+
+def _moved_on(rules: RuleSet, before: dt.date, day: dt.date) -> Iterator[str]:
+    """Each step whose performer changes between two days, for the same origin or its successor."""
+    old, new = rules.epoch(before), rules.epoch(day)
+    if old == new:
+        return
+    for (code, origin, index), route in sorted(rules.routes.items()):
+        if index != old:
+            continue
+        try:
+            heir = rules.successor(origin, day, origin)
+            after = rules.routes.get((code, heir, new))
+        except RoutingError:
+            after = None
+        if after is None:
+            continue
+        where = origin if heir == origin else f"{origin} (now {heir})"
+        for step_id, agency in route.items():
+            if step_id in after and after[step_id] != agency:
+                yield (f"procedure {code} step {step_id!r} received at {where}: {agency} "
+                       f"({_name(rules, agency)}) → {after[step_id]} ({_name(rules, after[step_id])})")
+
+
+def _name(rules: RuleSet, code: AgencyCode) -> str:
+    agency = rules.agencies.get(code)
+    return agency.name if agency else "not in the directory"
+
+
+def _procedure_name(rules: RuleSet, code: ProcedureCode) -> str:
+    procedure = rules.procedures.get(code)
+    return procedure.name if procedure else "not in the rules"
