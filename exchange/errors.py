@@ -218,6 +218,12 @@ class NotAuthorized(InvalidEnvelope):
     reason_code = "not-authorized"
 
 
+class AgencyAbolished(NotAuthorized):
+    """New work for an agency that no longer exists: its successor takes it."""
+
+    reason_code = "agency-abolished"
+
+
 class EnvelopeExpired(InvalidEnvelope):
     """The envelope's own expiry time has passed."""
 

@@ -43,6 +43,7 @@ class Event(StrEnum):
     FORK_DETECTED = "fork-detected"
     PAUSED = "paused"  # the dossier's clock stopped: a fee to pay, documents to supplement
     RESUMED = "resumed"  # and started again; detail says by how many working days the deadlines moved
+    REROUTED = "re-routed"  # a step's agency was abolished: its successor performs the step
     ENDED = "dossier-ended"  # the dossier's final state, as this node learnt it
 
 

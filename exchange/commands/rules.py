@@ -1,4 +1,5 @@
-"""``exchange rules``: check, explain, draw and compare routing rules."""
+"""``exchange rules``: check, explain, draw and compare routing rules; migrate a node's dossiers
+in flight through a reorganisation."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from exchange import clock
 from exchange.commands import agency_arg, procedure_arg
 from exchange.errors import ConfigError, RuleError
 from exchange.files import write_atomic
+from exchange.node import migrate
+from exchange.node.config import NodeConfig
+from exchange.node.context import NodeContext
 from exchange.rules import tools as rules_tools
 from exchange.rules.load import load
 
@@ -53,6 +58,15 @@ def register(commands: Any) -> None:
                       help="what changes on this day in DIR_OLD's dated rules: agencies ending (successor "
                            "by successor), beginning, procedures replaced, performers moved")
     diff.set_defaults(handler=_diff)
+
+
+    migrate = sub.add_parser("migrate", help="hand this node's dossiers in flight to the successors of "
+                             "abolished agencies (a reorganisation)")
+    migrate.add_argument("--config", type=Path, required=True, metavar="FILE", help="the node's node.toml")
+    migrate.add_argument("--at", type=_moment, metavar="ISO8601",
+                         help="the moment to migrate for (default: now), e.g. 2025-07-01T00:00+07:00")
+    migrate.add_argument("--dry-run", action="store_true", help="list what would move; change nothing")
+    migrate.set_defaults(handler=_migrate)
 
 
 def _moment(text: str) -> dt.datetime:
@@ -139,4 +153,20 @@ def _reorganisation(args: argparse.Namespace) -> int:
         return 0
     for line in changes:
         print(line)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    with NodeContext.open(NodeConfig.load(args.config)) as ctx:
+        at = args.at or clock.now()
+        moves = migrate.plan(ctx, at)
+        if not args.dry_run:
+            migrate.apply(ctx, moves, at)
+        for move in moves:
+            print(move.describe(ctx, done=not args.dry_run))
+        why = migrate.abolished(ctx, at)
+    handed = sum(m.action == migrate.HANDED_OVER for m in moves)
+    verb = "would move" if args.dry_run else "moved"
+    print(f"{len(moves)} step(s) {verb}: {handed} handed over, {len(moves) - handed} reassigned"
+          + (f"; {why}: this node takes no new work" if why else ""))
     return 0

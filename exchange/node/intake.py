@@ -28,7 +28,7 @@ from exchange.envelope import dossier as dossiers
 from exchange.envelope.messages import Ack, DossierStatus, Witnessed, read_acks, read_witnessed, receipt_element
 from exchange.envelope.messages import Outcome as ReceiptOutcome
 from exchange.envelope.model import Header, Kind, VerifiedEnvelope
-from exchange.errors import InvalidEnvelope, NotAuthorized, RoutingError, StoreError, Unverifiable
+from exchange.errors import AgencyAbolished, InvalidEnvelope, NotAuthorized, RoutingError, StoreError, Unverifiable
 from exchange.node import slips
 from exchange.node.context import NodeContext
 from exchange.node.workflow import (
@@ -130,25 +130,40 @@ def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
     rules = ctx.rules
     at = _received_at(ctx, env)
     if header.kind is Kind.TRANSFER:
+        _check_in_force(ctx, code)
         if _is_supplement(ctx, header):
             return  # the origin's desk sends back the step that asked it for documents
         decision = rules.authorize(header.sender, ctx.agency, procedure, step, code.agency, at)
         if not decision:
-            raise NotAuthorized(decision.reason)
+            taken_over = rules.authorize_successor(header.sender, ctx.agency, procedure, step, code.agency, at,
+                                                   clock.now())
+            if not taken_over:
+                raise NotAuthorized(decision.reason)
         return
     try:
-        route = rules.route(procedure, code.agency, at)
+        route = rules.participants(procedure, code.agency, at, clock.now())
     except RoutingError as exc:
         raise NotAuthorized(str(exc)) from None
-    if code.agency == ctx.agency:  # to the origin: from any agency on the route
-        if header.sender not in route.values():
+    if code.agency == ctx.agency:  # to the origin: from any agency on the route (or its successor)
+        if header.sender not in route:
             raise NotAuthorized(f"{header.sender} is not on the route of dossier {code}")
-    elif header.sender != code.agency or ctx.agency not in route.values():  # from the origin to a participant
+    elif header.sender != code.agency or ctx.agency not in route:  # from the origin to a participant
         raise NotAuthorized(f"a status of dossier {code} comes from its origin {code.agency} to an agency on its "
                             f"route, or from the route to the origin; not from {header.sender} to {ctx.agency}")
 
 
 # Taking in what was accepted -------------------------------------------------------------
+
+def _check_in_force(ctx: NodeContext, code: DossierCode) -> None:
+    """An agency abolished since takes no new work: its successor does (``rules migrate``)."""
+    agency = ctx.rules.agencies.get(ctx.agency)
+    now = clock.now()
+    if agency is None or agency.in_force(ctx.rules.calendar.local(now).date()):
+        return
+    heir = ctx.rules.successor(ctx.agency, now, code.agency) if agency.successors else None
+    raise AgencyAbolished(f"{ctx.agency} ({agency.name}) ended on {agency.end}"
+                          + (f"; {heir} ({ctx.rules.agencies[heir].name}) does its work" if heir else ""))
+
 
 def _received_at(ctx: NodeContext, env: VerifiedEnvelope) -> dt.datetime | None:
     """When the dossier's desk received it: the rules in force then route it. From the dossier
@@ -196,8 +211,10 @@ def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
     at = _received_at(ctx, env)
     route = ctx.rules.route(procedure, code.agency, at)
     finished = next((hop.at for hop in reversed(header.trace) if hop.agency == header.sender), header.created)
+    now = clock.now()
+    handed_over = header.sender == route[step]  # its abolished performer hands the ready step over
     for before in ctx.rules.procedure(procedure, at).step(step).after:
-        if route[before] == header.sender:
+        if handed_over or header.sender in (route[before], ctx.rules.successor(route[before], now, code.agency)):
             ctx.store.finish_step(str(code), before, str(header.sender), utc(min(finished, header.created)))
     ctx.store.add_steps(str(code), [(step, str(ctx.agency))])
     if held is not None and held.state.final:  # it ended before its transfer came: nothing to do here
@@ -226,7 +243,9 @@ def _still_waiting_for(ctx: NodeContext, code: DossierCode, step: str) -> list[s
     procedure = procedure_of(ctx, code)
     route = ctx.rules.route(procedure.code, code.agency, received_at(ctx, code))
     missing = [before for before in procedure.step(step).after if before not in done]
-    return [] if any(route[before] == ctx.agency for before in missing) else missing
+    now = clock.now()
+    mine = [b for b in missing if ctx.rules.successor(route[b], now, code.agency) == ctx.agency]
+    return [] if mine else missing
 
 
 def _take_supplement(ctx: NodeContext, env: VerifiedEnvelope) -> None:

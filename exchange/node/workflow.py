@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Mapping
 
 from lxml import etree
 
@@ -50,6 +51,7 @@ def submit(ctx: NodeContext, data: bytes, source: str = "dossier") -> DossierCod
         raise InvalidDossier(f"{source}: this node is {ctx.agency}; the dossier {info.code} was received "
                              f"by {info.receiving_agency}")
     rules = ctx.rules
+    _check_in_force(ctx, clock.now(), source)
     procedure = rules.procedure(info.procedure, info.received_at)  # the version in force when the desk received it
     route = rules.route(info.procedure, ctx.agency, info.received_at)
     first = procedure.steps[0]
@@ -69,6 +71,17 @@ def submit(ctx: NodeContext, data: bytes, source: str = "dossier") -> DossierCod
         slips.issue(ctx, slips.appointment(ctx, info.code, root, info.received_at))
     slips.publish(ctx)  # the appointment slip, once its delivery committed
     return info.code
+
+
+def _check_in_force(ctx: NodeContext, now: dt.datetime, source: str) -> None:
+    """An agency abolished since takes no new dossier: its successor's desk does."""
+    agency = ctx.rules.agencies.get(ctx.agency)
+    if agency is None or agency.in_force(ctx.rules.calendar.local(now).date()):
+        return
+    heirs = ", ".join(f"{s.agency} ({ctx.rules.agencies[s.agency].name})" for s in agency.successors
+                      if s.agency in ctx.rules.agencies)
+    raise InvalidDossier(f"{source}: this node's agency {ctx.agency} ({agency.name}) ended on {agency.end}: it "
+                         f"takes no new dossier; submit it at {heirs or 'the agency that took its work over'}")
 
 
 def complete(ctx: NodeContext, code: DossierCode, step_id: str, result: str = Result.ACCEPTED,
@@ -99,7 +112,7 @@ def complete(ctx: NodeContext, code: DossierCode, step_id: str, result: str = Re
         _check_late(ctx, code, step_id, step.due, at, late)
         if decision is Result.SUPPLEMENT:
             return request_supplement(ctx, code, step_id, at, str(reason).strip())
-        return finish_step(ctx, code, step_id, at, decision, _payload(ctx, code),
+        return finish_step(ctx, code, step_id, at, decision, payload_of(ctx, code),
                            reason=reason.strip() if reason else None, late=late)
 
 
@@ -248,7 +261,7 @@ def supplement_requested(ctx: NodeContext, code: DossierCode, step_id: str, aski
 def _supplement_slip(ctx: NodeContext, code: DossierCode, step_id: str, reason: str, asking: AgencyCode) -> None:
     row = _dossier(ctx, code)
     due = dt.date.fromisoformat(dossier_due(ctx, row) or _local_day(ctx, clock.now()))
-    slips.issue(ctx, slips.supplement_request(ctx, code, _payload(ctx, code), clock.parse(row.received_at),
+    slips.issue(ctx, slips.supplement_request(ctx, code, payload_of(ctx, code), clock.parse(row.received_at),
                                               step_id, reason, asking, due))
 
 
@@ -265,7 +278,7 @@ def supplement(ctx: NodeContext, code: DossierCode, files: list[dossiers.Supplem
         if row.state is not DossierState.SUPPLEMENT_REQUESTED:
             raise InvalidInput(f"dossier {code} is {row.state}: no step asked for more documents")
         at = clock.now()
-        payload = dossiers.add_documents(_payload(ctx, code), files)
+        payload = dossiers.add_documents(payload_of(ctx, code), files)
         dossiers.load(etree.tostring(payload), f"dossier {code} with the supplement")  # still a valid dossier
         waiting = [s for s in ctx.store.steps(str(code)) if s.state is StepState.WAITING]
         upcoming = {item.step.id: item.due for item in _next(ctx, row)}
@@ -282,7 +295,7 @@ def _resume_waiting(ctx: NodeContext, code: DossierCode, step_id: str, agency: s
     if agency == str(ctx.agency):
         ctx.store.resume_step(str(code), step_id, due)
         return f"{step_id} (here)"
-    body = _with_control_row(payload, at, ctx.agency, AgencyCode(agency),
+    body = with_control_row(payload, at, ctx.agency, AgencyCode(agency),
                              f"supplement for {step_id}: {count} document(s) added")
     header = Header(kind=Kind.TRANSFER, sender=ctx.agency, recipient=AgencyCode(agency), dossier=code,
                     procedure=procedure_of(ctx, code).code, step=step_id, created=at, trace=(Hop(ctx.agency, at),))
@@ -355,13 +368,13 @@ def _hand_off(ctx: NodeContext, code: DossierCode, done_step: str, at: dt.dateti
     route = ctx.rules.route(procedure.code, code.agency, received_at(ctx, code))
     sent = []
     for step_id in _dependents(ctx, code, done_step):
-        agency = route[step_id]
+        agency = performer(ctx, code, step_id, route)
         if agency == ctx.agency:
             refresh_ready(ctx, code)
             sent.append(f"{step_id} (here)")
             continue
         sealed = clock.now()  # the signature's time, which certificates are checked at; ``at`` may be long past
-        body = _with_control_row(payload, at, ctx.agency, agency, f"{done_step} done; hand-off for {step_id}")
+        body = with_control_row(payload, at, ctx.agency, agency, f"{done_step} done; hand-off for {step_id}")
         header = Header(kind=Kind.TRANSFER, sender=ctx.agency, recipient=agency, dossier=code,
                         procedure=procedure.code, step=step_id, created=sealed,
                         trace=(Hop(ctx.agency, at),))  # when this agency finished: the next deadline counts from it
@@ -371,7 +384,24 @@ def _hand_off(ctx: NodeContext, code: DossierCode, done_step: str, at: dt.dateti
     return sent
 
 
-def _with_control_row(payload: etree._Element, at: dt.datetime, sender: AgencyCode, receiver: AgencyCode,
+def performer(ctx: NodeContext, code: DossierCode, step_id: str, route: Mapping[str, AgencyCode]) -> AgencyCode:
+    """Who performs a step now: the agency the dossier's route names, or, once that agency is
+    abolished, its successor for the dossier's origin (audited as a re-route, the step reassigned)."""
+    planned = route[step_id]
+    now = clock.now()
+    actual = ctx.rules.successor(planned, now, code.agency)
+    if actual != planned:
+        step = ctx.store.step(str(code), step_id)
+        if step is None or step.agency != str(actual):
+            ctx.store.reassign(str(code), step_id, str(actual))
+            why = f"{planned} ended on {ctx.rules.agencies[planned].end}"
+            ctx.record(ctx.entry(Event.REROUTED, dossier=str(code), procedure=str(procedure_of(ctx, code).code),
+                                 step=step_id, counterpart=str(actual), time=now,
+                                 detail={"from": str(planned), "to": str(actual), "why": why}))
+    return actual
+
+
+def with_control_row(payload: etree._Element, at: dt.datetime, sender: AgencyCode, receiver: AgencyCode,
                       result: str) -> etree._Element:
     """A copy of the dossier with one more row on its processing-control slip."""
     copy = safexml.parse(etree.tostring(payload))
@@ -419,9 +449,12 @@ def refresh_ready(ctx: NodeContext, code: DossierCode) -> dict[str, str]:
     """Mark this node's steps whose prerequisites are all done as ready, with their due dates."""
     row = _dossier(ctx, code)
     dues = {}
+    now = clock.now()
     for item in _next(ctx, row):
-        if item.agency != ctx.agency:
+        if ctx.rules.successor(item.agency, now, code.agency) != ctx.agency:
             continue
+        if item.agency != ctx.agency:  # this node took the step over from an abolished agency
+            performer(ctx, code, item.step.id, {item.step.id: item.agency})
         before = ctx.store.step(str(code), item.step.id)
         due = item.due.isoformat() if item.due else None
         ctx.store.make_ready(str(code), item.step.id, str(ctx.agency), due)
@@ -461,7 +494,7 @@ def received_at(ctx: NodeContext, code: DossierCode) -> dt.datetime:
     return clock.parse(_dossier(ctx, code).received_at)
 
 
-def _payload(ctx: NodeContext, code: DossierCode) -> etree._Element:
+def payload_of(ctx: NodeContext, code: DossierCode) -> etree._Element:
     data = ctx.store.dossier_payload(str(code))
     if data is None:
         raise UnknownDossier(f"this node knows no dossier {code}")

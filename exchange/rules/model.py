@@ -347,6 +347,41 @@ class RuleSet:
         return Decision(False, _refusal(proc, step, sender, receiver, pairs))
 
 
+    def authorize_successor(self, sender: AgencyCode, receiver: AgencyCode, procedure: ProcedureCode, step: str,
+                            origin: AgencyCode, at: dt.datetime | dt.date | None, now: dt.datetime) -> Decision:
+        """May ``sender`` hand ``receiver`` a step of a dossier received at ``at`` whose route names an
+        agency abolished since? Yes when ``receiver`` is that agency's successor for the origin now,
+        and ``sender`` performed (or its successor performs) a prerequisite, or is the abolished
+        performer handing its own step over."""
+        try:
+            route = self.route(procedure, origin, at)
+            proc = self.procedure(procedure, at)
+            planned = route[step]
+            successor = self.successor(planned, now, origin)
+        except (RoutingError, KeyError) as exc:
+            return Decision(False, str(exc))
+        if successor != receiver or planned == receiver:
+            return Decision(False, f"{receiver} does not take over step {step!r} of {procedure} from {planned}")
+        allowed = {planned}
+        for before in proc.step(step).after:
+            allowed |= {route[before], self.successor(route[before], now, origin)}
+        if sender not in allowed:
+            return Decision(False, f"{sender} does not perform a step before {step!r} of {procedure}")
+        return Decision(True, f"{receiver} took step {step!r} of {procedure} over from {planned}")
+
+    def participants(self, procedure: ProcedureCode, origin: AgencyCode, at: dt.datetime | dt.date | None,
+                     now: dt.datetime) -> set[AgencyCode]:
+        """The agencies on a dossier's route, and those that took a step over from one abolished since."""
+        route = self.route(procedure, origin, at)
+        found = set(route.values())
+        for agency in route.values():
+            try:
+                found.add(self.successor(agency, now, origin))
+            except RoutingError:
+                continue
+        return found
+
+
 def _refusal(proc: Procedure, step: str, sender: AgencyCode, receiver: AgencyCode,
              pairs: Pairs) -> str:
     if not proc.step(step).after:

@@ -303,7 +303,7 @@ class Store:
     def hand_over(self, dossier: str, step: str, state: StepState) -> None:
         """Another agency's step moves on as this node sees it (sent, then received), never back
         from further along (done, cancelled)."""
-        earlier = ((StepState.PENDING, StepState.WAITING) if state is StepState.SENT
+        earlier = ((StepState.PENDING, StepState.WAITING, StepState.READY) if state is StepState.SENT
                    else (StepState.PENDING, StepState.SENT))
         marks = ", ".join("?" * len(earlier))
         self.conn.execute(f"UPDATE steps SET state = ? WHERE dossier = ? AND step = ? AND state IN ({marks})",  # noqa: S608
@@ -331,8 +331,14 @@ class Store:
     def make_ready(self, dossier: str, step: str, agency: str, due: str | None) -> None:
         """A pending (or new) step becomes ready with its due date; a step further along is left alone."""
         self.conn.execute("INSERT INTO steps (dossier, step, agency, state, due) VALUES (?, ?, ?, ?, ?) "
-                          "ON CONFLICT (dossier, step) DO UPDATE SET state = excluded.state, due = excluded.due "
-                          "WHERE steps.state = ?", (dossier, step, agency, StepState.READY, due, StepState.PENDING))
+                          "ON CONFLICT (dossier, step) DO UPDATE SET state = excluded.state, due = excluded.due, "
+                          "agency = excluded.agency WHERE steps.state = ?",
+                          (dossier, step, agency, StepState.READY, due, StepState.PENDING))
+
+    def reassign(self, dossier: str, step: str, agency: str) -> None:
+        """A step not done yet goes to another agency (its agency was abolished: the successor)."""
+        self.conn.execute("UPDATE steps SET agency = ? WHERE dossier = ? AND step = ? AND state NOT IN (?, ?)",
+                          (agency, dossier, step, StepState.DONE, StepState.CANCELLED))
 
     # statuses
 
