@@ -177,6 +177,13 @@ def test_a_successor_must_exist_the_next_day(tmp_path: Path) -> None:
         in found
 
 
+def test_every_origin_of_an_ended_agency_has_somewhere_to_go(tmp_path: Path) -> None:
+    found = problems(tmp_path, agencies=AGENCIES.replace(
+        '<successor agency="000.42.10.H49" for="000.02.10.H49"/>', ""))
+    assert ("dossiers received at 000.02.10.H49 in flight through 000.30.10.H49 have nowhere to go after "
+            "2025-02-28") in found
+
+
 def test_overlapping_versions_are_refused(tmp_path: Path) -> None:
     found = problems(tmp_path, procedures=PROCEDURES.replace('from="2025-03-01" until="2025-06-30"',
                                                              'from="2025-02-01" until="2025-06-30"'))

@@ -20,7 +20,7 @@ from typing import Any
 from lxml import etree
 
 from exchange.codes import AgencyCode, ProcedureCode
-from exchange.errors import MalformedXml, Problem, RuleError, TooLarge
+from exchange.errors import MalformedXml, Problem, RoutingError, RuleError, TooLarge
 from exchange.rules.calendar import WEEKDAYS, Cutoff, WorkingCalendar
 from exchange.rules.model import Agency, Level, Pairs, Procedure, RuleSet, Selector, Step, Successor
 from exchange.xml import safexml, schemas
@@ -154,8 +154,34 @@ class _Builder:
             raise RuleError(self.report.problems)
         versions = {code: tuple(p.value for p in placed) for code, placed in self.procedures.items()}
         latest = {code: found[-1] for code, found in versions.items()}
-        return RuleSet(agencies, calendar, latest, _digest(agencies, calendar, versions), routes, senders,
-                       versions, epochs)
+        rules = RuleSet(agencies, calendar, latest, _digest(agencies, calendar, versions), routes, senders,
+                        versions, epochs)
+        self._check_heirs(rules)
+        if self.report.problems:
+            raise RuleError(self.report.problems)
+        return rules
+
+    def _check_heirs(self, rules: RuleSet) -> None:
+        """Every dossier in flight has somewhere to go: for each route, each agency on it that ends
+        has a successor, for that route's origin, in force the day after (along the chain)."""
+        reported: set[tuple[AgencyCode, AgencyCode]] = set()
+        for (_, origin, _), route in rules.routes.items():
+            for agency in set(route.values()):
+                end = rules.agencies[agency].end
+                if end is None or (agency, origin) in reported:
+                    continue
+                try:
+                    heir = rules.successor(agency, end + dt.timedelta(days=1), origin)
+                except RoutingError as exc:
+                    reported.add((agency, origin))
+                    self.report.add(self.agencies[agency].at("until"), f"dossiers received at {origin} in flight "
+                                    f"through {agency} have nowhere to go after {end}: {exc} (add <successor "
+                                    f"agency=\"CODE\" for=\"{origin}\"/> or one for all)")
+                    continue
+                if not rules.agencies[heir].in_force(end + dt.timedelta(days=1)):
+                    reported.add((agency, origin))
+                    self.report.add(self.agencies[agency].at("until"), f"dossiers received at {origin} in flight "
+                                    f"through {agency} go to {heir}, not in force on {end + dt.timedelta(days=1)}")
 
     def _epochs(self) -> tuple[dt.date, ...]:
         """The days on which anything starts, or starts no longer: where the rules in force change."""

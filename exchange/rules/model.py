@@ -243,11 +243,27 @@ class RuleSet:
     def _successor_for(self, agency: Agency, origin: AgencyCode | None) -> AgencyCode | None:
         general = [s.agency for s in agency.successors if s.for_ is None]
         if origin is not None:
-            above = set(self._ancestors(origin))
+            above = self._covering(origin)
             specific = [s.agency for s in agency.successors if s.for_ is not None and s.for_ in above]
             if specific:
                 return specific[0]
         return general[0] if general else None
+
+    def _covering(self, origin: AgencyCode) -> set[AgencyCode]:
+        """The agencies a ``for=`` may name to cover dossiers received at ``origin``: the origin and
+        the agencies above it, and the same for the agencies it merged into (a commune merged into
+        another in 2020 has its dossiers covered by what covers that commune)."""
+        found: set[AgencyCode] = set()
+        pending = [origin]
+        while pending:
+            code = pending.pop()
+            if code in found:
+                continue
+            found.update(self._ancestors(code))
+            agency = self.agencies.get(code)
+            if agency is not None:
+                pending += [s.agency for s in agency.successors]
+        return found
 
     def _ancestors(self, code: AgencyCode) -> list[AgencyCode]:
         chain, current = [], code
