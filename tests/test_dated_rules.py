@@ -223,3 +223,16 @@ def test_diff_on_a_day_tells_the_reorganisation_successor_by_successor(
     code, out, _ = run(capsys, "rules", "diff", str(folder), "--on", "2025-07-01")
     assert "procedure 2.000986 (Đăng ký khai sinh) ends on 2025-06-30; replaced by 3.000722" in out
     assert tools.reorganisation(load(folder), dt.date(2025, 7, 2)) == []
+
+
+def test_a_take_over_is_authorized_and_nothing_else(rules: RuleSet) -> None:
+    """Received before the district police ended, performed after: the commune police take residence
+    over, hand the return step back to the desk, and no agency off the route may do either."""
+    received, now = day("2025-02-27"), day("2025-03-03")
+    take_over = rules.authorize_successor(OLD_A, POLICE_A, OLD_BIRTH, "residence", OLD_A, received, now)
+    back = rules.authorize_successor(POLICE_A, OLD_A, OLD_BIRTH, "return", OLD_A, received, now)
+    assert take_over
+    assert back
+    assert not rules.authorize_successor(OLD_A, POLICE_B, OLD_BIRTH, "residence", OLD_A, received, now)
+    assert not rules.authorize_successor(POLICE_B, OLD_A, OLD_BIRTH, "return", OLD_A, received, now)
+    assert not rules.authorize(POLICE_A, OLD_A, OLD_BIRTH, "return", OLD_A, received)  # not on that day's route

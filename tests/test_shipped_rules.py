@@ -107,3 +107,27 @@ def test_tet_2027_is_five_working_days_off() -> None:
     tet = [d for d, name in RULES.calendar.holidays.items()
            if d.year == 2027 and "Tết Nguyên đán" in name and d.weekday() < 5]
     assert len(tet) == 5
+
+
+@pytest.mark.parametrize("received", [dt.date(2025, 2, 27), dt.date(2025, 6, 30)])
+def test_a_dossier_received_before_a_switch_completes_after_it(received: dt.date) -> None:
+    """Every dossier receivable the day before a switch, its steps performed after it: each
+    hand-off goes to an agency in force and is authorized by the receiver's rules, as a route
+    of the dossier's day or as a successor's take-over."""
+    ict = dt.timezone(dt.timedelta(hours=7))
+    at = dt.datetime.combine(received, dt.time(9), ict)
+    crossed = 0
+    for code, origin in origins_on(received):
+        procedure = RULES.procedure(code, at)
+        route = RULES.route(code, origin, at)
+        for offset, step in enumerate(procedure.steps):
+            now = dt.datetime.combine(received + dt.timedelta(days=2 + offset), dt.time(10), ict)
+            receiver = RULES.successor(route[step.id], now, origin)
+            assert RULES.agencies[receiver].in_force(RULES.day(now))  # type: ignore[arg-type]
+            for before in step.after:
+                sender = RULES.successor(route[before], now, origin)
+                allowed = (RULES.authorize(sender, receiver, code, step.id, origin, at)
+                           or RULES.authorize_successor(sender, receiver, code, step.id, origin, at, now))
+                assert allowed, f"{code} from {origin}: {sender} → {receiver} for {step.id}: {allowed.reason}"
+                crossed += receiver != route[step.id]
+    assert crossed  # some steps really went to successors

@@ -365,25 +365,28 @@ class RuleSet:
 
     def authorize_successor(self, sender: AgencyCode, receiver: AgencyCode, procedure: ProcedureCode, step: str,
                             origin: AgencyCode, at: dt.datetime | dt.date | None, now: dt.datetime) -> Decision:
-        """May ``sender`` hand ``receiver`` a step of a dossier received at ``at`` whose route names an
-        agency abolished since? Yes when ``receiver`` is that agency's successor for the origin now,
-        and ``sender`` performed (or its successor performs) a prerequisite, or is the abolished
-        performer handing its own step over."""
+        """May ``sender`` hand ``receiver`` a step of a dossier received at ``at``, where the route of
+        that day names agencies abolished since? Yes when ``receiver`` performs the step (as the
+        route says, or as the successor for the origin now) and ``sender`` performed a prerequisite
+        (as the route says, or as a successor now), or is the abolished performer handing its own
+        step over to its successor."""
         try:
             route = self.route(procedure, origin, at)
             proc = self.procedure(procedure, at)
             planned = route[step]
             successor = self.successor(planned, now, origin)
+            allowed = {b for before in proc.step(step).after
+                       for b in (route[before], self.successor(route[before], now, origin))}
         except (RoutingError, KeyError) as exc:
             return Decision(False, str(exc))
-        if successor != receiver or planned == receiver:
-            return Decision(False, f"{receiver} does not take over step {step!r} of {procedure} from {planned}")
-        allowed = {planned}
-        for before in proc.step(step).after:
-            allowed |= {route[before], self.successor(route[before], now, origin)}
+        if receiver not in (planned, successor):
+            return Decision(False, f"step {step!r} of {procedure} is performed by {successor}, not {receiver}")
+        if receiver == successor != planned:
+            allowed.add(planned)  # the abolished performer hands its own step over
         if sender not in allowed:
-            return Decision(False, f"{sender} does not perform a step before {step!r} of {procedure}")
-        return Decision(True, f"{receiver} took step {step!r} of {procedure} over from {planned}")
+            return Decision(False, f"{sender} does not perform a step before {step!r} of {procedure}, "
+                                   "nor took one over")
+        return Decision(True, f"{sender} → {receiver} for step {step!r} of {procedure}, across a reorganisation")
 
     def participants(self, procedure: ProcedureCode, origin: AgencyCode, at: dt.datetime | dt.date | None,
                      now: dt.datetime) -> set[AgencyCode]:
