@@ -20,12 +20,14 @@ from exchange.adapters.embedded import EmbeddedTransport
 from exchange.audit.entries import Entry, Event
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.demo import samples
+from exchange.envelope.model import Header, Kind
 from exchange.errors import InvalidDossier
 from exchange.node import migrate
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
+from exchange.node.intake import receive_batch
 from exchange.node.workflow import complete, submit
-from exchange.store.states import DossierState, StepState
+from exchange.store.states import DossierState, Outcome, StepState
 from tests.in_process import settle
 from tests.node_cluster import Cluster
 from tests.test_rules_cli import run
@@ -159,3 +161,22 @@ def test_migrate_dry_run_lists_and_changes_nothing(district: tuple[District, Emb
     assert "this node takes no new work" in out
     assert nodes[OLD_POLICE].store.step(str(code), "residence").state is StepState.READY  # type: ignore[union-attr]
     assert reroutes(nodes[OLD_POLICE], code) == []
+
+
+def test_an_abolished_agency_refuses_a_transfer_naming_its_successor(
+        district: tuple[District, EmbeddedTransport, Path]) -> None:
+    """A transfer that still reaches the merged commune's police (a sender with old rules) is refused
+    with the reason code agency-abolished and the successor, and changes nothing there."""
+    nodes, _, folder = district
+    the_day_comes(nodes, folder)
+    yesterday = dt.datetime.combine(dt.date.today() - dt.timedelta(days=1), dt.time(9), ICT)
+    spec = samples.SampleSpec(OLD, BIRTH, size_kb=2, sequence=9, received_at=yesterday.astimezone(dt.UTC))
+    dossier = samples.sample_dossier(spec)
+    header = Header(kind=Kind.TRANSFER, sender=OLD, recipient=OLD_POLICE, dossier=DossierCode(
+        f"{OLD}-{yesterday:%y%m%d}-0009"), procedure=BIRTH, step="residence")
+    body = nodes[OLD].signer.seal(header, dossier)
+    (handled,) = receive_batch(nodes[OLD_POLICE], [(header.message_id, body)])
+    assert handled.outcome is Outcome.REFUSED
+    assert handled.reason.startswith("agency-abolished: 000.41.10.H49 (Công an xã Dực Yên) ended on ")
+    assert "000.51.00.H49 (Công an xã Quảng Tân) does its work" in handled.reason
+    assert nodes[OLD_POLICE].store.dossiers() == []
