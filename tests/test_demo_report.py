@@ -13,8 +13,8 @@ from lxml import etree
 
 def test_the_report_leads_with_a_row_per_dossier_and_progress_streams(tmp_path: Path) -> None:
     """Piped, the demo's first progress line arrives long before it exits; its report's first table
-    has one row per dossier (state, due, on time or late, apology sent) before the timelines, and
-    every table's columns all have a header."""
+    has one row per dossier (six of the mix and the one crossing the merger; state, due, on time or
+    late, apology sent) before the timelines, and every table's columns all have a header."""
     out = tmp_path / "demo"
     with subprocess.Popen([sys.executable, "-m", "exchange", "demo", "--out", str(out), "--dossiers", "6"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
@@ -34,8 +34,12 @@ def test_the_report_leads_with_a_row_per_dossier_and_progress_streams(tmp_path: 
     headers = [th.text for th in summary.iter("th")]
     assert headers == ["dossier", "procedure", "state", "due", "on time or late", "apology sent"]
     rows = summary.findall("./tbody/tr")
-    assert len(rows) == 6
-    assert sorted(row[2].text or "" for row in rows) == ["completed"] * 4 + ["refused", "withdrawn"]
+    assert len(rows) == 7
+    assert sorted(row[2].text or "" for row in rows) == ["completed"] * 5 + ["refused", "withdrawn"]
+    crossing = [row for row in rows if (row[0].text or "").startswith("000.00.24.H49-")]
+    assert len(crossing) == 1
+    assert crossing[0][2].text == "completed"
+    assert "crossed the merger of xã Đường Hoa into xã Quảng Hà: completed" in rest
     assert {row[4].text for row in rows} <= {"on time", "late"}
     late = [row for row in rows if row[4].text == "late"]
     assert late

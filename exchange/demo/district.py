@@ -1,20 +1,33 @@
-"""``exchange demo``: a district's nodes as real processes, a realistic mix of dossiers, a report.
+"""``exchange demo``: an area's nodes as real processes, a realistic mix of dossiers, a report.
 
-It sets up a provincial CA and nodes for Đầm Hà (communes, the district's Public Administration
-Centre, police, social insurance, the justice office, the land registry branch, the tax
-sub-department, the provincial Department of Natural Resources), starts each node as its own
-process, and plays the agency systems: it submits dossiers, completes each step where it becomes
-ready, lets one agency system be down for a while, enters one dossier received days ago (so its
-steps run late and the origin gets an apology with a new date), and sends one envelope from an
-agency off the route (refused, dead-lettered, audited). Three birth registrations leave the happy
-path: the police refuse one (it ends refused everywhere, the reason back at the desk), ask for more
-documents on another (the desk supplements it, the clock stands still meanwhile), and the applicant
-withdraws the third at the desk. Every birth registration meets a join (police and social insurance
-in parallel, then back to the desk), where the desk's system gets the dossier once, merged. Then it
-stops the nodes, verifies every
-audit log, reconciles every pair of nodes that exchanged envelopes, and writes ``report.html``:
-one summary row per dossier (state, due date, on time or late, apology sent), then the routes and
-each dossier's timeline. It prints its progress as it goes, a line at a time even when piped.
+It copies the shipped routing rules into ``OUT/rules`` and runs on them as they stand today, after
+the 2025 reform (no district level): the new communes of the former Đầm Hà and Hải Hà districts
+(xã Đầm Hà, xã Quảng Tân, xã Quảng Hà: People's Committees, commune police, public administration
+service centres), the grassroots social insurance, the province police, the area's
+land-registration branch and grassroots tax office, the provincial land registration office.
+Its nodes are those the routes of its dossiers name. It sets up a provincial CA, starts each node
+as its own process, and plays the agency systems: it submits dossiers of procedures in force,
+completes each step where it becomes ready, lets one agency system be down for a while, enters one
+dossier received days ago (so its steps run late and the origin gets an apology with a new date),
+and sends one envelope from an agency off the route (refused, dead-lettered, audited). Three birth
+registrations (3.000722) leave the happy path: the commune police refuse one at the residence step
+(it ends refused everywhere, the reason back at the desk), ask for more documents on another (the
+desk supplements it, the clock stands still meanwhile), and the applicant withdraws the third at
+the desk. Every birth registration meets a join (residence then the ID card, and the social
+insurance, in parallel, then back to the desk), where the desk's system gets the dossier once,
+merged.
+
+One more dossier crosses a reorganisation. The copy of the rules rehearses a merger: xã Đường
+Hoa (its committee, police and service centre) ends tomorrow and passes to xã Quảng Hà. A birth
+registration received at xã Đường Hoa reaches its police; then the copy is rewritten with the
+merger ended yesterday (the day has come), every node reloads its rules (SIGHUP), ``rules
+migrate`` hands the police's step to Quảng Hà's police, and the dossier completes there, its
+result returned by Quảng Hà's desk, each move audited as ``re-routed``.
+
+Then it stops the nodes, verifies every audit log, reconciles every pair of nodes that exchanged
+envelopes, and writes ``report.html``: one summary row per dossier (state, due date, on time or
+late, apology sent), then the routes and each dossier's timeline. It prints its progress as it
+goes, a line at a time even when piped.
 """
 
 from __future__ import annotations
@@ -34,6 +47,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from lxml import etree
+
 from exchange.adapters import open_transport
 from exchange.audit.bundle import export as export_bundle
 from exchange.audit.entries import Entry
@@ -48,6 +63,8 @@ from exchange.envelope.dossier import Supplement
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Signer
 from exchange.errors import ConfigError, ExchangeError, StepNotReady
+from exchange.files import write_atomic
+from exchange.node import migrate
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.provisioning import init_node
@@ -55,22 +72,36 @@ from exchange.node.status import local, view
 from exchange.node.transport import Message
 from exchange.node.workflow import complete, submit, supplement, withdraw
 from exchange.rules import tools as rules_tools
+from exchange.rules.load import RULES_NS
 from exchange.rules.load import load as load_rules
-from exchange.store.states import DossierState
+from exchange.rules.model import RuleSet
+from exchange.store.states import DossierState, StepState
+from exchange.xml import safexml
 
 ICT = dt.timezone(dt.timedelta(hours=7))
-COMMUNES = ("000.01.10.H49", "000.02.10.H49", "000.04.10.H49", "000.05.10.H49")
-CENTRE = "000.20.10.H49"
-OTHERS = ("000.30.10.H49", "000.31.10.H49", "000.21.10.H49", "000.32.10.H49", "000.33.10.H49", "000.00.02.H49")
-INTRUDER = "000.30.11.H49"  # Hải Hà's police: valid certificate, not on Đầm Hà's routes
-SLOW_AGENCY = "000.31.10.H49"  # social insurance's system is down for a while
+COMMUNES = ("000.00.21.H49", "000.00.22.H49", "000.00.23.H49")
+"""The People's Committees of xã Đầm Hà, xã Quảng Tân and xã Quảng Hà: the civil-status and residence desks."""
+CENTRES = ("000.02.21.H49", "000.02.22.H49")
+"""The public administration service centres of xã Đầm Hà and xã Quảng Tân: the land desks."""
+INTRUDER = "000.01.25.H49"  # Công an xã Quảng Đức: a valid certificate, on none of the demo's routes
+SLOW_AGENCY = "000.01.09.H49"  # the grassroots social insurance's system is down for a while
 SLOW_SECONDS = 6.0
-MIX = (("2.000986", COMMUNES), ("1.004194", COMMUNES), ("2.000635", COMMUNES), ("2.002622", COMMUNES),
-       ("1.012784", (CENTRE,)), ("1.012786", (CENTRE,)))
+MIX = (("3.000722", COMMUNES), ("1.004194", COMMUNES), ("2.002913", COMMUNES), ("2.000635", COMMUNES),
+       ("1.012784", CENTRES), ("1.012786", CENTRES))
+"""Procedures in force since the 2025 reform, each with the desks that receive it."""
 DEADLINE_S = 90.0
-BIRTH = "2.000986"
+BIRTH = "3.000722"
 SCENARIOS = {2: "refused", 3: "supplement", 5: "withdrawn"}
 """Dossiers (by their order of submission) that leave the happy path; each is a birth registration."""
+MERGER = {"000.00.24.H49": "000.00.23.H49",  # UBND xã Đường Hoa → UBND xã Quảng Hà
+          "000.01.24.H49": "000.01.23.H49",  # Công an xã Đường Hoa → Công an xã Quảng Hà
+          "000.02.24.H49": "000.02.23.H49"}  # its service centre → Quảng Hà's
+"""The merger the demo rehearses in its copy of the rules: each of xã Đường Hoa's agencies ends and
+passes to xã Quảng Hà's, which are in force already and get nothing new."""
+MERGING, MERGING_POLICE = "000.00.24.H49", "000.01.24.H49"
+CROSSING_RECEIVED = dt.time(21, 0)
+"""The crossing dossier came in online yesterday evening: after the 15:00 cut-off, it counts from the
+next working day, so the desk registering it today is on time."""
 REFUSAL = "Người được khai sinh đã được đăng ký thường trú tại địa phương khác."
 MISSING = "Thiếu bản sao giấy chứng nhận kết hôn của cha mẹ."
 WITHDRAWAL = "Người nộp xin rút hồ sơ để bổ sung giấy tờ nhân thân."
@@ -87,7 +118,13 @@ class Demo:
     broker: str
     count: int
     say: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
-    rules_dir: Path = field(default_factory=lambda: Path(str(resources.files("exchange") / "routing_rules")))
+    rules_source: Path = field(default_factory=lambda: Path(str(resources.files("exchange") / "routing_rules")))
+    """The shipped rules: the demo runs on a copy of them (``rules_dir``), which it edits."""
+    nodes: tuple[str, ...] = ()
+    """The agencies with a running node: every agency a route of the demo's dossiers names."""
+    today: dt.date = field(default_factory=lambda: dt.datetime.now(ICT).date())
+    crossing: str = ""
+    """The dossier that crosses the merger."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     contexts: dict[str, NodeContext] = field(default_factory=dict)
     submitted: dict[str, tuple[str, str, float]] = field(default_factory=dict)
@@ -96,10 +133,17 @@ class Demo:
     scenarios: dict[str, str] = field(default_factory=dict)
     """Dossier code → the scenario it plays (refused, supplement, withdrawn)."""
     asked: set[str] = field(default_factory=set)
+    left_alone: set[tuple[str, str]] = field(default_factory=set)
+    """(dossier, step) ready at a successor's desk though the merged commune's desk did it."""
 
     @property
     def agencies(self) -> tuple[str, ...]:
-        return (*COMMUNES, CENTRE, *OTHERS, INTRUDER)
+        """Every node the demo sets up: the running ones, then the intruder (set up, never started)."""
+        return (*self.nodes, INTRUDER)
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.out / "rules"
 
     def config(self, agency: str) -> Path:
         return self.out / "nodes" / agency / "node.toml"
@@ -110,11 +154,16 @@ class Demo:
         self._clear()
         (self.out / "dossiers").mkdir(parents=True)
         (self.out / MARKER).write_text("made by `exchange demo`: it replaces this folder at its next run\n", "utf-8")
-        ca = pki.init_ca(self.out / "ca", "Quang Ninh Province Exchange CA (demo)")
+        shutil.copytree(self.rules_source, self.rules_dir, ignore=shutil.ignore_patterns("__pycache__"))
+        last = self.today + dt.timedelta(days=1)
+        write_merger(self.rules_dir, last)  # rehearsed: the merger takes effect after tomorrow
         rules = load_rules(self.rules_dir)
+        self.nodes = route_nodes(rules, dt.datetime.now(ICT), last + dt.timedelta(days=1))
+        ca = pki.init_ca(self.out / "ca", "Quang Ninh Province Exchange CA (demo)")
         for agency in self.agencies:
             init_node(AgencyCode(agency), ca, self.rules_dir, rules, self.broker, self.out / "nodes" / agency)
-        self.say(f"set up a provincial CA and {len(self.agencies)} nodes in {self.out}")
+        self.say(f"set up a provincial CA and {len(self.agencies)} nodes in {self.out}, on a copy of the "
+                 f"shipped rules in {self.rules_dir}")
 
     def _clear(self) -> None:
         """Empty a folder an earlier demo made; refuse any other folder that is not empty."""
@@ -130,7 +179,7 @@ class Demo:
         shutil.rmtree(self.out)
 
     def start(self) -> None:
-        for agency in self.agencies[:-1]:
+        for agency in self.nodes:
             log = (self.out / "nodes" / agency / "node.log").open("ab")
             self.processes[agency] = subprocess.Popen(
                 [sys.executable, "-m", "exchange", "run", "--config", str(self.config(agency))],
@@ -143,7 +192,7 @@ class Demo:
                 if time.monotonic() > deadline or self.processes[agency].poll() is not None:
                     raise ExchangeError(f"node {agency} did not start; see {path}")
                 time.sleep(0.1)
-        self.contexts = {a: NodeContext.open(NodeConfig.load(self.config(a))) for a in self.agencies[:-1]}
+        self.contexts = {a: NodeContext.open(NodeConfig.load(self.config(a))) for a in self.nodes}
         self.say(f"started {len(self.processes)} node processes "
                  f"({'RabbitMQ at ' + self.broker.split('@')[-1] if self.broker else 'embedded transport'})")
 
@@ -161,6 +210,65 @@ class Demo:
                 process.kill()
                 self.say(f"node {agency} did not stop in time: killed")
         self.processes = {}
+
+    # the merger ------------------------------------------------------------------------
+
+    def rehearse_merger(self) -> None:
+        """A birth registration received at xã Đường Hoa, which ends tomorrow in the demo's rules,
+        reaches its police: the residence step is ready there."""
+        ctx = self.contexts[MERGING]
+        self.say(f"rehearsing a merger: xã Đường Hoa ends tomorrow and passes to xã Quảng Hà: in "
+                 f"{self.rules_dir / 'agencies.xml'}, its committee ({MERGING}), police and service centre have "
+                 f"{self.today + dt.timedelta(days=1)} as their last day, each Quảng Hà's as its successor")
+        received = dt.datetime.combine(self.today - dt.timedelta(days=1), CROSSING_RECEIVED, ICT)
+        spec = samples.SampleSpec(AgencyCode(MERGING), ProcedureCode(BIRTH), size_kb=8, sequence=1,
+                                  received_at=received.astimezone(dt.UTC))
+        path = self.out / "dossiers" / f"{MERGING}-crossing.xml"
+        path.write_bytes(samples.to_bytes(samples.sample_dossier(spec)))
+        code = submit(ctx, path.read_bytes(), str(path))
+        self.crossing = str(code)
+        self.submitted[self.crossing] = (BIRTH, MERGING, time.monotonic())
+        complete(ctx, code, "register")  # the desk registers the birth: residence and insurance go out
+        police = self.contexts[MERGING_POLICE]
+        _wait_for(lambda: _step_state(police, self.crossing, "residence") is StepState.READY, 30.0,
+                  f"the residence step of {code} did not reach {MERGING_POLICE}; see {self.out / 'nodes'}")
+        self.say(f"  {code} ({BIRTH}) received online at {MERGING} on {received:%Y-%m-%d %H:%M} (after the "
+                 f"cut-off: it counts from the next working day), registered; its residence step is ready at "
+                 f"{MERGING_POLICE} ({_name(police, MERGING_POLICE)})")
+
+    def the_day_comes(self) -> None:
+        """The merger, rewritten as ended yesterday; every node reloads its rules; the merged commune's
+        police hands its step over (``rules migrate``)."""
+        yesterday = self.today - dt.timedelta(days=1)
+        write_merger(self.rules_dir, yesterday)
+        self.reload_rules()
+        ctx = self.contexts[MERGING_POLICE]
+        at = dt.datetime.now(dt.UTC)
+        moves = migrate.plan(ctx, at)
+        if not any(m.dossier == self.crossing and m.action == migrate.HANDED_OVER for m in moves):
+            raise ExchangeError(f"rules migrate at {MERGING_POLICE} found nothing to hand over: {moves}")
+        migrate.apply(ctx, moves, at)
+        self.say(f"the day has come: {_name(ctx, MERGING)} ended on {yesterday} in the rules; rules reloaded by "
+                 f"{len(self.processes)} nodes; migrate {MERGING_POLICE}: "
+                 + "; ".join(m.describe(ctx, True) for m in moves))
+
+    def reload_rules(self) -> None:
+        """SIGHUP to every node process, and wait until each logged that it reloaded its rules; the
+        demo's own view of each node (its agency system's) reloads them too."""
+        logs = {a: self.out / "nodes" / a / "node.log" for a in self.processes}
+        before = {a: _count_logged(path, "rules.reloaded") for a, path in logs.items()}
+        for process in self.processes.values():
+            process.send_signal(signal.SIGHUP)
+
+        def reloaded() -> bool:
+            for agency, path in logs.items():
+                if _count_logged(path, "rules.reload_refused"):
+                    raise ExchangeError(f"node {agency} refused the rewritten rules; see {path}")
+            return all(_count_logged(path, "rules.reloaded") > before[a] for a, path in logs.items())
+
+        _wait_for(reloaded, 30.0, f"the nodes did not all reload their rules; see {self.out / 'nodes'}")
+        for ctx in self.contexts.values():
+            ctx.rulebook.reload()
 
     # the agency systems ---------------------------------------------------------------
 
@@ -187,25 +295,26 @@ class Demo:
                 self.late_code = code
             if i in SCENARIOS:
                 self.scenarios[code] = SCENARIOS[i]
-        self.say(f"submitted {self.count} dossiers of {len(MIX)} procedures at {len(COMMUNES) + 1} desks")
+        self.say(f"submitted {self.count} dossiers of {len(MIX)} procedures at {len(COMMUNES) + len(CENTRES)} desks")
         for code in (c for c, plan in self.scenarios.items() if plan == "withdrawn"):
             told = withdraw(self.contexts[str(DossierCode(code).agency)], DossierCode(code), WITHDRAWAL)
             self.say(f"  {code}: the applicant withdrew it at the desk; told {', '.join(told) or 'nobody yet'}")
 
     def intrude(self) -> None:
-        """Hải Hà's police sends an envelope for a step it does not perform: it must be refused."""
-        code = next(c for c, (p, _, _) in self.submitted.items() if p == "2.000986")
+        """Another commune's police sends an envelope for a step it does not perform: it must be refused."""
+        code = next(c for c, (p, d, _) in self.submitted.items() if p == BIRTH and d in COMMUNES)
         desk = DossierCode(code).agency
         root, _ = dossiers.load(next((self.out / "dossiers").glob(f"{desk}-*.xml")).read_bytes())
         signer = Signer.load(self.out / "nodes" / INTRUDER / "cert.pem", self.out / "nodes" / INTRUDER / "key.pem")
         header = Header(kind=Kind.TRANSFER, sender=AgencyCode(INTRUDER), recipient=desk,
                         dossier=DossierCode(root.findtext("{urn:vn-exchange:dossier:1}Code") or code),
-                        procedure=ProcedureCode("2.000986"), step="return")
+                        procedure=ProcedureCode(BIRTH), step="return")
         config = NodeConfig.load(self.config(INTRUDER))
         with open_transport(config) as transport:
             transport.declare(AgencyCode(INTRUDER))
             transport.publish(Message(desk, signer.seal(header, root), header.message_id))
-        self.say(f"an envelope from {INTRUDER} (another district's police) sent to {desk}, off the route")
+        self.say(f"an envelope from {INTRUDER} (Công an xã Quảng Đức, on none of these routes) sent to {desk}, "
+                 "off the route")
 
     def work(self) -> None:
         """Complete every step where it is ready, until every dossier is completed."""
@@ -225,6 +334,8 @@ class Demo:
             if agency == SLOW_AGENCY and time.monotonic() - self.started < SLOW_SECONDS:
                 continue  # this agency's system is down for a while
             for step in ctx.store.ready_steps(agency):
+                if self._done_before_merger(agency, step.dossier, step.step):
+                    continue
                 try:
                     self._decide(ctx, DossierCode(step.dossier), step.step)
                 except StepNotReady as exc:  # the dossier ended (withdrawn, refused) as the agency decided
@@ -241,7 +352,26 @@ class Demo:
                         done.add(code)
                         procedure, desk, _ = self.submitted[code]
                         self.say(f"  [{len(done):3d}/{len(self.submitted)}] {code}  {procedure}  {state} at {desk}")
+                        if code == self.crossing:
+                            self.say(f"  {code} crossed the merger: {state} at {dt.datetime.now(ICT):%H:%M:%S}, "
+                                     f"its final status back at {desk}, the merged commune's desk that received it")
         return progressed
+
+    def _done_before_merger(self, agency: str, code: str, step: str) -> bool:
+        """Whether a step ready at ``agency`` was done already by the desk that received the dossier,
+        before its commune merged: the successor's desk is offered the steps the old desk did
+        (receive, register) when the dossier first reaches it. Its system leaves them alone: done
+        again, they would send the dossier to the residence and insurance steps a second time."""
+        origin = str(DossierCode(code).agency)
+        if agency == origin or origin not in self.contexts:
+            return False
+        if _step_state(self.contexts[origin], code, step) is not StepState.DONE:
+            return False
+        if (code, step) not in self.left_alone:
+            self.left_alone.add((code, step))
+            self.say(f"  {code}: step {step} is ready at {agency}, but {origin} did it before the merger: "
+                     "left alone")
+        return True
 
     def _decide(self, ctx: NodeContext, code: DossierCode, step: str) -> None:
         """What the agency decides at a step: accepted, except where the dossier plays a scenario."""
@@ -262,7 +392,7 @@ class Demo:
         """Verify every node's log and reconcile every pair that exchanged envelopes."""
         verified, gaps = [], []
         bundles: dict[str, Path] = {}
-        for agency in self.agencies[:-1]:
+        for agency in self.nodes:
             config = NodeConfig.load(self.config(agency))
             source = DatabaseSource(config.database)
             report = verify_log(source, Trust.from_cert_file(config.cert))
@@ -282,10 +412,43 @@ class Demo:
         return verified, gaps
 
 
+def route_nodes(rules: RuleSet, at: dt.datetime, after_merger: dt.date) -> tuple[str, ...]:
+    """The agencies that need a node, desks first: every agency that a route of the mix, or of the
+    crossing dossier, names at ``at``, and each one's successor once the merger took effect."""
+    found = dict.fromkeys((*COMMUNES, *CENTRES, MERGING))
+    for procedure, desks in (*MIX, (BIRTH, (MERGING,))):
+        for desk in desks:
+            for agency in rules.route(ProcedureCode(procedure), AgencyCode(desk), at).values():
+                found[str(agency)] = None
+                found[str(rules.successor(agency, after_merger, AgencyCode(desk)))] = None
+    if SLOW_AGENCY not in found or INTRUDER in found:
+        raise ConfigError(f"the demo's routes must name {SLOW_AGENCY} and not {INTRUDER}")
+    return tuple(found)
+
+
+def write_merger(folder: Path, last: dt.date) -> None:
+    """Rehearse the merger in a copy of the rules: each of xã Đường Hoa's agencies ends on ``last``
+    and passes to xã Quảng Hà's. Rewritten in place, so the day can be moved."""
+    path = folder / "agencies.xml"
+    root = safexml.parse(path.read_bytes(), source=str(path))
+    for old, new in MERGER.items():
+        agency = root.find(f"{{{RULES_NS}}}agencies/{{{RULES_NS}}}agency[@code='{old}']")
+        if agency is None:
+            raise ConfigError(f"{path}: no agency {old} to rehearse the merger with")
+        agency.set("until", last.isoformat())
+        for element in agency.findall(f"{{{RULES_NS}}}source") + agency.findall(f"{{{RULES_NS}}}successor"):
+            agency.remove(element)
+        source = etree.Element(f"{{{RULES_NS}}}source")
+        source.text = "A merger rehearsed by `exchange demo` in its own copy of the rules: no real decision."
+        agency.insert(1, source)  # after <name>
+        etree.SubElement(agency, f"{{{RULES_NS}}}successor", agency=new)
+    write_atomic(path, etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
 def summary_counts(demo: Demo) -> dict[str, int]:
     counts = {"transfers": 0, "retries": 0, "refusals": 0, "late": 0, "receipts": 0}
     late_dossiers: set[str] = set()
-    for agency in demo.agencies[:-1]:
+    for agency in demo.nodes:
         config = NodeConfig.load(demo.config(agency))
         source = DatabaseSource(config.database)
         for _, data in source.entries():
@@ -310,7 +473,7 @@ def write_report(demo: Demo, lines: list[str], verified: list[str], gaps: list[s
              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}.late{color:#b00;font-weight:bold}"
              "h2{margin-top:2em}.route svg,.route img{max-width:100%;height:auto}"
              ".route pre,pre.route{max-width:100%;overflow-x:auto}</style>",
-             "<h1>Đầm Hà district: one-stop inter-linked exchange, demo run</h1>",
+             "<h1>Đầm Hà – Hải Hà area (Quảng Ninh): one-stop inter-linked exchange, demo run</h1>",
              "<h2>Dossiers</h2>" + _dossier_table(demo),
              "<h2>Summary</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>",
              "<h2>Audit</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in verified + gaps) + "</ul>",
@@ -339,13 +502,35 @@ def _picture(source: str) -> str:
 
 def _logged(path: Path, event: str) -> bool:
     """Whether a node's JSON log holds ``event``: read as data, line by line, not searched as text."""
+    return _count_logged(path, event) > 0
+
+
+def _count_logged(path: Path, event: str) -> int:
+    """How many times a node's JSON log holds ``event``."""
+    count = 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            if json.loads(line).get("event") == event:
-                return True
+            count += json.loads(line).get("event") == event
         except (ValueError, AttributeError):
             continue  # a line that is not an event (a traceback's continuation)
-    return False
+    return count
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, failure: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise ExchangeError(failure)
+        time.sleep(0.1)
+
+
+def _step_state(ctx: NodeContext, code: str, step: str) -> StepState | None:
+    row = ctx.store.step(code, step)
+    return row.state if row else None
+
+
+def _name(ctx: NodeContext, agency: str) -> str:
+    return ctx.rules.agency(AgencyCode(agency)).name
 
 
 def _timeline(demo: Demo, code: str) -> str:
@@ -362,7 +547,7 @@ def _timeline(demo: Demo, code: str) -> str:
 
 def _entries_of(demo: Demo, code: str) -> list[Entry]:
     rows: list[Entry] = []
-    for agency in demo.agencies[:-1]:
+    for agency in demo.nodes:
         source = DatabaseSource(NodeConfig.load(demo.config(agency)).database)
         try:
             rows.extend(Entry.decode(data)[1] for _, data in source.dossier_entries(code))
@@ -389,6 +574,18 @@ def dossier_rows(demo: Demo) -> list[dict[str, str]]:
     return rows
 
 
+def crossing_line(demo: Demo, rows: list[dict[str, str]]) -> str:
+    """What became of the dossier that crossed the merger, from every node's audit log."""
+    entries = _entries_of(demo, demo.crossing)
+    reroutes = [e for e in entries if e.event.value == "re-routed"]
+    moved = sorted({e.step or "" for e in reroutes})
+    done_by = {e.step: e.node for e in entries if e.event.value == "step-done"}
+    state = next(row["state"] for row in rows if row["code"] == demo.crossing)
+    return (f"dossier {demo.crossing} crossed the merger of xã Đường Hoa into xã Quảng Hà: {state}; "
+            f"{len(reroutes)} re-route(s) audited, of step(s) {', '.join(moved) or 'none'}; residence done by "
+            f"{done_by.get('residence', 'nobody')}, the result returned by {done_by.get('return', 'nobody')}")
+
+
 def _dossier_table(demo: Demo) -> str:
     head = ("<tr><th>dossier</th><th>procedure</th><th>state</th><th>due</th><th>on time or late</th>"
             "<th>apology sent</th></tr>")
@@ -409,6 +606,8 @@ def run(out: Path, broker: str = "", count: int = 24, say: Callable[[str], None]
     demo.setup()
     demo.start()
     try:
+        demo.rehearse_merger()
+        demo.the_day_comes()
         demo.submit_all()
         demo.intrude()
         demo.work()
@@ -419,7 +618,8 @@ def run(out: Path, broker: str = "", count: int = 24, say: Callable[[str], None]
     say("nodes stopped; verifying every audit log and reconciling every pair of nodes")
     counts = summary_counts(demo)
     verified, gaps = demo.audit()
-    ends = Counter(row["state"] for row in dossier_rows(demo))
+    rows = dossier_rows(demo)
+    ends = Counter(row["state"] for row in rows)
     lines = [f"{len(demo.submitted)} dossiers finished in {elapsed:.1f}s "
              f"({counts['transfers'] / max(elapsed, 0.001):.1f} transfers/s): "
              f"{len(demo.submitted) - counts['late_dossiers']} on time, {counts['late_dossiers']} late",
@@ -427,10 +627,12 @@ def run(out: Path, broker: str = "", count: int = 24, say: Callable[[str], None]
              f"{counts['refusals']} refusals",
              f"{counts['late']} step(s) done late: dossier {demo.late_code} was received 9 days before it "
              "was entered" + ("; its origin got an apology with a new date" if counts["late"] else ""),
-             f"the social insurance's system was down for the first {SLOW_SECONDS:.0f}s; its dossiers waited",
+             f"the grassroots social insurance's system was down for the first {SLOW_SECONDS:.0f}s; "
+             "its dossiers waited",
              f"{ends['completed']} completed, {ends['refused']} refused, {ends['withdrawn']} withdrawn; "
              f"{len(demo.asked)} supplement round(s), the clock paused meanwhile; "
-             "at every join the desk's system got the dossier once, merged"]
+             "at every join the desk's system got the dossier once, merged",
+             crossing_line(demo, rows)]
     for line in lines + verified + gaps:
         say(line)
     say("writing the report")

@@ -33,12 +33,21 @@ DOCUMENTS: dict[str, list[tuple[str, str]]] = {
                  ("to-khai-bhyt", "Tờ khai tham gia bảo hiểm y tế (TK1-TS)")],
     "2.002622": [("to-khai-khai-tu", "Tờ khai đăng ký khai tử"),
                  ("giay-bao-tu", "Giấy báo tử")],
+    "3.000722": [("to-khai-lien-thong", "Tờ khai liên thông đăng ký khai sinh, đăng ký thường trú, cấp thẻ "
+                                        "bảo hiểm y tế, cấp thẻ căn cước"),
+                 ("giay-chung-sinh", "Giấy chứng sinh")],
+    "2.002913": [("to-khai-lien-thong", "Tờ khai liên thông đăng ký khai tử, xóa đăng ký thường trú, "
+                                        "giải quyết mai táng phí, tử tuất"),
+                 ("giay-bao-tu", "Giấy báo tử")],
     "1.012784": [("don-tach-thua", "Đơn đề nghị tách thửa, hợp thửa đất"),
                  ("giay-chung-nhan", "Giấy chứng nhận quyền sử dụng đất đã cấp")],
 }
 GENERIC = [("don-de-nghi", "Đơn đề nghị"), ("giay-to-tuy-than", "Bản sao căn cước công dân")]
 NAMES = {"2.000986": "Liên thông đăng ký khai sinh, đăng ký thường trú, cấp thẻ BHYT cho trẻ em dưới 6 tuổi",
          "2.002622": "Liên thông đăng ký khai tử, xóa đăng ký thường trú, hưởng chế độ tử tuất",
+         "3.000722": "Liên thông điện tử đăng ký khai sinh, đăng ký thường trú, cấp thẻ bảo hiểm y tế, "
+                     "cấp thẻ căn cước cho trẻ em dưới 6 tuổi",
+         "2.002913": "Liên thông điện tử đăng ký khai tử, xóa đăng ký thường trú, giải quyết mai táng phí, tử tuất",
          "1.012784": "Đăng ký biến động quyền sử dụng đất do tách thửa, hợp thửa"}
 
 
