@@ -73,7 +73,7 @@ def test_status_package_answers_the_package_element_by_element(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """ResponseFor carries OrganId, Code, PromulgationDate and the package's own DocumentId, in the SDK's order."""
     _, code, package, status = exported(tmp_path, capsys)
-    assert status.startswith(b"<?xml version='1.0' encoding='UTF-8'?>")
+    assert status.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<')
     assert reader.children(status, "Status") == [
         "ResponseFor", "From", "StatusCode", "Description", "Timestamp", "StaffInfo"]
     assert reader.children(status, "Status/ResponseFor") == ["OrganId", "Code", "PromulgationDate", "DocumentId"]

@@ -180,8 +180,12 @@ def _sub(parent: etree._Element, name: str, text: str | None = None) -> etree._E
     return child
 
 
+DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
 def _serialize(root: etree._Element) -> bytes:
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+    """UTF-8 with the declaration the SDK writes; Vietnamese as itself, never a character reference."""
+    return DECLARATION + bytes(etree.tostring(root, encoding="UTF-8", pretty_print=True))
 
 
 def write_package(package: Package) -> bytes:

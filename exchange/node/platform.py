@@ -121,7 +121,8 @@ def status_of(ctx: NodeContext, row: DossierRow) -> tuple[str, str]:
     if last is not None and not row.state.final:
         status, note = last.exchange_status, last.note or edxml.STATUS_CODES.get(last.exchange_status, "")
     else:
-        status, note = STATE_TO_STATUS[row.state], f"dossier {row.state}"
+        status = STATE_TO_STATUS[row.state]
+        note = f"{edxml.STATUS_CODES[status]}: hồ sơ {row.state}"
     return status, f"{note} (TrangThaiHoSo {int(NATIONAL_STATUS[row.state])})"
 
 
