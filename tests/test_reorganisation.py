@@ -131,7 +131,10 @@ def test_a_dossier_in_flight_crosses_the_merger_and_completes(
     assert nodes[NEW_POLICE].store.step(str(code), "residence").state is StepState.READY  # type: ignore[union-attr]
     complete(nodes[NEW_POLICE], code, "residence")
     settle(transport, *nodes.values())
-    complete(nodes[NEW], code, "return")  # the desk of the commune that took the old one over
+    # the desk of the commune that took the old one over has the return step to do, and nothing the
+    # old desk did before the merger (its receipt of the dossier)
+    assert [s.step for s in nodes[NEW].store.ready_steps(str(NEW))] == ["return"]
+    complete(nodes[NEW], code, "return")
     settle(transport, *nodes.values())
     assert {a: state(ctx, code) for a, ctx in nodes.items()} == dict.fromkeys(NODES, DossierState.COMPLETED)
     assert reroutes(nodes[OLD_POLICE], code) == [{"from": str(OLD_POLICE), "to": str(NEW_POLICE),

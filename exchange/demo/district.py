@@ -133,8 +133,6 @@ class Demo:
     scenarios: dict[str, str] = field(default_factory=dict)
     """Dossier code → the scenario it plays (refused, supplement, withdrawn)."""
     asked: set[str] = field(default_factory=set)
-    left_alone: set[tuple[str, str]] = field(default_factory=set)
-    """(dossier, step) ready at a successor's desk though the merged commune's desk did it."""
 
     @property
     def agencies(self) -> tuple[str, ...]:
@@ -334,8 +332,6 @@ class Demo:
             if agency == SLOW_AGENCY and time.monotonic() - self.started < SLOW_SECONDS:
                 continue  # this agency's system is down for a while
             for step in ctx.store.ready_steps(agency):
-                if self._done_before_merger(agency, step.dossier, step.step):
-                    continue
                 try:
                     self._decide(ctx, DossierCode(step.dossier), step.step)
                 except StepNotReady as exc:  # the dossier ended (withdrawn, refused) as the agency decided
@@ -356,22 +352,6 @@ class Demo:
                             self.say(f"  {code} crossed the merger: {state} at {dt.datetime.now(ICT):%H:%M:%S}, "
                                      f"its final status back at {desk}, the merged commune's desk that received it")
         return progressed
-
-    def _done_before_merger(self, agency: str, code: str, step: str) -> bool:
-        """Whether a step ready at ``agency`` was done already by the desk that received the dossier,
-        before its commune merged: the successor's desk is offered the steps the old desk did
-        (receive, register) when the dossier first reaches it. Its system leaves them alone: done
-        again, they would send the dossier to the residence and insurance steps a second time."""
-        origin = str(DossierCode(code).agency)
-        if agency == origin or origin not in self.contexts:
-            return False
-        if _step_state(self.contexts[origin], code, step) is not StepState.DONE:
-            return False
-        if (code, step) not in self.left_alone:
-            self.left_alone.add((code, step))
-            self.say(f"  {code}: step {step} is ready at {agency}, but {origin} did it before the merger: "
-                     "left alone")
-        return True
 
     def _decide(self, ctx: NodeContext, code: DossierCode, step: str) -> None:
         """What the agency decides at a step: accepted, except where the dossier plays a scenario."""

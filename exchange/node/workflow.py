@@ -451,6 +451,8 @@ def refresh_ready(ctx: NodeContext, code: DossierCode) -> dict[str, str]:
     dues = {}
     now = clock.now()
     for item in _next(ctx, row):
+        if not item.step.after:
+            continue  # the desk's receipt: done when the dossier was submitted, wherever that was
         if ctx.rules.successor(item.agency, now, code.agency) != ctx.agency:
             continue
         if item.agency != ctx.agency:  # this node took the step over from an abolished agency
