@@ -120,6 +120,29 @@ class Cluster:
                 argv += ["--broker", self.broker]
             assert cli(*argv) == 0
 
+    def init_from_requests(self, *agencies: str, days: int | None = None) -> None:
+        """Nodes set up as a province without handing out its CA key does it: each agency makes its
+        key and request (``pki request``), the CA issues from the request (``pki issue --csr``, valid
+        ``days``), and ``node init --ca-cert`` gets only the CA's certificate and CRL, copied apart
+        from the CA's folder."""
+        if not (self.root / "ca").exists():
+            assert cli("pki", "init-ca", "--out", self.root / "ca") == 0
+        public = self.root / "ca-public"
+        public.mkdir(exist_ok=True)
+        (public / "ca.pem").write_bytes((self.root / "ca" / "ca.pem").read_bytes())
+        assert cli("pki", "crl", "--ca", self.root / "ca", "--out", public / "crl.pem") == 0
+        for agency in agencies:
+            request = self.root / "requests" / agency
+            assert cli("pki", "request", "--agency", agency, "--out", request) == 0
+            assert cli("pki", "issue", "--ca", self.root / "ca", "--csr", request / "request.csr", "--out", request,
+                       *(("--days", str(days)) if days else ())) == 0
+            argv = ["node", "init", "--agency", agency, "--ca-cert", public / "ca.pem", "--cert", request / "cert.pem",
+                    "--key", request / "key.pem", "--crl", public / "crl.pem", "--rules", self.rules,
+                    "--out", self.root / "nodes" / agency]
+            if self.broker:
+                argv += ["--broker", self.broker]
+            assert cli(*argv) == 0
+
     def log(self, agency: str) -> Path:
         return self.root / f"{agency}.log"
 

@@ -27,7 +27,7 @@ from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
 from exchange.node.dead_letters import DeadLetters, replay
 from exchange.node.doors import Door
-from exchange.node.provisioning import init_node
+from exchange.node.provisioning import Credentials, init_node, init_node_from_files
 from exchange.node.status import local, view
 from exchange.node.transport import DeadLetter
 from exchange.node.workflow import DECISIONS, complete, submit, supplement, withdraw
@@ -41,7 +41,15 @@ def register(commands: Any) -> None:
     sub = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     init = sub.add_parser("init", help="a node directory ready for `exchange run --config DIR/node.toml`")
     init.add_argument("--agency", type=agency_arg, required=True, metavar="CODE")
-    init.add_argument("--ca", type=Path, required=True, metavar="CA_DIR")
+    ca = init.add_mutually_exclusive_group(required=True)
+    ca.add_argument("--ca", type=Path, metavar="CA_DIR", help="the CA's folder, with its key: issues the node's "
+                    "key and certificate")
+    ca.add_argument("--ca-cert", type=Path, metavar="CA_PEM", help="the CA's certificate only, with --cert and "
+                    "--key already issued (`exchange pki request`, `pki issue --csr`)")
+    init.add_argument("--cert", type=Path, metavar="CERT", help="with --ca-cert: the agency's certificate")
+    init.add_argument("--key", type=Path, metavar="KEY", help="with --ca-cert: the agency's key (copied 0600)")
+    init.add_argument("--crl", type=Path, metavar="CRL", help="with --ca-cert: the CA's current CRL (without it, "
+                      "revocation is not checked until one is installed)")
     init.add_argument("--rules", type=Path, required=True, metavar="DIR")
     init.add_argument("--broker", default="", metavar="URL",
                       help="amqps://user@host/vhost; the password goes to a 0600 file, never to node.toml")
@@ -122,16 +130,37 @@ def _dossier_code(text: str) -> DossierCode:
 
 
 def _init(args: argparse.Namespace) -> int:
+    given = _credentials(args)
     rules = load_rules(args.rules)
-    ca = pki.CertificateAuthority.load(args.ca)
     if split_password(args.broker)[1] is not None:
         print("warning: a password on the command line is visible to other users of this host (ps); "
               "prefer --broker-password-file. It is kept out of node.toml all the same", file=sys.stderr)
     password = _first_line(args.broker_password_file) if args.broker_password_file else None
-    path = init_node(args.agency, ca, args.rules, rules, args.broker, args.out, args.metrics_port,
-                     broker_password=password)
+    if given is None:
+        path = init_node(args.agency, pki.CertificateAuthority.load(args.ca), args.rules, rules, args.broker,
+                         args.out, args.metrics_port, broker_password=password)
+    else:
+        if given.crl is None:
+            print("warning: no --crl: the node checks no revocation until the CA's CRL is installed as "
+                  f"{args.out / 'crl.pem'} and named in node.toml", file=sys.stderr)
+        path = init_node_from_files(args.agency, given, args.rules, rules, args.broker, args.out,
+                                    args.metrics_port, broker_password=password)
     print(f"node {args.agency} ({rules.agency(args.agency).name}) ready: exchange run --config {path}")
     return 0
+
+
+def _credentials(args: argparse.Namespace) -> Credentials | None:
+    """The files of ``--ca-cert``, or None with ``--ca`` (which takes none of them)."""
+    files = {"--cert": args.cert, "--key": args.key, "--crl": args.crl}
+    if args.ca is not None:
+        given = [flag for flag, value in files.items() if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} go with --ca-cert; --ca issues the node's own key and certificate")
+        return None
+    missing = [flag for flag in ("--cert", "--key") if files[flag] is None]
+    if missing:
+        raise ConfigError(f"--ca-cert needs {' and '.join(missing)}: the agency's certificate and key")
+    return Credentials(args.ca_cert, args.cert, args.key, args.crl)
 
 
 def _first_line(path: Path) -> str:

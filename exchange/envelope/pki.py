@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -27,6 +28,7 @@ CA_KEY = "ca-key.pem"
 REVOKED = "revoked.json"
 AGENCY_CERT = "cert.pem"
 AGENCY_KEY = "key.pem"
+AGENCY_CSR = "request.csr"
 AGENCY_URI_PREFIX = "urn:vn-exchange:agency:"
 
 AGENCY_CURVE = "secp256r1"
@@ -132,15 +134,9 @@ class CertificateAuthority:
         for a P-256 key only."""
         _check_curve(public_key)
         start = not_before or clock.now() - CLOCK_SKEW
-        subject = x509.Name([
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, name or f"Agency {agency}"),
-            x509.NameAttribute(NameOID.COMMON_NAME, str(agency)),
-            x509.NameAttribute(NameOID.SERIAL_NUMBER, str(agency)),
-        ])
         builder = (
             x509.CertificateBuilder()
-            .subject_name(subject)
+            .subject_name(agency_subject(agency, name))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
@@ -155,6 +151,16 @@ class CertificateAuthority:
                 self._ski()), critical=False)
         )
         return builder.sign(self.key, hashes.SHA256())
+
+    def issue_request(self, csr: x509.CertificateSigningRequest, *, days: int = AGENCY_DAYS) -> x509.Certificate:
+        """An agency signing certificate for the key of a request (``exchange pki request``), once
+        the request is checked (``check_request``); the certificate's extensions are the CA's own,
+        whatever the request asked for."""
+        agency, name = check_request(csr)
+        public_key = csr.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):  # check_request refused it already
+            raise PkiError("agency keys are ECDSA P-256 only")
+        return self.issue(agency, public_key, name=name, days=days)
 
     def revoked(self) -> list[dict[str, str]]:
         path = self.directory / REVOKED
@@ -201,6 +207,17 @@ class CertificateAuthority:
             )
             builder = builder.add_revoked_certificate(revoked)
         return builder.sign(self.key, hashes.SHA256())
+
+
+def agency_subject(agency: AgencyCode, name: str | None = None) -> x509.Name:
+    """The subject of an agency certificate (and of its request): C=VN, O=name, CN=code,
+    serialNumber=code."""
+    return x509.Name([
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, name or f"Agency {agency}"),
+        x509.NameAttribute(NameOID.COMMON_NAME, str(agency)),
+        x509.NameAttribute(NameOID.SERIAL_NUMBER, str(agency)),
+    ])
 
 
 def _key_usage(*, digital_signature: bool = False, ca: bool = False) -> x509.KeyUsage:
@@ -265,3 +282,108 @@ def issue_agency(
     write_private(out / AGENCY_KEY, key_pem(key))
     write_atomic(out / AGENCY_CERT, cert_pem(cert))
     return cert
+
+
+# Requests: the agency makes its key, the CA signs its certificate; the CA's key never travels --
+
+def create_request(agency: AgencyCode, key: ec.EllipticCurvePrivateKey, *,
+                   name: str | None = None) -> x509.CertificateSigningRequest:
+    """A PKCS#10 request for an agency certificate: the subject as the CA writes it, the agency's
+    SAN URI, signed by the agency's own key."""
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(agency_subject(agency, name))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(AGENCY_URI_PREFIX + str(agency))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def request_agency(agency: AgencyCode, out: Path, *, name: str | None = None,
+                   force: bool = False) -> x509.CertificateSigningRequest:
+    """Generate an agency key into ``out/key.pem`` (0600) and its request into ``out/request.csr``."""
+    if (out / AGENCY_KEY).exists() and not force:
+        raise PkiError(f"{out / AGENCY_KEY} exists: refusing to replace a key (use --force)")
+    key = new_key()
+    csr = create_request(agency, key, name=name)
+    write_private(out / AGENCY_KEY, key_pem(key))
+    write_atomic(out / AGENCY_CSR, csr.public_bytes(serialization.Encoding.PEM))
+    return csr
+
+
+def load_request(path: Path) -> x509.CertificateSigningRequest:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError(f"{path}: no such request file") from None
+    try:
+        return x509.load_pem_x509_csr(data)
+    except ValueError as exc:
+        raise PkiError(f"{path}: not a PEM certificate request ({exc})") from None
+
+
+def check_request(csr: x509.CertificateSigningRequest) -> tuple[AgencyCode, str | None]:
+    """The agency code and name a request asks a certificate for, once its signature verifies,
+    its key is P-256 and its subject is as ``issue`` writes it (C=VN, O, CN and serialNumber the
+    same well-formed agency code, and a SAN URI, if any, naming that code); PkiError otherwise."""
+    try:
+        if not csr.is_signature_valid:
+            raise PkiError("the request's signature does not verify: it was altered, or not signed "
+                           "by the key it carries")
+        public_key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise PkiError(f"the request cannot be read: {exc}") from None
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise PkiError(f"agency keys are ECDSA P-256 ({AGENCY_CURVE}) only, not {type(public_key).__name__}")
+    _check_curve(public_key)
+    agency, name = _requested_subject(csr.subject)
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = set(san.get_values_for_type(x509.UniformResourceIdentifier))
+    except x509.ExtensionNotFound:
+        uris = set()
+    if uris - {AGENCY_URI_PREFIX + str(agency)}:
+        raise PkiError(f"the request's subjectAltName names {sorted(uris)}, not only "
+                       f"{AGENCY_URI_PREFIX + str(agency)}")
+    return agency, name
+
+
+def _requested_subject(subject: x509.Name) -> tuple[AgencyCode, str]:
+    """The agency code and name of a request's subject, if it is as ``issue`` writes it."""
+
+    def one(oid: x509.ObjectIdentifier, what: str) -> str:
+        values = subject.get_attributes_for_oid(oid)
+        if len(values) != 1:
+            raise PkiError(f"the request's subject {subject.rfc4514_string()} must hold exactly one {what}")
+        return str(values[0].value)
+
+    code = one(NameOID.SERIAL_NUMBER, "serialNumber (the agency code)")
+    try:
+        agency = AgencyCode.parse(code)
+    except InvalidCode as exc:
+        raise PkiError(f"the request names a malformed agency code: {exc}") from None
+    if str(agency) != code:
+        raise PkiError(f"the request's agency code {code!r} is not written as {str(agency)!r}")
+    if one(NameOID.COMMON_NAME, "commonName") != code:
+        raise PkiError(f"the request's commonName is not its agency code {code}")
+    if one(NameOID.COUNTRY_NAME, "countryName") != "VN":
+        raise PkiError("the request's countryName is not VN")
+    name = one(NameOID.ORGANIZATION_NAME, "organizationName (the agency's name)")
+    if len(subject) != 4:
+        raise PkiError(f"the request's subject {subject.rfc4514_string()} holds more than C, O, CN "
+                       "and serialNumber")
+    return agency, name
+
+
+def issue_from_request(ca: CertificateAuthority, request: Path, out: Path, *,
+                       days: int = AGENCY_DAYS) -> x509.Certificate:
+    """Issue ``out/cert.pem`` for the checked request in ``request``: the key stays with the agency."""
+    cert = ca.issue_request(load_request(request), days=days)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / AGENCY_CERT, cert_pem(cert))
+    return cert
+
+
+def key_matches(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
+    """Whether ``key`` is the private half of ``cert``'s public key."""
+    return cert.public_key() == key.public_key()
