@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from exchange.commands import audit, demo, dossier, edxml, envelope, node, pki, rules, transport
+from exchange.commands import audit, config, demo, dossier, edxml, envelope, node, pki, rules, transport
 from exchange.errors import ExchangeError
 
 EXIT_OK = 0
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Signed, audited dossier exchange between agencies (một cửa liên thông).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (pki, dossier, envelope, rules, audit, transport, node, edxml, demo):
+    for module in (pki, dossier, envelope, rules, audit, transport, node, config, edxml, demo):
         module.register(commands)
     return parser
 

@@ -146,6 +146,35 @@ class InvalidEnvelope(InvalidInput):
         return f"{self.reason_code}: {self.message}"
 
 
+class BundleRefused(InvalidInput):
+    """A configuration bundle this node refuses; subclasses carry the reason code."""
+
+    reason_code = "config-malformed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason_code}: {self.message}"
+
+
+class BundleBadSignature(BundleRefused):
+    """Not signed by the configuration authority this node trusts, or altered since."""
+
+    reason_code = "config-bad-signature"
+
+
+class BundleRollback(BundleRefused):
+    """A version not newer than the one the node has."""
+
+    reason_code = "config-rollback"
+
+
+class BundleExpired(BundleRefused):
+    reason_code = "config-expired"
+
+
 class TooLarge(InvalidEnvelope):
     """The input exceeds the byte-size cap; it was not parsed."""
 

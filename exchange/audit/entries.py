@@ -45,6 +45,8 @@ class Event(StrEnum):
     RESUMED = "resumed"  # and started again; detail says by how many working days the deadlines moved
     REROUTED = "re-routed"  # a step's agency was abolished: its successor performs the step
     ENDED = "dossier-ended"  # the dossier's final state, as this node learnt it
+    CONFIG_INSTALLED = "config-installed"  # a configuration bundle verified and kept, to apply at its time
+    CONFIG_APPLIED = "config-applied"  # its rules, CA and CRL in force, together
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,8 @@ class NodeConfig:
     broker: str = ""
     """The broker's URL; its password comes from ``broker_credentials`` or the environment."""
     broker_credentials: Path | None = None
+    anchor: Path | None = None
+    """The configuration authority's certificate that bundles must be signed with (``[config] anchor``)."""
     """A file (0600) holding the broker's password, so that node.toml holds none."""
     embedded: Path | None = None
     """The SQLite file the nodes of one host share when no broker is configured."""
@@ -106,9 +108,13 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "http_port": ("agency_system", "http_port"), "http_host": ("agency_system", "http_host"),
     "http_max_connections": ("agency_system", "http_max_connections"),
     "token": ("agency_system", "token"), "webhook": ("agency_system", "webhook"),
+    "anchor": ("config", "anchor"),
 }
 _PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery", "dropfolder",
-          "broker_credentials"}
+          "broker_credentials", "anchor"}
+ACTIVE_BUNDLE = Path("config") / "active"
+"""Under the state folder: the configuration bundle in force, once one is installed (a link to
+its version's folder); its rules, CA and CRL take the place of those node.toml names."""
 
 
 def _overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -141,7 +147,16 @@ def _build(path: Path, merged: dict[str, Any]) -> NodeConfig:
             values["checkpoint_every_seconds"] = float(values["checkpoint_every_seconds"])
     except (InvalidCode, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return NodeConfig(**values)
+    return _with_bundle(NodeConfig(**values))
+
+
+def _with_bundle(config: NodeConfig) -> NodeConfig:
+    """The paths of the bundle in force, if one is installed, in place of node.toml's."""
+    active = config.state_dir / ACTIVE_BUNDLE
+    if not active.is_dir():
+        return config
+    crl = active / "crl.pem"
+    return replace(config, rules=active / "rules", ca=active / "ca.pem", crl=crl if crl.exists() else None)
 
 
 # The broker's password: never in node.toml --------------------------------------------------

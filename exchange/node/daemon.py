@@ -32,7 +32,7 @@ import structlog
 
 from exchange.audit.entries import Event
 from exchange.errors import StaleDelivery, StoreError, TransportError, TransportUnavailable
-from exchange.node import reload, slips
+from exchange.node import configuration, reload, slips
 from exchange.node.context import NodeContext
 from exchange.node.delivery import Deliverer
 from exchange.node.dispatcher import Dispatcher
@@ -85,6 +85,7 @@ class Daemon:
         self.metrics.watch(self.healthy, lambda: self.transport_health().connected)
         self.crl = reload.CrlWatch(ctx)
         self.crl.gauge(self.metrics.registry)
+        self.bundles = configuration.BundleWatch(ctx)
 
     # lifecycle
 
@@ -106,6 +107,7 @@ class Daemon:
         for door in self.doors:
             door.check(self.ctx.config)
         self.deliverer.recover()
+        self.bundles.poll(force=True)  # a bundle whose time came while the node was down
         with self.ctx.store.transaction():
             self.ctx.record(self.ctx.entry(Event.NODE_STARTED, detail={"rules": self.ctx.rules.digest}))
         self._transport_work(self._subscribe)  # one try; if the transport is down, the loop retries
@@ -199,6 +201,7 @@ class Daemon:
         self.deliverer.deliver()
         slips.publish(self.ctx)
         self.crl.poll()
+        self.bundles.poll()
         self._checkpoint()
         self.metrics.refresh(self.ctx)
         if time.monotonic() - self._heartbeat_at >= HEARTBEAT_EVERY_S:

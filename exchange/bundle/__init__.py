@@ -1,0 +1,1 @@
+"""The province's configuration bundle: rules, CA certificates and CRL, signed by its authority."""

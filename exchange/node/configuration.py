@@ -1,0 +1,209 @@
+"""A node's configuration bundles: installed from a file, kept by version, applied at their time.
+
+Under the state folder, ``config/versions/N/`` holds bundle N as it was signed (``bundle.xml``) and
+what it carries (``rules/``, ``ca.pem``, ``crl.pem``); ``config/active`` links to the version in
+force. Installing verifies the bundle against the node's anchor, refuses a version not newer than
+every one installed (rollback) and one already expired, writes the version's folder aside and
+renames it into place, and audits it; a bundle whose time has come is applied at once, a later
+one by the running node's housekeeping when its time comes. Applying switches the link (one
+rename), then puts the rules and the trust store in force together, between two units of the
+loop's work, without a restart; it is audited too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+from cryptography import x509
+
+from exchange import clock
+from exchange.audit.entries import Event
+from exchange.bundle import model
+from exchange.bundle.model import Bundle
+from exchange.envelope import pki
+from exchange.envelope.trust import TrustStore
+from exchange.errors import BundleExpired, BundleRollback, ConfigError
+from exchange.files import write_atomic
+from exchange.node.config import ACTIVE_BUNDLE, NodeConfig
+from exchange.node.context import NodeContext
+from exchange.rules.load import RuleBook
+
+log = structlog.get_logger(__name__)
+
+ANCHOR = "anchor.pem"
+"""Beside node.toml when ``[config] anchor`` names none."""
+WARN_BEFORE = dt.timedelta(days=7)
+"""A bundle about to expire is warned of (log, ``config status``) this long before."""
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A bundle kept by this node."""
+
+    version: int
+    sha256: str
+    effective: dt.datetime
+    expires: dt.datetime
+    rules_digest: str
+    active: bool
+
+    def document(self) -> dict[str, object]:
+        left = self.expires - clock.now()
+        return {"version": self.version, "sha256": self.sha256, "effective": clock.utc(self.effective),
+                "expires": clock.utc(self.expires), "rules_digest": self.rules_digest, "active": self.active,
+                "days_left": max(0, left.days), "expiring": left < WARN_BEFORE}
+
+
+def folder(config: NodeConfig) -> Path:
+    return config.state_dir / "config"
+
+
+def anchor_of(config: NodeConfig) -> x509.Certificate:
+    path = config.anchor or config.source.parent / ANCHOR
+    if not path.exists():
+        raise ConfigError(f"{path}: no configuration anchor; set [config] anchor in {config.source} to the "
+                          "authority's certificate (authority.pem from `exchange config init-authority`)")
+    return pki.load_cert(path)
+
+
+def installed(config: NodeConfig) -> list[Installed]:
+    """Every bundle kept here, oldest first."""
+    versions = folder(config) / "versions"
+    active = active_version(config)
+    found = []
+    for path in sorted((p for p in versions.glob("*") if p.name.isdigit()), key=lambda p: int(p.name)) \
+            if versions.is_dir() else []:
+        bundle = _stored(path)
+        found.append(Installed(bundle.version, bundle.sha256, bundle.effective, bundle.expires, bundle.rules_digest,
+                               bundle.version == active))
+    return found
+
+
+def active_version(config: NodeConfig) -> int | None:
+    link = config.state_dir / ACTIVE_BUNDLE
+    return int(Path(os.readlink(link)).name) if link.is_symlink() else None
+
+
+def install(ctx: NodeContext, data: bytes, source: str) -> Installed:
+    """Verify and keep a bundle; apply it now if its time has come. BundleRefused (with its reason
+    code) changes nothing."""
+    bundle = model.verify(data, anchor_of(ctx.config), source=source)
+    now = clock.now()
+    if bundle.expires <= now:
+        raise BundleExpired(f"{source}: version {bundle.version} expired on {clock.utc(bundle.expires)}")
+    newest = max((i.version for i in installed(ctx.config)), default=0)
+    if bundle.version <= newest:
+        raise BundleRollback(f"{source}: version {bundle.version} is not newer than version {newest}, "
+                             "installed already: a bundle never goes back")
+    _keep(ctx.config, bundle, data)
+    with ctx.store.transaction():
+        ctx.record(ctx.entry(Event.CONFIG_INSTALLED, detail={
+            "version": str(bundle.version), "sha256": bundle.sha256, "effective": clock.utc(bundle.effective),
+            "expires": clock.utc(bundle.expires), "rules_digest": bundle.rules_digest, "source": source[:300]}))
+    log.info("config.installed", version=bundle.version, effective=clock.utc(bundle.effective), source=source)
+    if bundle.effective <= now:
+        apply_due(ctx)
+    return next(i for i in installed(ctx.config) if i.version == bundle.version)
+
+
+def _keep(config: NodeConfig, bundle: Bundle, data: bytes) -> None:
+    versions = folder(config) / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    aside = versions / f".{bundle.version}.partial"
+    shutil.rmtree(aside, ignore_errors=True)
+    bundle.write_rules(aside / "rules")
+    write_atomic(aside / "bundle.xml", data)
+    write_atomic(aside / "ca.pem", bundle.ca_pem)
+    if bundle.crl_pem is not None:
+        write_atomic(aside / "crl.pem", bundle.crl_pem)
+    aside.rename(versions / str(bundle.version))
+
+
+def _stored(path: Path) -> Bundle:
+    """A kept bundle, read back without verifying again (it was verified when installed)."""
+    return model.read_unverified(path / "bundle.xml")
+
+
+def apply_due(ctx: NodeContext) -> int | None:
+    """Put in force the newest kept bundle whose time has come, if it is not in force already;
+    returns its version."""
+    now = clock.now()
+    due = [i for i in installed(ctx.config) if i.effective <= now and i.expires > now]
+    if not due or due[-1].active:
+        return None
+    chosen = due[-1]
+    link = ctx.config.state_dir / ACTIVE_BUNDLE
+    temporary = link.with_name(".active.new")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(Path("versions") / str(chosen.version))
+    os.replace(temporary, link)
+    put_in_force(ctx, chosen)
+    return chosen.version
+
+
+def put_in_force(ctx: NodeContext, bundle: Installed, *, applied_here: bool = True) -> None:
+    """The active bundle's rules and trust store, both loaded before either replaces the one in force."""
+    active = ctx.config.state_dir / ACTIVE_BUNDLE
+    crl = active / "crl.pem"
+    rulebook = RuleBook(active / "rules")
+    trust = TrustStore.load(active / "ca.pem", crl if crl.exists() else None)
+    ctx.rulebook = rulebook
+    ctx.opener = replace(ctx.opener, trust=trust)
+    ctx.config = replace(ctx.config, rules=active / "rules", ca=active / "ca.pem", crl=crl if crl.exists() else None)
+    entries = [ctx.entry(Event.RULES_LOADED, detail={"digest": rulebook.current.digest})]
+    if applied_here:  # else the command that switched it audited the switch
+        entries.insert(0, ctx.entry(Event.CONFIG_APPLIED, detail={
+            "version": str(bundle.version), "sha256": bundle.sha256, "rules_digest": rulebook.current.digest}))
+    with ctx.store.transaction():
+        ctx.record(*entries)
+    log.info("config.applied", version=bundle.version, rules_digest=rulebook.current.digest)
+
+
+def expiring(config: NodeConfig) -> Installed | None:
+    """The bundle in force when it expires within ``WARN_BEFORE``."""
+    current = next((i for i in installed(config) if i.active), None)
+    if current is None or current.expires - clock.now() >= WARN_BEFORE:
+        return None
+    return current
+
+
+POLL_EVERY_S = 5.0
+"""How often the running node looks for a bundle whose time has come (reading kept bundles costs)."""
+WARN_EVERY_S = 3600.0
+
+
+@dataclass
+class BundleWatch:
+    """From the loop's housekeeping: apply a kept bundle when its time comes, take in one that a
+    command applied (``config install``), and warn while the bundle in force nears its expiry."""
+
+    ctx: NodeContext
+    loaded: int | None = None
+    checked_at: float = float("-inf")
+    warned_at: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self.loaded = active_version(self.ctx.config)
+
+    def poll(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.checked_at < POLL_EVERY_S:
+            return
+        self.checked_at = now
+        applied = apply_due(self.ctx)
+        active = active_version(self.ctx.config)
+        if applied is None and active is not None and active != self.loaded:
+            current = next(i for i in installed(self.ctx.config) if i.version == active)
+            put_in_force(self.ctx, current, applied_here=False)
+        self.loaded = active
+        soon = expiring(self.ctx.config)
+        if soon is not None and now - self.warned_at >= WARN_EVERY_S:
+            self.warned_at = now
+            log.warning("config.expiring", version=soon.version, expires=clock.utc(soon.expires),
+                        days_left=soon.document()["days_left"])

@@ -1,0 +1,212 @@
+"""The province's configuration bundle: signed by its authority, verified against each node's anchor,
+never rolled back, applied with its rules, CA and CRL together at its time, audited; and, with
+node processes, three running nodes taking a bundle's rules at its effective time without a
+restart, and a revoked agency refused after the next bundle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from exchange import clock
+from exchange.audit.entries import Entry, Event
+from exchange.bundle import authority, model
+from exchange.envelope import pki
+from exchange.errors import BundleBadSignature, BundleExpired, BundleRefused, BundleRollback, RuleError
+from exchange.node import configuration
+from exchange.node.config import NodeConfig
+from exchange.node.context import NodeContext
+from exchange.rules.load import load as load_rules
+from tests.agencies import COMMUNE, INSURANCE, POLICE
+from tests.node_cluster import EXE, RULES, Cluster, cli, events_named, wait_until
+
+NODES = (str(COMMUNE), str(POLICE), str(INSURANCE))
+
+
+@pytest.fixture
+def province(tmp_path: Path) -> Cluster:
+    """A CA, its configuration authority, and the three birth-route nodes anchored to it."""
+    cluster = Cluster(tmp_path)
+    cluster.init(*NODES)
+    authority.init_authority(tmp_path / "ca", tmp_path / "authority")
+    for agency in NODES:
+        with cluster.config(agency).open("a", encoding="utf-8") as toml:
+            toml.write(f'\n[config]\nanchor = "{tmp_path / "authority" / authority.CERT}"\n')
+    return cluster
+
+
+def edited_rules(tmp_path: Path, budget: str = "4") -> Path:
+    """The seed's rules with the birth registration's budget changed: another digest."""
+    folder = tmp_path / f"rules-{budget}"
+    shutil.copytree(RULES, folder)
+    path = folder / "civil-status.xml"
+    text = path.read_text("utf-8")
+    path.write_text(text.replace('code="2.000986" scope="cross-level" budget="3"',
+                                 f'code="2.000986" scope="cross-level" budget="{budget}"', 1), "utf-8")
+    return folder
+
+
+def publish(cluster: Cluster, version: int, rules: Path = RULES, *, effective: dt.datetime | None = None,
+            days: int = 30, crl: bytes | None = None) -> bytes:
+    signer = authority.Authority.load(cluster.root / "authority")
+    start = effective or clock.now()
+    document = model.build(rules, (cluster.root / "ca" / "ca.pem").read_bytes(), crl, version, start,
+                           start + dt.timedelta(days=days))
+    return model.sign(document, signer.key, signer.cert)
+
+
+def node(cluster: Cluster, agency: str = str(COMMUNE)) -> NodeContext:
+    return NodeContext.open(NodeConfig.load(cluster.config(agency)))
+
+
+def events(ctx: NodeContext, event: Event) -> list[Entry]:
+    return [e for e in (Entry.decode(data)[1] for _, data in ctx.audit.entries()) if e.event is event]
+
+
+# In process ----------------------------------------------------------------------------------
+
+def test_a_bundle_in_force_at_once_brings_its_rules_and_is_audited(province: Cluster, tmp_path: Path) -> None:
+    rules = edited_rules(tmp_path)
+    with node(province) as ctx:
+        kept = configuration.install(ctx, publish(province, 1, rules), "v1.bundle")
+        assert kept.active
+        assert ctx.rules.digest == load_rules(rules).digest
+        assert [e.detail["version"] for e in events(ctx, Event.CONFIG_INSTALLED)] == ["1"]
+        assert [e.detail["version"] for e in events(ctx, Event.CONFIG_APPLIED)] == ["1"]
+    again = NodeConfig.load(province.config(str(COMMUNE)))  # a command or a restart reads the bundle in force
+    assert again.rules == again.state_dir / "config" / "active" / "rules"
+
+
+def test_a_later_bundle_waits_for_its_time(province: Cluster, tmp_path: Path) -> None:
+    with node(province) as ctx:
+        configuration.install(ctx, publish(province, 1), "v1.bundle")
+        first = ctx.rules.digest
+        configuration.install(ctx, publish(province, 2, edited_rules(tmp_path), effective=clock.now()
+                                           + dt.timedelta(seconds=1)), "v2.bundle")
+        assert ctx.rules.digest == first
+        assert configuration.active_version(ctx.config) == 1
+        time.sleep(1.1)
+        assert configuration.apply_due(ctx) == 2
+        assert ctx.rules.digest != first
+
+
+def test_a_rollback_is_refused_and_changes_nothing(province: Cluster) -> None:
+    older = publish(province, 1)
+    with node(province) as ctx:
+        configuration.install(ctx, publish(province, 2), "v2.bundle")
+        with pytest.raises(BundleRollback, match="version 1 is not newer than version 2"):
+            configuration.install(ctx, older, "v1.bundle")
+        with pytest.raises(BundleRollback):
+            configuration.install(ctx, publish(province, 2), "v2-again.bundle")
+        assert configuration.active_version(ctx.config) == 2
+
+
+def test_a_tampered_bundle_is_refused(province: Cluster) -> None:
+    data = publish(province, 1).replace(b"<Version>1</Version>", b"<Version>9</Version>")
+    with node(province) as ctx, pytest.raises(BundleBadSignature):
+        configuration.install(ctx, data, "tampered.bundle")
+
+
+def test_a_bundle_signed_by_an_agency_is_refused(province: Cluster) -> None:
+    key = pki.load_key(province.root / "nodes" / str(POLICE) / "key.pem")
+    cert = pki.load_cert(province.root / "nodes" / str(POLICE) / "cert.pem")
+    document = model.build(RULES, (province.root / "ca" / "ca.pem").read_bytes(), None, 7, clock.now(),
+                           clock.now() + dt.timedelta(days=1))
+    with node(province) as ctx, pytest.raises(BundleBadSignature, match="not signed by the configuration authority"):
+        configuration.install(ctx, model.sign(document, key, cert), "forged.bundle")
+    with node(province) as ctx:
+        assert configuration.installed(ctx.config) == []
+
+
+def test_an_expired_bundle_is_refused(province: Cluster) -> None:
+    data = publish(province, 1, effective=clock.now() - dt.timedelta(days=3), days=1)
+    with node(province) as ctx, pytest.raises(BundleExpired):
+        configuration.install(ctx, data, "old.bundle")
+
+
+def test_publish_refuses_rules_that_do_not_load(province: Cluster, tmp_path: Path) -> None:
+    broken = edited_rules(tmp_path, budget="0")  # the steps take longer than the procedure's budget
+    with pytest.raises(RuleError):
+        publish(province, 1, broken)
+    moment = clock.now()
+    with pytest.raises(BundleRefused, match="expire"):
+        model.build(RULES, (province.root / "ca" / "ca.pem").read_bytes(), None, 1, moment, moment)
+
+
+def test_the_command_line_publishes_installs_and_tells(province: Cluster, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "v1.bundle"
+    assert cli("config", "publish", "--authority", province.root / "authority", "--rules", RULES, "--ca",
+               province.root / "ca" / "ca.pem", "--version", "1", "--valid-days", "3", "--out", out) == 0
+    config = province.config(str(COMMUNE))
+    assert cli("config", "install", "--config", config, out) == 0
+    assert cli("config", "install", "--config", config, out) == 1
+    assert "config-rollback" in capsys.readouterr().err
+    assert cli("config", "status", "--config", config, "--json") == 0
+    (document,) = json.loads(capsys.readouterr().out)
+    assert (document["version"], document["active"], document["days_left"], document["expiring"]) == (1, True, 2, True)
+
+
+# Node processes ---------------------------------------------------------------------------------
+
+def heartbeat_digest(cluster: Cluster, agency: str) -> str:
+    result = subprocess.run([EXE, "check", "--config", str(cluster.config(agency)), "--json"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    return str(json.loads(result.stdout).get("heartbeat", {}).get("rules_digest", ""))
+
+
+def test_running_nodes_take_a_bundles_rules_at_its_effective_time(province: Cluster, tmp_path: Path) -> None:
+    for agency in NODES:
+        province.start(agency)
+    try:
+        pids = {a: province.processes[a].pid for a in NODES}
+        before = load_rules(RULES).digest
+        rules = edited_rules(tmp_path)
+        data = publish(province, 1, rules, effective=clock.now() + dt.timedelta(seconds=6))
+        bundle = tmp_path / "v1.bundle"
+        bundle.write_bytes(data)
+        for agency in NODES:
+            assert cli("config", "install", "--config", province.config(agency), bundle) == 0
+        assert {heartbeat_digest(province, a) for a in NODES} == {before}  # not yet
+        wait_until(lambda: {heartbeat_digest(province, a) for a in NODES} == {load_rules(rules).digest}, 60,
+                   "every node on the bundle's rules")
+        assert {a: province.processes[a].pid for a in NODES} == pids  # no restart
+        assert all(events_named(province.log(a), "config.applied") for a in NODES)
+    finally:
+        province.stop_all()
+
+
+def test_a_revoked_agency_is_refused_after_the_next_bundle(province: Cluster, tmp_path: Path) -> None:
+    ca = pki.CertificateAuthority.load(province.root / "ca")
+    ca.revoke(pki.load_cert(province.root / "nodes" / str(POLICE) / "cert.pem"), "keyCompromise")
+    crl = _crl_pem(ca)
+    for agency in NODES:
+        province.start(agency)
+    try:
+        code = province.submit(1)
+        wait_until(lambda: code in province.ready(str(POLICE), "residence"), 60, "the police step ready")
+        bundle = tmp_path / "v1.bundle"
+        bundle.write_bytes(publish(province, 1, crl=crl))
+        assert cli("config", "install", "--config", province.config(str(COMMUNE)), bundle) == 0
+        wait_until(lambda: bool(events_named(province.log(str(COMMUNE)), "config.applied")
+                                or events_named(province.log(str(COMMUNE)), "rules.reloaded")), 30,
+                   "the commune on the bundle")
+        time.sleep(6)  # the running commune takes in the bundle the command applied (polled every 5 s)
+        province.done(str(POLICE), code, "residence")
+        wait_until(lambda: any(e.get("reason") == "revoked" for e in events_named(province.log(str(COMMUNE)),
+                                                                                 "envelope.refused")), 60,
+                   "the police's envelope refused as revoked at the commune")
+    finally:
+        province.stop_all()
+
+
+def _crl_pem(ca: pki.CertificateAuthority) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return ca.crl().public_bytes(serialization.Encoding.PEM)
