@@ -5,24 +5,31 @@ restart, and a revoked agency refused after the next bundle."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import shutil
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from exchange import clock
 from exchange.audit.entries import Entry, Event
 from exchange.bundle import authority, model
 from exchange.envelope import pki
+from exchange.envelope.model import Header, Kind
 from exchange.errors import BundleBadSignature, BundleExpired, BundleRefused, BundleRollback, RuleError
 from exchange.node import configuration
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
+from exchange.node.intake import receive_batch
 from exchange.rules.load import load as load_rules
+from exchange.store.states import Outcome
+from exchange.xml.names import BUNDLE_NS, q
 from tests.agencies import COMMUNE, INSURANCE, POLICE
 from tests.node_cluster import EXE, RULES, Cluster, cli, events_named, wait_until
 
@@ -141,16 +148,21 @@ def test_publish_refuses_rules_that_do_not_load(province: Cluster, tmp_path: Pat
 
 def test_the_command_line_publishes_installs_and_tells(province: Cluster, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "v1.bundle"
-    assert cli("config", "publish", "--authority", province.root / "authority", "--rules", RULES, "--ca",
-               province.root / "ca" / "ca.pem", "--version", "1", "--valid-days", "3", "--out", out) == 0
+    def publish_cli(version: str) -> Path:
+        out = tmp_path / f"v{version}.bundle"
+        assert cli("config", "publish", "--authority", province.root / "authority", "--rules", RULES, "--ca",
+                   province.root / "ca" / "ca.pem", "--version", version, "--valid-days", "3", "--out", out) == 0
+        return out
+
+    first, second = publish_cli("1"), publish_cli("2")
     config = province.config(str(COMMUNE))
-    assert cli("config", "install", "--config", config, out) == 0
-    assert cli("config", "install", "--config", config, out) == 1
-    assert "config-rollback" in capsys.readouterr().err
+    assert cli("config", "install", "--config", config, second) == 0
+    assert cli("config", "install", "--config", config, second) == 0  # the same again: nothing new
+    assert cli("config", "install", "--config", config, first) == 1
+    assert "config-rollback: " in capsys.readouterr().err
     assert cli("config", "status", "--config", config, "--json") == 0
     (document,) = json.loads(capsys.readouterr().out)
-    assert (document["version"], document["active"], document["days_left"], document["expiring"]) == (1, True, 2, True)
+    assert (document["version"], document["active"], document["days_left"], document["expiring"]) == (2, True, 2, True)
 
 
 # Node processes ---------------------------------------------------------------------------------
@@ -161,25 +173,56 @@ def heartbeat_digest(cluster: Cluster, agency: str) -> str:
     return str(json.loads(result.stdout).get("heartbeat", {}).get("rules_digest", ""))
 
 
-def test_running_nodes_take_a_bundles_rules_at_its_effective_time(province: Cluster, tmp_path: Path) -> None:
+def test_a_broadcast_bundle_changes_three_running_nodes_at_its_effective_time(province: Cluster,
+                                                                             tmp_path: Path) -> None:
+    """The authority's node (the commune here) installs the bundle and broadcasts it to the police
+    and the insurance through the exchange; all three take its rules at its effective time, without
+    a restart, and the two transfers of the bundle are receipted."""
     for agency in NODES:
         province.start(agency)
     try:
         pids = {a: province.processes[a].pid for a in NODES}
         before = load_rules(RULES).digest
         rules = edited_rules(tmp_path)
-        data = publish(province, 1, rules, effective=clock.now() + dt.timedelta(seconds=6))
         bundle = tmp_path / "v1.bundle"
-        bundle.write_bytes(data)
-        for agency in NODES:
-            assert cli("config", "install", "--config", province.config(agency), bundle) == 0
+        bundle.write_bytes(publish(province, 1, rules, effective=clock.now() + dt.timedelta(seconds=8)))
+        commune = province.config(str(COMMUNE))
+        assert cli("config", "install", "--config", commune, bundle) == 0
+        assert cli("config", "broadcast", "--config", commune, "--to", str(POLICE), "--to", str(INSURANCE),
+                   bundle) == 0
         assert {heartbeat_digest(province, a) for a in NODES} == {before}  # not yet
         wait_until(lambda: {heartbeat_digest(province, a) for a in NODES} == {load_rules(rules).digest}, 60,
                    "every node on the bundle's rules")
         assert {a: province.processes[a].pid for a in NODES} == pids  # no restart
-        assert all(events_named(province.log(a), "config.applied") for a in NODES)
+        wait_until(lambda: _acknowledged(province) == 2, 30, "both bundle transfers receipted")
     finally:
         province.stop_all()
+
+
+def _acknowledged(cluster: Cluster) -> int:
+    with sqlite3.connect(cluster.root / "nodes" / str(COMMUNE) / "state" / "node.db") as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'configuration' AND state = 'acknowledged'"
+                                ).fetchone()[0])
+
+
+def test_a_bundle_nobody_trusts_is_neither_broadcast_nor_taken(province: Cluster, tmp_path: Path) -> None:
+    forged_key = pki.load_key(province.root / "nodes" / str(POLICE) / "key.pem")
+    forged_cert = pki.load_cert(province.root / "nodes" / str(POLICE) / "cert.pem")
+    document = model.build(RULES, (province.root / "ca" / "ca.pem").read_bytes(), None, 3, clock.now(),
+                           clock.now() + dt.timedelta(days=1))
+    forged = model.sign(document, forged_key, forged_cert)
+    path = tmp_path / "forged.bundle"
+    path.write_bytes(forged)
+    assert cli("config", "broadcast", "--config", province.config(str(COMMUNE)), "--to", str(POLICE), path) == 1
+    payload = etree.Element(q("ConfigurationBundle", BUNDLE_NS), nsmap={None: BUNDLE_NS}, version="3")
+    payload.text = base64.b64encode(forged).decode("ascii")
+    header = Header(kind=Kind.CONFIGURATION, sender=COMMUNE, recipient=POLICE)
+    with node(province) as commune, node(province, str(POLICE)) as police:
+        body = commune.signer.seal(header, payload)
+        (handled,) = receive_batch(police, [(header.message_id, body)])
+        assert handled.outcome is Outcome.REFUSED
+        assert handled.reason.startswith("config-bad-signature")
+        assert configuration.installed(police.config) == []
 
 
 def test_a_revoked_agency_is_refused_after_the_next_bundle(province: Cluster, tmp_path: Path) -> None:

@@ -34,8 +34,8 @@ from exchange import clock
 from exchange.errors import BundleBadSignature, BundleRefused, InvalidEnvelope, RuleError
 from exchange.rules.load import load as load_rules
 from exchange.xml import safexml
+from exchange.xml.names import BUNDLE_NS
 
-BUNDLE_NS = "urn:vn-exchange:bundle:1"
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from exchange import clock
 from exchange.bundle import authority, model
-from exchange.commands import positive_int, read_input
+from exchange.commands import agency_arg, positive_int, read_input
 from exchange.files import write_atomic
 from exchange.node import configuration
 from exchange.node.config import NodeConfig
@@ -45,6 +45,14 @@ def register(commands: Any) -> None:
     install.add_argument("--config", type=Path, required=True, metavar="NODE_TOML")
     install.add_argument("file", type=Path, metavar="FILE")
     install.set_defaults(handler=_install)
+
+    broadcast = sub.add_parser("broadcast", help="the authority's node sends a bundle to every agency, "
+                               "through the exchange")
+    broadcast.add_argument("--config", type=Path, required=True, metavar="NODE_TOML")
+    broadcast.add_argument("--to", type=agency_arg, action="append", metavar="AGENCY",
+                           help="only this agency (repeat it); default: every agency in force in the directory")
+    broadcast.add_argument("file", type=Path, metavar="FILE")
+    broadcast.set_defaults(handler=_broadcast)
 
     status = sub.add_parser("status", help="the bundles a node keeps, and the one in force")
     status.add_argument("--config", type=Path, required=True, metavar="NODE_TOML")
@@ -85,6 +93,13 @@ def _install(args: argparse.Namespace) -> int:
         kept = configuration.install(ctx, read_input(args.file), str(args.file))
     state = "in force" if kept.active else f"kept; applied at {clock.utc(kept.effective)}"
     print(f"bundle version {kept.version} installed ({state}), expires {clock.utc(kept.expires)}")
+    return 0
+
+
+def _broadcast(args: argparse.Namespace) -> int:
+    with NodeContext.open(NodeConfig.load(args.config)) as ctx:
+        sent = configuration.broadcast(ctx, read_input(args.file), str(args.file), args.to)
+    print(f"bundle {args.file} sealed to {len(sent)} agencies; the running node publishes it and records each receipt")
     return 0
 
 

@@ -18,7 +18,7 @@ from exchange import clock
 from exchange.clock import utc
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.xml.datatypes import parse_datetime
-from exchange.xml.names import DOSSIER_NS, ENV_NS, RECEIPT_NS, SHA256_URI, STATUS_NS, q
+from exchange.xml.names import BUNDLE_NS, DOSSIER_NS, ENV_NS, RECEIPT_NS, SHA256_URI, STATUS_NS, q
 
 VERSION = "1"
 
@@ -30,12 +30,14 @@ class Kind(StrEnum):
     TRANSFER = "transfer"
     RECEIPT = "receipt"
     STATUS = "status"
+    CONFIGURATION = "configuration"  # a configuration bundle, broadcast by the authority's node
 
 
 PAYLOAD_OF_KIND = {
     Kind.TRANSFER: q("Dossier", DOSSIER_NS),
     Kind.RECEIPT: q("Receipt", RECEIPT_NS),
     Kind.STATUS: q("Status", STATUS_NS),
+    Kind.CONFIGURATION: q("ConfigurationBundle", BUNDLE_NS),
 }
 
 

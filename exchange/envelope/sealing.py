@@ -268,7 +268,7 @@ def _payload_matches(signed_data: bytes, payload: etree._Element, digest: str) -
 
 
 def _check_routing_fields(header: Header, payload: etree._Element) -> None:
-    if header.kind is Kind.RECEIPT:
+    if header.kind in (Kind.RECEIPT, Kind.CONFIGURATION):
         return
     missing = [n for n, v in (("DossierCode", header.dossier), ("Procedure", header.procedure),
                               ("Step", header.step)) if v is None]

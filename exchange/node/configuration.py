@@ -12,6 +12,7 @@ loop's work, without a restart; it is audited too.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import shutil
@@ -21,18 +22,23 @@ from pathlib import Path
 
 import structlog
 from cryptography import x509
+from lxml import etree
 
 from exchange import clock
 from exchange.audit.entries import Event
 from exchange.bundle import model
 from exchange.bundle.model import Bundle
+from exchange.codes import AgencyCode
 from exchange.envelope import pki
+from exchange.envelope.model import Header, Kind
 from exchange.envelope.trust import TrustStore
 from exchange.errors import BundleExpired, BundleRollback, ConfigError
 from exchange.files import write_atomic
 from exchange.node.config import ACTIVE_BUNDLE, NodeConfig
 from exchange.node.context import NodeContext
+from exchange.node.workflow import enqueue
 from exchange.rules.load import RuleBook
+from exchange.xml.names import BUNDLE_NS, q
 
 log = structlog.get_logger(__name__)
 
@@ -93,28 +99,41 @@ def active_version(config: NodeConfig) -> int | None:
 def install(ctx: NodeContext, data: bytes, source: str) -> Installed:
     """Verify and keep a bundle; apply it now if its time has come. BundleRefused (with its reason
     code) changes nothing."""
+    with ctx.store.transaction():
+        bundle = take(ctx, data, source)
+    if bundle.effective <= clock.now():
+        apply_due(ctx)
+    return next(i for i in installed(ctx.config) if i.version == bundle.version)
+
+
+def take(ctx: NodeContext, data: bytes, source: str) -> Bundle:
+    """Verify a bundle, keep it and audit it, in the caller's transaction (the running node's
+    housekeeping applies it when its time comes). The same bundle again is taken as it was."""
     bundle = model.verify(data, anchor_of(ctx.config), source=source)
     now = clock.now()
+    kept = {i.version: i for i in installed(ctx.config)}
+    if bundle.version in kept and kept[bundle.version].sha256 == bundle.sha256:
+        return bundle  # a broadcast again, or a command repeated: nothing new
     if bundle.expires <= now:
         raise BundleExpired(f"{source}: version {bundle.version} expired on {clock.utc(bundle.expires)}")
-    newest = max((i.version for i in installed(ctx.config)), default=0)
+    newest = max(kept, default=0)
     if bundle.version <= newest:
         raise BundleRollback(f"{source}: version {bundle.version} is not newer than version {newest}, "
                              "installed already: a bundle never goes back")
     _keep(ctx.config, bundle, data)
-    with ctx.store.transaction():
-        ctx.record(ctx.entry(Event.CONFIG_INSTALLED, detail={
-            "version": str(bundle.version), "sha256": bundle.sha256, "effective": clock.utc(bundle.effective),
-            "expires": clock.utc(bundle.expires), "rules_digest": bundle.rules_digest, "source": source[:300]}))
+    ctx.record(ctx.entry(Event.CONFIG_INSTALLED, detail={
+        "version": str(bundle.version), "sha256": bundle.sha256, "effective": clock.utc(bundle.effective),
+        "expires": clock.utc(bundle.expires), "rules_digest": bundle.rules_digest, "source": source[:300]}))
     log.info("config.installed", version=bundle.version, effective=clock.utc(bundle.effective), source=source)
-    if bundle.effective <= now:
-        apply_due(ctx)
-    return next(i for i in installed(ctx.config) if i.version == bundle.version)
+    return bundle
 
 
 def _keep(config: NodeConfig, bundle: Bundle, data: bytes) -> None:
     versions = folder(config) / "versions"
     versions.mkdir(parents=True, exist_ok=True)
+    final = versions / str(bundle.version)
+    if final.exists():  # kept by a transaction that did not commit: this bundle's files replace it
+        shutil.rmtree(final)
     aside = versions / f".{bundle.version}.partial"
     shutil.rmtree(aside, ignore_errors=True)
     bundle.write_rules(aside / "rules")
@@ -122,7 +141,7 @@ def _keep(config: NodeConfig, bundle: Bundle, data: bytes) -> None:
     write_atomic(aside / "ca.pem", bundle.ca_pem)
     if bundle.crl_pem is not None:
         write_atomic(aside / "crl.pem", bundle.crl_pem)
-    aside.rename(versions / str(bundle.version))
+    aside.rename(final)
 
 
 def _stored(path: Path) -> Bundle:
@@ -207,3 +226,23 @@ class BundleWatch:
             self.warned_at = now
             log.warning("config.expiring", version=soon.version, expires=clock.utc(soon.expires),
                         days_left=soon.document()["days_left"])
+
+
+def broadcast(ctx: NodeContext, data: bytes, source: str, recipients: list[AgencyCode] | None = None) -> list[str]:
+    """Send a bundle to every agency in force in the directory (or to ``recipients``), one signed
+    envelope each through the outbox: published, retried and receipted like transfers. The
+    bundle is verified against this node's anchor first: no node broadcasts what nodes refuse."""
+    bundle = model.verify(data, anchor_of(ctx.config), source=source)
+    today = ctx.rules.calendar.local(clock.now()).date()
+    targets = recipients if recipients is not None else sorted(
+        a.code for a in ctx.rules.agencies.values() if a.in_force(today) and a.code != ctx.agency)
+    payload_text = base64.b64encode(data).decode("ascii")
+    with ctx.store.transaction():
+        for agency in targets:
+            payload = etree.Element(q("ConfigurationBundle", BUNDLE_NS), nsmap={None: BUNDLE_NS},  # type: ignore[dict-item]
+                                    version=str(bundle.version))
+            payload.text = payload_text
+            header = Header(kind=Kind.CONFIGURATION, sender=ctx.agency, recipient=agency, created=clock.now())
+            enqueue(ctx, header, payload, Event.SEALED, {"bundle": str(bundle.version)})
+    log.info("config.broadcast", version=bundle.version, recipients=len(targets))
+    return [str(a) for a in targets]

@@ -9,6 +9,8 @@ gets its receipt again and nothing else); the rules name its sender for its step
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import time
@@ -28,8 +30,17 @@ from exchange.envelope import dossier as dossiers
 from exchange.envelope.messages import Ack, DossierStatus, Witnessed, read_acks, read_witnessed, receipt_element
 from exchange.envelope.messages import Outcome as ReceiptOutcome
 from exchange.envelope.model import Header, Kind, VerifiedEnvelope
-from exchange.errors import AgencyAbolished, InvalidEnvelope, NotAuthorized, RoutingError, StoreError, Unverifiable
-from exchange.node import slips
+from exchange.errors import (
+    AgencyAbolished,
+    BundleRefused,
+    ConfigError,
+    InvalidEnvelope,
+    NotAuthorized,
+    RoutingError,
+    StoreError,
+    Unverifiable,
+)
+from exchange.node import configuration, slips
 from exchange.node.context import NodeContext
 from exchange.node.workflow import (
     end_dossier,
@@ -105,12 +116,15 @@ def _receive_one(ctx: NodeContext, message_id: str, body: bytes, acks: Acks) -> 
         if env.header.kind is Kind.RECEIPT:
             _take_receipt(ctx, env)
             return Handled(Outcome.ACCEPTED)
-        _authorize(ctx, env)
+        if env.header.kind is Kind.CONFIGURATION:
+            _take_configuration(ctx, env)
+        else:
+            _authorize(ctx, env)
     except InvalidEnvelope as exc:
         return _refuse(ctx, env, exc, acks)
     if env.header.kind is Kind.TRANSFER:
         _take_transfer(ctx, env)
-    else:
+    elif env.header.kind is Kind.STATUS:
         _take_status(ctx, env)
     acks[env.header.sender].append(Ack(env.header.message_id, env.envelope_digest, ReceiptOutcome.ACCEPTED))
     return Handled(Outcome.ACCEPTED)
@@ -285,6 +299,23 @@ def _take_status(ctx: NodeContext, env: VerifiedEnvelope) -> None:
     elif header.dossier is not None and header.dossier.agency == ctx.agency and \
             payload.findtext(q("DossierStatus", STATUS_NS)) == str(int(DossierStatus.SUPPLEMENT_REQUESTED)):
         supplement_requested(ctx, header.dossier, header.step or "?", header.sender, clock.parse(at), reason)
+
+
+def _take_configuration(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+    """A bundle broadcast by the authority's node: whoever carried it, only the authority's own
+    signature (checked against this node's anchor) makes it installable. Kept and audited here;
+    the housekeeping applies it at its time. A refused bundle is refused with its reason code."""
+    header = env.header
+    try:
+        data = base64.b64decode("".join((env.payload.text or "").split()), validate=True)
+        configuration.take(ctx, data, f"bundle from {header.sender} (message {header.message_id})")
+    except (binascii.Error, BundleRefused, ConfigError) as exc:
+        refusal = InvalidEnvelope(str(exc))
+        refusal.reason_code = getattr(exc, "reason_code", "config-malformed")
+        raise refusal from None
+    _record_inbox(ctx, env, Outcome.ACCEPTED, None, delivered=True)
+    ctx.record(ctx.entry(Event.RECEIVED, message_id=header.message_id, counterpart=str(header.sender),
+                         envelope_sha256=env.envelope_digest, detail={"bundle": env.payload.get("version", "")}))
 
 
 def _take_final(ctx: NodeContext, env: VerifiedEnvelope, final: DossierState, reason: str | None, at: str) -> None:

@@ -6,6 +6,7 @@ ENV_NS = "urn:vn-exchange:envelope:1"
 DOSSIER_NS = "urn:vn-exchange:dossier:1"
 RECEIPT_NS = "urn:vn-exchange:receipt:1"
 STATUS_NS = "urn:vn-exchange:status:1"
+BUNDLE_NS = "urn:vn-exchange:bundle:1"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 SHA256_URI = "http://www.w3.org/2001/04/xmlenc#sha256"
 
