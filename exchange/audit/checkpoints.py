@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,6 +198,27 @@ def register_key(audit: AuditLog, verifier: Verifier, attestation: str, cert_pem
         return
     rows.add_key(audit.conn, rows.KeyRecord(str(verifier), attestation, cert_pem, audit.size), clock.now().isoformat())
     audit.append(Entry(Event.KEY_ROTATED, audit.node, detail={"verifier": str(verifier)}))
+
+
+def rotate_key(audit: AuditLog, transaction: Callable[[], AbstractContextManager[object]], key_path: Path,
+               agency_key: ec.EllipticCurvePrivateKey, cert_pem: str) -> Verifier:
+    """A new checkpoint key for the log ``audit``: attested by the agency key, recorded in the log
+    (``key-rotated``) in a ``transaction`` that commits before the key is written to ``key_path``. The verifier file
+    (``.pub``) keeps the old keys' lines and adds the new one, so that the checkpoints the old keys
+    signed still verify with it. A node signs with the new key once reloaded (SIGHUP)."""
+    signer = NoteSigner.generate(origin_for(audit.node))
+    with transaction():
+        register_key(audit, signer.verifier, attest(signer.verifier, agency_key), cert_pem)
+    public = key_path.with_suffix(".pub")
+    try:
+        previous = [line for line in public.read_text("utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        previous = []
+    write_private(key_path, signer.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+    write_atomic(public, "".join(f"{line}\n" for line in [*previous, str(signer.verifier)]).encode())
+    log.info("audit.key_rotated", verifier=str(signer.verifier))
+    return signer.verifier
 
 
 @dataclass

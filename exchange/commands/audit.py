@@ -14,15 +14,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from exchange import clock
 from exchange.audit import bundle, proofs
 from exchange.audit import verify as verifying
-from exchange.audit.checkpoints import Checkpoint, origin_for, parse
+from exchange.audit.checkpoints import Checkpoint, origin_for, parse, rotate_key
+from exchange.audit.log import AuditLog
 from exchange.audit.reconcile import reconcile
 from exchange.audit.show import show
 from exchange.audit.sources import BundleSource, LogSource, Trust, checkpoint_of, open_source
+from exchange.envelope import pki
 from exchange.errors import ConfigError
 from exchange.node.config import NodeConfig
+from exchange.store.node import Store
 
 ICT = dt.timezone(dt.timedelta(hours=7))
 MAX_AGE = dt.timedelta(days=1)
@@ -85,6 +90,11 @@ def register(commands: Any) -> None:
     this.add_argument("--config", type=Path, metavar="NODE_TOML", help="this node's database as one side")
     reconcile_.add_argument("other", type=Path, metavar="B", help="the other side: a bundle or a node database")
     reconcile_.set_defaults(handler=_reconcile)
+
+    rotate = sub.add_parser("rotate-key", help="a new checkpoint key for a node, attested by its agency key; "
+                            "reload the node (SIGHUP) to sign with it")
+    rotate.add_argument("--config", type=Path, required=True, metavar="NODE_TOML")
+    rotate.set_defaults(handler=_rotate_key)
 
     show_ = sub.add_parser("show", help="the processing-control view of a dossier")
     _source_args(show_)
@@ -250,6 +260,24 @@ def _reconcile(args: argparse.Namespace) -> int:
         print(gap)
     print(f"{matched} transfer(s) matched on both sides, {len(gaps)} without their other half")
     return 1 if gaps else 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config)
+    cert, key = pki.load_cert(config.cert), pki.load_key(config.key)
+    if not pki.key_matches(cert, key):
+        raise ConfigError(f"{config.key} is not the key of the certificate {config.cert}: install a matching pair")
+    if pki.agency_of(cert) != config.agency:
+        raise ConfigError(f"{config.cert} is not the certificate of {config.agency}")
+    store = Store(config.database)
+    try:
+        verifier = rotate_key(AuditLog(store.conn, str(config.agency)), store.transaction, config.checkpoint_key, key,
+                              cert.public_bytes(Encoding.PEM).decode("ascii"))
+    finally:
+        store.close()
+    print(f"checkpoint key rotated: {verifier}\nattested by certificate serial {cert.serial_number:x}; "
+          f"{config.checkpoint_verifier} keeps the old keys. Reload the node (SIGHUP) to sign with it")
+    return 0
 
 
 def _show(args: argparse.Namespace) -> int:

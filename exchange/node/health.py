@@ -41,6 +41,24 @@ HEARTBEAT_FILE = "heartbeat.json"
 """In the node's state directory."""
 WEBHOOK_BACKLOG_MAX = 1000
 """More webhook pushes waiting than this: the agency system is not taking them."""
+CERT_WARN_DAYS = 30
+"""A node warns (log, heartbeat, metric) from this many days before its certificate expires."""
+_CERTIFICATES: dict[str, float] = {}
+"""The not-after (epoch seconds) of the signing certificate each running node of this process
+signs with, by agency: set when the node starts and when a reload puts a new certificate in force
+(``signing_certificate``), read into the heartbeat."""
+
+
+def signing_certificate(agency: str, not_after: dt.datetime) -> None:
+    """Note the certificate the node of ``agency`` signs with now, for its heartbeats."""
+    _CERTIFICATES[agency] = not_after.timestamp()
+
+
+def days_left(not_after: float, now: float) -> int:
+    """Whole days from ``now`` until ``not_after`` (negative once it has passed)."""
+    return int((not_after - now) // 86400)
+
+
 TRANSPORT_RETRY = Backoff(first=0.25, maximum=5.0, attempts=sys.maxsize)
 """The loop's next try at a transport that failed: a quarter second doubling to five. It never
 gives up on its own transport (``attempts`` is not consulted); health reports a long outage."""
@@ -121,12 +139,16 @@ class Heartbeat:
     """Until the CRL in force goes stale (negative: it has); None without a CRL."""
     webhook_backlog: int = 0
     """Webhook pushes waiting for the agency system."""
+    certificate_not_after: float | None = None
+    """When the certificate the node signs with expires (epoch seconds); None if unknown."""
 
     @classmethod
     def of(cls, agency: str, transport: TransportHealth, *, running: bool = True, rules_digest: str = "",
-           crl_seconds_left: float | None = None, webhook_backlog: int = 0) -> Heartbeat:
+           crl_seconds_left: float | None = None, webhook_backlog: int = 0,
+           certificate_not_after: float | None = None) -> Heartbeat:
         return cls(agency, os.getpid(), time.time(), running, transport.connected, transport.since,
-                   transport.last_error, rules_digest, crl_seconds_left, webhook_backlog)
+                   transport.last_error, rules_digest, crl_seconds_left, webhook_backlog,
+                   certificate_not_after if certificate_not_after is not None else _CERTIFICATES.get(agency))
 
     def write(self, state_dir: Path) -> None:
         write_atomic(state_dir / HEARTBEAT_FILE, json.dumps(asdict(self)).encode(), sync=False)
@@ -153,6 +175,10 @@ class Heartbeat:
         if self.crl_seconds_left is not None and self.crl_seconds_left - (now - self.at) <= 0:
             problems.append("the CRL in force is out of date: revoked certificates would go unnoticed; "
                             "publish a fresh CRL and reload (SIGHUP)")
+        if self.certificate_not_after is not None and self.certificate_not_after <= now:
+            expired = clock.utc(dt.datetime.fromtimestamp(self.certificate_not_after, dt.UTC))
+            problems.append(f"the node's certificate expired at {expired}: peers refuse what it signs; install a "
+                            "renewed certificate and key and reload (SIGHUP)")
         if self.webhook_backlog > WEBHOOK_BACKLOG_MAX:
             problems.append(f"{self.webhook_backlog} webhook pushes wait for the agency system "
                             f"(more than {WEBHOOK_BACKLOG_MAX})")
@@ -161,7 +187,13 @@ class Heartbeat:
     def details(self, now: float) -> dict[str, object]:
         """What ``exchange check --json`` prints: the heartbeat, with its age and the CRL's time left now."""
         left = None if self.crl_seconds_left is None else round(self.crl_seconds_left - (now - self.at))
-        return {**asdict(self), "age_seconds": round(now - self.at, 1), "crl_seconds_left": left}
+        certificate: dict[str, object] = {}
+        if self.certificate_not_after is not None:
+            days = days_left(self.certificate_not_after, now)
+            certificate = {
+                "certificate_not_after": clock.utc(dt.datetime.fromtimestamp(self.certificate_not_after, dt.UTC)),
+                "certificate_days_left": days, "certificate_expiring": days < CERT_WARN_DAYS}
+        return {**asdict(self), "age_seconds": round(now - self.at, 1), "crl_seconds_left": left, **certificate}
 
 
 def judge(state_dir: Path, now: float, *, stale_after: float = STALE_AFTER_S,

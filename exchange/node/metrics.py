@@ -3,6 +3,7 @@ and health gauges computed when scraped (so a stuck loop cannot leave a stale "h
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,9 @@ class Metrics:
         self.audit = Gauge("exchange_audit_entries", "Entries in the audit log", registry=r)
         self.healthy = Gauge("exchange_healthy", "1 when the loop runs and its transport works", registry=r)
         self.transport_up = Gauge("exchange_transport_up", "1 while the node's transport works", registry=r)
+        self.certificate_left = Gauge("exchange_certificate_seconds_left",
+                                      "Seconds until the certificate the node signs with expires (negative: it has)",
+                                      registry=r)
 
     def watch(self, healthy: Callable[[], bool], transport_up: Callable[[], bool]) -> None:
         """Compute the health gauges at each scrape from these (called from the server's thread)."""
@@ -46,6 +50,7 @@ class Metrics:
         for state in OutboxState:
             self.outbox.labels(state.value).set(counts.get(f"outbox_{state.value}", 0))
         self.audit.set(ctx.audit.size)
+        self.certificate_left.set(ctx.signer.cert.not_valid_after_utc.timestamp() - time.time())
 
     def serve(self, port: int) -> None:
         """Serve ``/metrics`` on 127.0.0.1:``port`` from a thread of prometheus_client's."""
