@@ -165,6 +165,20 @@ def test_the_command_line_publishes_installs_and_tells(province: Cluster, tmp_pa
     assert (document["version"], document["active"], document["days_left"], document["expiring"]) == (2, True, 2, True)
 
 
+def test_node_init_pins_the_anchor_and_refuses_an_agency_certificate(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = Cluster(tmp_path)
+    cluster.init(str(POLICE))
+    authority.init_authority(tmp_path / "ca", tmp_path / "authority")
+    argv = ["node", "init", "--agency", str(COMMUNE), "--ca", tmp_path / "ca", "--rules", RULES]
+    assert cli(*argv, "--anchor", tmp_path / "nodes" / str(POLICE) / "cert.pem", "--out", tmp_path / "bad") == 1
+    assert "not of the configuration authority" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # nothing made
+    assert cli(*argv, "--anchor", tmp_path / "authority" / authority.CERT, "--out", tmp_path / "good") == 0
+    config = NodeConfig.load(tmp_path / "good" / "node.toml")
+    assert configuration.anchor_of(config) == pki.load_cert(tmp_path / "authority" / authority.CERT)
+
+
 # Node processes ---------------------------------------------------------------------------------
 
 def heartbeat_digest(cluster: Cluster, agency: str) -> str:

@@ -21,7 +21,7 @@ from exchange.commands import agency_arg, read_input
 from exchange.envelope import pki
 from exchange.envelope.dossier import Supplement, media_type
 from exchange.errors import ConfigError, ExchangeError, InvalidCode, UnknownDossier
-from exchange.node import health, slips
+from exchange.node import configuration, health, slips
 from exchange.node.config import NodeConfig, split_password
 from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
@@ -56,6 +56,8 @@ def register(commands: Any) -> None:
     init.add_argument("--broker-password-file", type=Path, metavar="FILE",
                       help="the broker's password (first line); or set EXCHANGE_BROKER_PASSWORD when the node runs")
     init.add_argument("--metrics-port", type=int, default=0, metavar="PORT")
+    init.add_argument("--anchor", type=Path, metavar="CERT",
+                      help="the configuration authority's certificate: bundles must be signed with it")
     init.add_argument("--out", type=Path, required=True, metavar="DIR")
     init.set_defaults(handler=_init)
 
@@ -132,6 +134,9 @@ def _dossier_code(text: str) -> DossierCode:
 def _init(args: argparse.Namespace) -> int:
     given = _credentials(args)
     rules = load_rules(args.rules)
+    anchor = None
+    if args.anchor is not None:  # checked before anything is made
+        anchor = configuration.check_anchor(args.anchor, given.ca_cert if given else args.ca / pki.CA_CERT)
     if split_password(args.broker)[1] is not None:
         print("warning: a password on the command line is visible to other users of this host (ps); "
               "prefer --broker-password-file. It is kept out of node.toml all the same", file=sys.stderr)
@@ -145,6 +150,8 @@ def _init(args: argparse.Namespace) -> int:
                   f"{args.out / 'crl.pem'} and named in node.toml", file=sys.stderr)
         path = init_node_from_files(args.agency, given, args.rules, rules, args.broker, args.out,
                                     args.metrics_port, broker_password=password)
+    if anchor is not None:
+        configuration.set_anchor(args.out, anchor)
     print(f"node {args.agency} ({rules.agency(args.agency).name}) ready: exchange run --config {path}")
     return 0
 

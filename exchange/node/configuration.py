@@ -22,6 +22,7 @@ from pathlib import Path
 
 import structlog
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from lxml import etree
 
 from exchange import clock
@@ -32,7 +33,7 @@ from exchange.codes import AgencyCode
 from exchange.envelope import pki
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.trust import TrustStore
-from exchange.errors import BundleExpired, BundleRollback, ConfigError
+from exchange.errors import BundleExpired, BundleRollback, ConfigError, InvalidCode
 from exchange.files import write_atomic
 from exchange.node.config import ACTIVE_BUNDLE, NodeConfig
 from exchange.node.context import NodeContext
@@ -76,6 +77,31 @@ def anchor_of(config: NodeConfig) -> x509.Certificate:
         raise ConfigError(f"{path}: no configuration anchor; set [config] anchor in {config.source} to the "
                           "authority's certificate (authority.pem from `exchange config init-authority`)")
     return pki.load_cert(path)
+
+
+def check_anchor(cert_path: Path, ca_path: Path) -> x509.Certificate:
+    """The configuration authority's certificate, once it is known to be issued by the CA and to
+    name no agency (an agency's certificate signs envelopes, never the province's configuration)."""
+    cert = pki.load_cert(cert_path)
+    ca = pki.load_cert(ca_path)
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ConfigError(f"{cert_path}: not issued by this node's CA ({ca.subject.rfc4514_string()})") from None
+    try:
+        agency = pki.agency_of(cert)
+    except InvalidCode:
+        agency = None
+    if agency is not None:
+        raise ConfigError(f"{cert_path}: the certificate of agency {agency}, not of the configuration authority "
+                          "(authority.pem from `exchange config init-authority`)")
+    return cert
+
+
+def set_anchor(node_dir: Path, cert: x509.Certificate) -> Path:
+    """Pin the authority's certificate beside node.toml (``node init --anchor``)."""
+    write_atomic(node_dir / ANCHOR, pki.cert_pem(cert))
+    return node_dir / ANCHOR
 
 
 def installed(config: NodeConfig) -> list[Installed]:
