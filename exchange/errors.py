@@ -247,6 +247,13 @@ class NotAuthorized(InvalidEnvelope):
     reason_code = "not-authorized"
 
 
+class ConfigMismatch(NotAuthorized):
+    """Not authorized by this node's rules, and the sender runs another configuration bundle: the
+    sender tries again once the two run the same."""
+
+    reason_code = "config-mismatch"
+
+
 class AgencyAbolished(NotAuthorized):
     """New work for an agency that no longer exists: its successor takes it."""
 

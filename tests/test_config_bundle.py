@@ -267,3 +267,73 @@ def _crl_pem(ca: pki.CertificateAuthority) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return ca.crl().public_bytes(serialization.Encoding.PEM)
+
+
+# Two nodes on different bundles ------------------------------------------------------------------
+
+NEW_PROCEDURE = "2.999986"
+
+
+def with_new_procedure(tmp_path: Path) -> Path:
+    """The seed's rules plus a copy of the birth registration under another code: a route that a
+    node on the older bundle does not know."""
+    folder = tmp_path / "rules-new-procedure"
+    shutil.copytree(RULES, folder)
+    path = folder / "civil-status.xml"
+    text = path.read_text("utf-8")
+    start = text.index('<procedure code="2.000986"')
+    end = text.index("</procedure>", start) + len("</procedure>")
+    copy = text[start:end].replace('code="2.000986"', f'code="{NEW_PROCEDURE}"', 1)
+    path.write_text(text[:end] + "\n  " + copy + text[end:], "utf-8")
+    return folder
+
+
+def test_a_transfer_between_nodes_on_different_bundles_is_refused_as_a_mismatch_then_sent_again(
+        province: Cluster, tmp_path: Path) -> None:
+    from exchange.adapters.embedded import EmbeddedTransport
+    from exchange.codes import ProcedureCode
+    from exchange.demo import samples
+    from exchange.node.workflow import submit
+    from tests.in_process import settle
+
+    older, newer = publish(province, 1), publish(province, 2, with_new_procedure(tmp_path))
+    with node(province) as commune, node(province, str(POLICE)) as police, node(province, str(INSURANCE)) as ins, \
+            EmbeddedTransport(commune.config.embedded_transport) as transport:
+        for ctx in (commune, police, ins):
+            transport.declare(ctx.agency)
+            configuration.install(ctx, older, "v1.bundle")
+        configuration.install(commune, newer, "v2.bundle")  # the commune has the newer bundle first
+        spec = samples.SampleSpec(COMMUNE, ProcedureCode(NEW_PROCEDURE), size_kb=2, sequence=3)
+        code = submit(commune, samples.to_bytes(samples.sample_dossier(spec)))
+        settle(transport, commune, police, ins, rounds=2)
+        refused = [e for e in events(police, Event.REFUSED) if e.detail.get("reason") == "config-mismatch"]
+        assert refused
+        assert "the sender runs configuration version 2, this node version 1" in refused[0].detail["text"]
+        waiting = [e for e in events(commune, Event.RECEIPT_RECEIVED) if e.detail.get("reason") == "config-mismatch"]
+        assert waiting
+        assert (waiting[0].detail["peer_config"], waiting[0].detail["config"]) == ("1", "2")
+        assert police.store.dossier(str(code)) is None  # nothing taken in
+        configuration.install(police, newer, "v2.bundle")
+        configuration.install(ins, newer, "v2.bundle")
+        settle(transport, commune, police, ins)
+        assert str(code) in {s.dossier for s in police.store.ready_steps(str(POLICE))}  # the same transfer, accepted
+        assert _outbox_states(commune, "transfer") == {"acknowledged"}
+
+
+def test_a_transfer_refused_for_a_mismatch_goes_again_when_the_sender_applies_a_bundle(province: Cluster) -> None:
+    with node(province) as commune:
+        with commune.store.transaction():
+            commune.store.enqueue("m-1", str(POLICE), "transfer", None, None, b"<Envelope/>", "00")
+            row = commune.store.outbox_by_message("m-1")
+            assert row is not None
+            row_id = row.id
+            commune.store.wait_for_configuration(row_id, time.time() + 3600, "the police run version 2")
+        configuration.install(commune, publish(province, 1), "v1.bundle")
+        with commune.store.transaction() as conn:
+            assert conn.execute("SELECT state, next_attempt FROM outbox WHERE id = ?", (row_id,)).fetchone() == (
+                "pending", 0)
+
+
+def _outbox_states(ctx: NodeContext, kind: str) -> set[str]:
+    with ctx.store.transaction() as conn:
+        return {state for (state,) in conn.execute("SELECT state FROM outbox WHERE kind = ?", (kind,))}

@@ -76,7 +76,8 @@ class Witnessed:
     attestation: str | None = None
 
 
-def receipt_element(acks: tuple[Ack, ...], witnessed: Witnessed | None = None) -> etree._Element:
+def receipt_element(acks: tuple[Ack, ...], witnessed: Witnessed | None = None,
+                    config_version: int | None = None) -> etree._Element:
     root = etree.Element(q("Receipt", RECEIPT_NS), nsmap={None: RECEIPT_NS},  # type: ignore[dict-item]
                          version="1")
     for ack in acks:
@@ -87,6 +88,8 @@ def receipt_element(acks: tuple[Ack, ...], witnessed: Witnessed | None = None) -
         _sub(el, RECEIPT_NS, "ReasonCode", ack.reason_code)
         _sub(el, RECEIPT_NS, "ReasonText", ack.reason_text)
         _sub(el, RECEIPT_NS, "ReceivedAt", utc(ack.received_at))
+    if config_version:
+        _sub(root, RECEIPT_NS, "ConfigVersion", str(config_version))
     if witnessed is not None:
         _sub(root, RECEIPT_NS, "Checkpoint", witnessed.note)
         _sub(root, RECEIPT_NS, "CheckpointKey", witnessed.key)
@@ -171,3 +174,9 @@ def status_element(update: StatusUpdate) -> etree._Element:
     _sub(root, ns, "Reason", update.reason)
     _sub(root, ns, "FinalState", update.final)
     return root
+
+
+def read_config_version(receipt: etree._Element) -> int | None:
+    """The configuration bundle version the receiver runs, as its receipt states it."""
+    text = receipt.findtext(q("ConfigVersion", RECEIPT_NS))
+    return int(text) if text else None

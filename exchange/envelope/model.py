@@ -77,6 +77,8 @@ class Header:
     expires: dt.datetime | None = None
     trace: tuple[Hop, ...] = ()
     in_reply_to: str | None = None
+    config_version: int | None = None
+    """The configuration bundle the sender runs (None: none installed)."""
 
     @property
     def expiry(self) -> dt.datetime:
@@ -104,6 +106,7 @@ def header_element(header: Header, digest: str) -> etree._Element:
     for hop in header.trace:
         etree.SubElement(trace, q("Hop"), agency=str(hop.agency), at=utc(hop.at))
     _sub(el, "InReplyTo", header.in_reply_to)
+    _sub(el, "ConfigVersion", str(header.config_version) if header.config_version else None)
     etree.SubElement(el, q("PayloadDigest"), algorithm=SHA256_URI).text = digest
     return el
 
@@ -150,6 +153,7 @@ def read_header(el: etree._Element) -> tuple[Header, str]:
         expires=parse_datetime(req("Expires")),
         trace=hops,
         in_reply_to=opt("InReplyTo"),
+        config_version=int(version) if (version := opt("ConfigVersion")) else None,
     )
     return header, req("PayloadDigest")
 

@@ -199,3 +199,9 @@ def _secret(path: Path | None) -> str | None:
         raise ConfigError(f"{path}: the broker's password is readable by others (mode {mode & 0o777:o}): "
                           f"chmod 600 {path}")
     return text.splitlines()[0] if text.strip() else None
+
+
+def active_bundle_version(config: NodeConfig) -> int | None:
+    """The version of the configuration bundle in force at this node (None: none installed)."""
+    link = config.state_dir / ACTIVE_BUNDLE
+    return int(Path(os.readlink(link)).name) if link.is_symlink() else None

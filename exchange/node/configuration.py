@@ -35,7 +35,7 @@ from exchange.envelope.model import Header, Kind
 from exchange.envelope.trust import TrustStore
 from exchange.errors import BundleExpired, BundleRollback, ConfigError, InvalidCode
 from exchange.files import write_atomic
-from exchange.node.config import ACTIVE_BUNDLE, NodeConfig
+from exchange.node.config import ACTIVE_BUNDLE, NodeConfig, active_bundle_version
 from exchange.node.context import NodeContext
 from exchange.node.workflow import enqueue
 from exchange.rules.load import RuleBook
@@ -118,8 +118,7 @@ def installed(config: NodeConfig) -> list[Installed]:
 
 
 def active_version(config: NodeConfig) -> int | None:
-    link = config.state_dir / ACTIVE_BUNDLE
-    return int(Path(os.readlink(link)).name) if link.is_symlink() else None
+    return active_bundle_version(config)
 
 
 def install(ctx: NodeContext, data: bytes, source: str) -> Installed:
@@ -207,6 +206,9 @@ def put_in_force(ctx: NodeContext, bundle: Installed, *, applied_here: bool = Tr
             "version": str(bundle.version), "sha256": bundle.sha256, "rules_digest": rulebook.current.digest}))
     with ctx.store.transaction():
         ctx.record(*entries)
+        waiting = ctx.store.due_now_for_configuration()  # refused by a peer that ran another bundle
+    if waiting:
+        log.info("config.retrying_refused", transfers=waiting, version=bundle.version)
     log.info("config.applied", version=bundle.version, rules_digest=rulebook.current.digest)
 
 

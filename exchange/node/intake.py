@@ -27,13 +27,22 @@ from exchange.audit.witness import Witness
 from exchange.clock import utc
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.envelope import dossier as dossiers
-from exchange.envelope.messages import Ack, DossierStatus, Witnessed, read_acks, read_witnessed, receipt_element
+from exchange.envelope.messages import (
+    Ack,
+    DossierStatus,
+    Witnessed,
+    read_acks,
+    read_config_version,
+    read_witnessed,
+    receipt_element,
+)
 from exchange.envelope.messages import Outcome as ReceiptOutcome
 from exchange.envelope.model import Header, Kind, VerifiedEnvelope
 from exchange.errors import (
     AgencyAbolished,
     BundleRefused,
     ConfigError,
+    ConfigMismatch,
     InvalidEnvelope,
     NotAuthorized,
     RoutingError,
@@ -41,6 +50,7 @@ from exchange.errors import (
     Unverifiable,
 )
 from exchange.node import configuration, slips
+from exchange.node.config import active_bundle_version
 from exchange.node.context import NodeContext
 from exchange.node.workflow import (
     end_dossier,
@@ -53,7 +63,7 @@ from exchange.node.workflow import (
     supplement_requested,
 )
 from exchange.store import audit as audit_tables
-from exchange.store.node import DossierRow, InboxRecord, OutboxRow, StatusRow
+from exchange.store.node import CONFIG_MISMATCH, DossierRow, InboxRecord, OutboxRow, StatusRow
 from exchange.store.states import DossierState, OutboxState, Outcome, Result, StepState
 from exchange.xml import safexml
 from exchange.xml.names import STATUS_NS, q
@@ -63,6 +73,8 @@ log = structlog.get_logger(__name__)
 Acks = dict[AgencyCode, list[Ack]]
 """The receipts a window owes, by the sender they go back to."""
 
+CONFIG_RETRY_S = 300.0
+"""A transfer refused for a configuration mismatch goes again this often until the bundles agree."""
 INTERNAL_ERROR = "internal-error"
 """The reason code of a refusal for a fault of this node's own, not of the envelope."""
 
@@ -152,7 +164,7 @@ def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
             taken_over = rules.authorize_successor(header.sender, ctx.agency, procedure, step, code.agency, at,
                                                    clock.now())
             if not taken_over:
-                raise NotAuthorized(decision.reason)
+                raise _not_authorized(ctx, header, decision.reason)
         return
     try:
         route = rules.participants(procedure, code.agency, at, clock.now())
@@ -167,6 +179,16 @@ def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
 
 
 # Taking in what was accepted -------------------------------------------------------------
+
+def _not_authorized(ctx: NodeContext, header: Header, reason: str) -> NotAuthorized:
+    """The refusal of a transfer the rules here do not name: a configuration mismatch when the
+    sender runs another bundle than this node (it sends again once both run the same)."""
+    mine = active_bundle_version(ctx.config)
+    if header.config_version == mine:
+        return NotAuthorized(reason)
+    return ConfigMismatch(f"{reason}; the sender runs configuration version {header.config_version or 'none'}, "
+                          f"this node version {mine or 'none'}")
+
 
 def _check_in_force(ctx: NodeContext, code: DossierCode) -> None:
     """An agency abolished since takes no new work: its successor does (``rules migrate``)."""
@@ -378,6 +400,9 @@ def _settle(ctx: NodeContext, env: VerifiedEnvelope, row: OutboxRow, ack: Ack) -
                              counterpart=row.recipient, envelope_sha256=row.envelope_sha256,
                              detail={"attempt": "recovered"}))
     accepted = ack.outcome is ReceiptOutcome.ACCEPTED
+    if ack.reason_code == CONFIG_MISMATCH:
+        _wait_for_configuration(ctx, env, row, ack)
+        return
     ctx.store.settle(row.id, OutboxState.ACKNOWLEDGED if accepted else OutboxState.REFUSED)
     if accepted and row.kind == Kind.TRANSFER and row.dossier and row.step:
         ctx.store.hand_over(row.dossier, row.step, StepState.RECEIVED)
@@ -389,6 +414,22 @@ def _settle(ctx: NodeContext, env: VerifiedEnvelope, row: OutboxRow, ack: Ack) -
     if not accepted:
         log.error("transfer.refused_by_peer", message=ack.message_id, peer=str(env.header.sender),
                   reason=ack.reason_code, text=ack.reason_text)
+
+
+def _wait_for_configuration(ctx: NodeContext, env: VerifiedEnvelope, row: OutboxRow, ack: Ack) -> None:
+    """Refused by a peer that runs another configuration bundle: not final. The transfer goes
+    again at once when this node applies a new bundle, and every ``CONFIG_RETRY_S`` meanwhile
+    (the peer may get the newer one first)."""
+    ctx.store.wait_for_configuration(row.id, time.time() + CONFIG_RETRY_S, ack.reason_text or "")
+    theirs = read_config_version(env.payload)
+    ctx.record(ctx.entry(Event.RECEIPT_RECEIVED, dossier=row.dossier, step=row.step, message_id=ack.message_id,
+                         counterpart=str(env.header.sender), envelope_sha256=row.envelope_sha256,
+                         detail={"outcome": ack.outcome.value, "reason": CONFIG_MISMATCH,
+                                 "peer_config": str(theirs or "none"),
+                                 "config": str(active_bundle_version(ctx.config) or "none"),
+                                 "final": "no: sent again once both run the same configuration"}))
+    log.warning("transfer.config_mismatch", message=ack.message_id, peer=str(env.header.sender),
+                peer_config=theirs, config=active_bundle_version(ctx.config), text=ack.reason_text)
 
 
 def _record_inbox(ctx: NodeContext, env: VerifiedEnvelope, outcome: Outcome, payload: bytes | None,
@@ -403,7 +444,8 @@ def _record_inbox(ctx: NodeContext, env: VerifiedEnvelope, outcome: Outcome, pay
 
 def _refuse(ctx: NodeContext, env: VerifiedEnvelope, exc: InvalidEnvelope, acks: Acks) -> Handled:
     header = env.header
-    _record_inbox(ctx, env, Outcome.REFUSED, None, reason=exc.reason_code)
+    if not isinstance(exc, ConfigMismatch):  # that refusal is not final: the same envelope is judged again
+        _record_inbox(ctx, env, Outcome.REFUSED, None, reason=exc.reason_code)
     ctx.record(ctx.entry(Event.REFUSED, dossier=str(header.dossier) if header.dossier else None, step=header.step,
                          message_id=header.message_id, counterpart=str(header.sender),
                          envelope_sha256=env.envelope_digest,
@@ -477,7 +519,8 @@ def _claimed(body: bytes) -> tuple[AgencyCode, str] | None:
 def _send_receipt(ctx: NodeContext, sender: AgencyCode, acks: list[Ack]) -> None:
     header = Header(kind=Kind.RECEIPT, sender=ctx.agency, recipient=sender,
                     in_reply_to=acks[0].message_id if len(acks) == 1 else None)
-    receipt_id = enqueue(ctx, header, receipt_element(tuple(acks), _witnessed(ctx, sender)), None)
+    receipt = receipt_element(tuple(acks), _witnessed(ctx, sender), active_bundle_version(ctx.config))
+    receipt_id = enqueue(ctx, header, receipt, None)
     ctx.store.set_receipt([ack.message_id for ack in acks], receipt_id)
     for ack in acks:
         # One entry per acknowledged envelope, named by its id: what reconciliation matches.

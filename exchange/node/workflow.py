@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 
 from lxml import etree
 
@@ -22,6 +23,7 @@ from exchange.envelope.messages import DossierStatus, ExchangeStatus, StatusUpda
 from exchange.envelope.model import Header, Hop, Kind
 from exchange.errors import AlreadySubmitted, InvalidDossier, InvalidInput, StepNotReady, UnknownDossier
 from exchange.node import slips
+from exchange.node.config import active_bundle_version
 from exchange.node.context import NodeContext
 from exchange.node.status import NATIONAL_STATUS, dossier_due
 from exchange.rules.model import NextStep, Procedure
@@ -417,6 +419,8 @@ def with_control_row(payload: etree._Element, at: dt.datetime, sender: AgencyCod
 def enqueue(ctx: NodeContext, header: Header, payload: etree._Element, event: Event | None,
             detail: dict[str, str] | None = None) -> str:
     """Seal an envelope into the outbox, in the caller's transaction; audit it as ``event``."""
+    if header.config_version is None:
+        header = replace(header, config_version=active_bundle_version(ctx.config))
     data = ctx.signer.seal(header, payload)
     digest = hashlib.sha256(data).hexdigest()
     dossier = str(header.dossier) if header.dossier else None

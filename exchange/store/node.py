@@ -19,6 +19,10 @@ _OUTBOX_COLUMNS = ("id, message_id, recipient, kind, dossier, step, body, envelo
                   "last_error, failures")
 
 
+CONFIG_MISMATCH = "config-mismatch"
+"""The reason code of a refusal between nodes running different configuration bundles."""
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     id: int
@@ -164,6 +168,19 @@ class Store:
         """Due again at once, with a fresh retry budget: an operator's replay of a dead letter."""
         self.conn.execute("UPDATE outbox SET state = ?, attempts = 0, failures = 0, next_attempt = 0 "
                           "WHERE message_id = ?", (OutboxState.PENDING, message_id))
+
+    def wait_for_configuration(self, row_id: int, next_attempt: float, reason: str) -> None:
+        """The recipient refused the transfer because it runs another configuration bundle: it is
+        due again later, and at once when this node applies a new bundle."""
+        marked = f"{CONFIG_MISMATCH}: {reason}"[:500]
+        self.conn.execute("UPDATE outbox SET state = ?, next_attempt = ?, last_error = ? "
+                          "WHERE id = ? AND state IN (?, ?)",
+                          (OutboxState.PENDING, next_attempt, marked, row_id, *OutboxState.due()))
+
+    def due_now_for_configuration(self) -> int:
+        """A new bundle is in force: the transfers refused for a configuration mismatch go again now."""
+        return self.conn.execute("UPDATE outbox SET next_attempt = 0 WHERE state = ? AND last_error LIKE ?",
+                                 (OutboxState.PENDING, f"{CONFIG_MISMATCH}:%")).rowcount
 
     def due_now_after_failures(self) -> None:
         """The transport is back: every row whose publications failed is due at once, not at the
