@@ -161,3 +161,27 @@ def test_parse_new_date_takes_today_and_later() -> None:
     assert slips.parse_new_date("2026-11-30", today) == today
     assert slips.parse_new_date("2026-12-02", today) == dt.date(2026, 12, 2)
     assert slips.parse_new_date(None, today) is None
+
+
+def test_publishing_a_slip_another_process_published_first_is_no_error(
+        trio: Trio, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`exchange submit` and the running node's housekeeping both publish pending slips: the one
+    that renames second finds the file gone, which must not end the node (it did: the daemon
+    exited on FileNotFoundError)."""
+    commune = trio[0]
+    spec = samples.SampleSpec(COMMUNE, BIRTH, size_kb=2, sequence=5)
+    root = samples.sample_dossier(spec)
+    code = submit(commune, samples.to_bytes(root))
+    with commune.store.transaction():  # a second slip of that dossier, committed, not yet published
+        names = slips.issue(commune, slips.apology(commune, code, root, dt.datetime.now(dt.UTC), "residence",
+                                                   dt.date.today(), "Cần thêm thời gian", commune.agency))
+    committed = slips._committed
+
+    def committed_then_taken(ctx: NodeContext, name: str) -> bool:
+        found = committed(ctx, name)
+        (slips.folder(ctx) / slips.PENDING / name).replace(slips.folder(ctx) / name)  # the other process won
+        return found
+
+    monkeypatch.setattr(slips, "_committed", committed_then_taken)
+    assert slips.publish(commune) == 0
+    assert all((slips.folder(commune) / name).exists() for name in names)

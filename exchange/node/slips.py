@@ -268,11 +268,16 @@ def publish(ctx: NodeContext) -> int:
         return 0
     renamed = 0
     for path in sorted(pending.iterdir()):
-        if _committed(ctx, path.name):
-            path.replace(folder(ctx) / path.name)
-            renamed += 1
-        elif time.time() - path.stat().st_mtime > STALE_SECONDS:
-            path.unlink()
+        # The command that issued a slip and the running node's housekeeping both publish: the
+        # one that comes second finds the pending file gone, which is the same result.
+        try:
+            if _committed(ctx, path.name):
+                path.replace(folder(ctx) / path.name)
+                renamed += 1
+            elif time.time() - path.stat().st_mtime > STALE_SECONDS:
+                path.unlink()
+        except FileNotFoundError:
+            continue
     return renamed
 
 
