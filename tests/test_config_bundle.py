@@ -187,6 +187,25 @@ def heartbeat_digest(cluster: Cluster, agency: str) -> str:
     return str(json.loads(result.stdout).get("heartbeat", {}).get("rules_digest", ""))
 
 
+def test_check_tells_the_bundle_in_force_and_its_expiry(province: Cluster, tmp_path: Path) -> None:
+    """A running node's heartbeat names the bundle in force and when it expires: `check --json`
+    marks it expiring within a week, and the metric counts down to it."""
+    bundle = tmp_path / "v1.bundle"
+    bundle.write_bytes(publish(province, 1, days=3))
+    commune = str(COMMUNE)
+    assert cli("config", "install", "--config", province.config(commune), bundle) == 0
+    province.start(commune)
+    try:
+        result = subprocess.run([EXE, "check", "--config", str(province.config(commune)), "--json"],
+                                capture_output=True, text=True, timeout=60, check=False)
+        report = json.loads(result.stdout)
+        assert result.returncode == 0
+        assert (report["heartbeat"]["config_version"], report["heartbeat"]["config_days_left"],
+                report["heartbeat"]["config_expiring"]) == (1, 2, True)
+    finally:
+        province.stop_all()
+
+
 def test_a_broadcast_bundle_changes_three_running_nodes_at_its_effective_time(province: Cluster,
                                                                              tmp_path: Path) -> None:
     """The authority's node (the commune here) installs the bundle and broadcasts it to the police

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 import os
 import shutil
 import time
@@ -24,6 +25,7 @@ import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from lxml import etree
+from prometheus_client import CollectorRegistry, Gauge
 
 from exchange import clock
 from exchange.audit.entries import Event
@@ -232,11 +234,23 @@ class BundleWatch:
 
     ctx: NodeContext
     loaded: int | None = None
+    current: Installed | None = None
+    """The bundle in force, for the heartbeat."""
     checked_at: float = float("-inf")
     warned_at: float = float("-inf")
 
     def __post_init__(self) -> None:
         self.loaded = active_version(self.ctx.config)
+        self.current = next((i for i in installed(self.ctx.config) if i.active), None)
+
+    def gauge(self, registry: CollectorRegistry) -> None:
+        """``exchange_config_seconds_left``: until the bundle in force expires (NaN without one)."""
+        Gauge("exchange_config_seconds_left", "Seconds until the configuration bundle in force expires",
+              registry=registry).set_function(self._seconds_left)
+
+    def _seconds_left(self) -> float:
+        current = self.current
+        return math.nan if current is None else (current.expires - clock.now()).total_seconds()
 
     def poll(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -248,6 +262,8 @@ class BundleWatch:
         if applied is None and active is not None and active != self.loaded:
             current = next(i for i in installed(self.ctx.config) if i.version == active)
             put_in_force(self.ctx, current, applied_here=False)
+        if active != self.loaded or applied is not None:
+            self.current = next((i for i in installed(self.ctx.config) if i.active), None)
         self.loaded = active
         soon = expiring(self.ctx.config)
         if soon is not None and now - self.warned_at >= WARN_EVERY_S:

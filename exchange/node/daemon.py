@@ -86,6 +86,7 @@ class Daemon:
         self.crl = reload.CrlWatch(ctx)
         self.crl.gauge(self.metrics.registry)
         self.bundles = configuration.BundleWatch(ctx)
+        self.bundles.gauge(self.metrics.registry)
 
     # lifecycle
 
@@ -222,9 +223,13 @@ class Daemon:
         """Publish the loop's health for ``exchange check`` (a file in the state directory)."""
         self._heartbeat_at = time.monotonic()
         try:
+            bundle = self.bundles.current
             beat = Heartbeat.of(str(self.ctx.agency), self.transport_health(), running=running,
                                 rules_digest=self.ctx.rules.digest, crl_seconds_left=self.crl.seconds_left(),
-                                webhook_backlog=self.ctx.store.webhook_backlog())
+                                webhook_backlog=self.ctx.store.webhook_backlog(),
+                                certificate_not_after=self.ctx.signer.cert.not_valid_after_utc.timestamp(),
+                                config_version=bundle.version if bundle else None,
+                                config_expires=bundle.expires.timestamp() if bundle else None)
             beat.write(self.ctx.config.state_dir)
         except OSError as exc:  # a full disk must not stop traffic; a stale heartbeat reports it
             log.error("node.heartbeat_failed", error=str(exc))

@@ -43,15 +43,8 @@ WEBHOOK_BACKLOG_MAX = 1000
 """More webhook pushes waiting than this: the agency system is not taking them."""
 CERT_WARN_DAYS = 30
 """A node warns (log, heartbeat, metric) from this many days before its certificate expires."""
-_CERTIFICATES: dict[str, float] = {}
-"""The not-after (epoch seconds) of the signing certificate each running node of this process
-signs with, by agency: set when the node starts and when a reload puts a new certificate in force
-(``signing_certificate``), read into the heartbeat."""
-
-
-def signing_certificate(agency: str, not_after: dt.datetime) -> None:
-    """Note the certificate the node of ``agency`` signs with now, for its heartbeats."""
-    _CERTIFICATES[agency] = not_after.timestamp()
+CONFIG_WARN_DAYS = 7
+"""A node warns (log, heartbeat) from this many days before its configuration bundle expires."""
 
 
 def days_left(not_after: float, now: float) -> int:
@@ -141,14 +134,19 @@ class Heartbeat:
     """Webhook pushes waiting for the agency system."""
     certificate_not_after: float | None = None
     """When the certificate the node signs with expires (epoch seconds); None if unknown."""
+    config_version: int | None = None
+    """The configuration bundle in force (None: none installed)."""
+    config_expires: float | None = None
+    """When that bundle expires (epoch seconds)."""
 
     @classmethod
     def of(cls, agency: str, transport: TransportHealth, *, running: bool = True, rules_digest: str = "",
            crl_seconds_left: float | None = None, webhook_backlog: int = 0,
-           certificate_not_after: float | None = None) -> Heartbeat:
+           certificate_not_after: float | None = None, config_version: int | None = None,
+           config_expires: float | None = None) -> Heartbeat:
         return cls(agency, os.getpid(), time.time(), running, transport.connected, transport.since,
-                   transport.last_error, rules_digest, crl_seconds_left, webhook_backlog,
-                   certificate_not_after if certificate_not_after is not None else _CERTIFICATES.get(agency))
+                   transport.last_error, rules_digest, crl_seconds_left, webhook_backlog, certificate_not_after,
+                   config_version, config_expires)
 
     def write(self, state_dir: Path) -> None:
         write_atomic(state_dir / HEARTBEAT_FILE, json.dumps(asdict(self)).encode(), sync=False)
@@ -179,6 +177,10 @@ class Heartbeat:
             expired = clock.utc(dt.datetime.fromtimestamp(self.certificate_not_after, dt.UTC))
             problems.append(f"the node's certificate expired at {expired}: peers refuse what it signs; install a "
                             "renewed certificate and key and reload (SIGHUP)")
+        if self.config_expires is not None and self.config_expires <= now:
+            expired = clock.utc(dt.datetime.fromtimestamp(self.config_expires, dt.UTC))
+            problems.append(f"the configuration bundle in force (version {self.config_version}) expired at {expired}: "
+                            "install the authority's newer bundle (exchange config install)")
         if self.webhook_backlog > WEBHOOK_BACKLOG_MAX:
             problems.append(f"{self.webhook_backlog} webhook pushes wait for the agency system "
                             f"(more than {WEBHOOK_BACKLOG_MAX})")
@@ -193,6 +195,10 @@ class Heartbeat:
             certificate = {
                 "certificate_not_after": clock.utc(dt.datetime.fromtimestamp(self.certificate_not_after, dt.UTC)),
                 "certificate_days_left": days, "certificate_expiring": days < CERT_WARN_DAYS}
+        if self.config_expires is not None:
+            days = days_left(self.config_expires, now)
+            certificate.update({"config_expires": clock.utc(dt.datetime.fromtimestamp(self.config_expires, dt.UTC)),
+                                "config_days_left": days, "config_expiring": days < CONFIG_WARN_DAYS})
         return {**asdict(self), "age_seconds": round(now - self.at, 1), "crl_seconds_left": left, **certificate}
 
 

@@ -39,7 +39,7 @@ from exchange.errors import ConfigError, InvalidCode, InvalidEnvelope, RuleError
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.doors import Door
-from exchange.node.health import CERT_WARN_DAYS, signing_certificate
+from exchange.node.health import CERT_WARN_DAYS
 from exchange.store import audit as audit_rows
 
 log = structlog.get_logger(__name__)
@@ -90,7 +90,6 @@ def _signer(ctx: NodeContext) -> bool:
                   serial=format(old.cert.serial_number, "x"))
         return False
     ctx.signer = fresh
-    signing_certificate(str(ctx.agency), fresh.cert.not_valid_after_utc)
     log.info("signer.reloaded", cert=str(config.cert), serial=format(fresh.cert.serial_number, "x"),
              previous_serial=format(old.cert.serial_number, "x"),
              not_after=fresh.cert.not_valid_after_utc.isoformat())
@@ -209,7 +208,6 @@ class CertificateWatch:
         cert = self.ctx.signer.cert
         if cert.serial_number != self._serial:  # a renewed certificate is warned of afresh
             self._serial, self._warned_at = cert.serial_number, -math.inf
-            signing_certificate(str(self.ctx.agency), cert.not_valid_after_utc)
 
     def seconds_left(self) -> float:
         return self.ctx.signer.cert.not_valid_after_utc.timestamp() - self.clock().timestamp()
