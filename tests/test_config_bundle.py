@@ -356,3 +356,33 @@ def test_a_transfer_refused_for_a_mismatch_goes_again_when_the_sender_applies_a_
 def _outbox_states(ctx: NodeContext, kind: str) -> set[str]:
     with ctx.store.transaction() as conn:
         return {state for (state,) in conn.execute("SELECT state FROM outbox WHERE kind = ?", (kind,))}
+
+
+def test_a_crl_only_update_reaches_a_running_node_within_seconds(province: Cluster, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Between bundles, a CRL signed by the CA is installed on its own: the running commune refuses
+    the revoked police from then on, without a restart; the same CRL again is refused as not newer."""
+    for agency in NODES:
+        province.start(agency)
+    try:
+        code = province.submit(1)
+        wait_until(lambda: code in province.ready(str(POLICE), "residence"), 60, "the police step ready")
+        ca = pki.CertificateAuthority.load(province.root / "ca")
+        ca.revoke(pki.load_cert(province.root / "nodes" / str(POLICE) / "cert.pem"), "keyCompromise")
+        crl = tmp_path / "crl.pem"
+        crl.write_bytes(_crl_pem(ca))
+        commune = province.config(str(COMMUNE))
+        assert cli("config", "crl", "--config", commune, crl) == 0
+        pid = province.processes[str(COMMUNE)].pid
+        wait_until(lambda: bool(events_named(province.log(str(COMMUNE)), "trust.reloaded")), 30,
+                   "the commune reloading its trust store")
+        province.done(str(POLICE), code, "residence")
+        wait_until(lambda: any(e.get("reason") == "revoked" for e in events_named(province.log(str(COMMUNE)),
+                                                                                 "envelope.refused")), 60,
+                   "the police's envelope refused as revoked at the commune")
+        assert province.processes[str(COMMUNE)].pid == pid
+        capsys.readouterr()
+        assert cli("config", "crl", "--config", commune, crl) == 1
+        assert "config-rollback" in capsys.readouterr().err
+    finally:
+        province.stop_all()

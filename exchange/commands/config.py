@@ -54,6 +54,11 @@ def register(commands: Any) -> None:
     broadcast.add_argument("file", type=Path, metavar="FILE")
     broadcast.set_defaults(handler=_broadcast)
 
+    crl = sub.add_parser("crl", help="a CRL-only update between bundles (signed by the CA): in force within seconds")
+    crl.add_argument("--config", type=Path, required=True, metavar="NODE_TOML")
+    crl.add_argument("file", type=Path, metavar="CRL")
+    crl.set_defaults(handler=_crl)
+
     status = sub.add_parser("status", help="the bundles a node keeps, and the one in force")
     status.add_argument("--config", type=Path, required=True, metavar="NODE_TOML")
     status.add_argument("--json", action="store_true")
@@ -100,6 +105,14 @@ def _broadcast(args: argparse.Namespace) -> int:
     with NodeContext.open(NodeConfig.load(args.config)) as ctx:
         sent = configuration.broadcast(ctx, read_input(args.file), str(args.file), args.to)
     print(f"bundle {args.file} sealed to {len(sent)} agencies; the running node publishes it and records each receipt")
+    return 0
+
+
+def _crl(args: argparse.Namespace) -> int:
+    with NodeContext.open(NodeConfig.load(args.config)) as ctx:
+        crl = configuration.install_crl(ctx, read_input(args.file), str(args.file))
+    print(f"CRL of {crl.issuer.rfc4514_string()} with {len(list(crl))} revocation(s) in force; the running node "
+          "reloads it within seconds")
     return 0
 
 

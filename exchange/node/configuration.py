@@ -24,6 +24,7 @@ from pathlib import Path
 import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -35,7 +36,7 @@ from exchange.codes import AgencyCode
 from exchange.envelope import pki
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.trust import TrustStore
-from exchange.errors import BundleExpired, BundleRollback, ConfigError, InvalidCode
+from exchange.errors import BundleBadSignature, BundleExpired, BundleRefused, BundleRollback, ConfigError, InvalidCode
 from exchange.files import write_atomic
 from exchange.node.config import ACTIVE_BUNDLE, NodeConfig, active_bundle_version
 from exchange.node.context import NodeContext
@@ -290,3 +291,42 @@ def broadcast(ctx: NodeContext, data: bytes, source: str, recipients: list[Agenc
             enqueue(ctx, header, payload, Event.SEALED, {"bundle": str(bundle.version)})
     log.info("config.broadcast", version=bundle.version, recipients=len(targets))
     return [str(a) for a in targets]
+
+
+def install_crl(ctx: NodeContext, data: bytes, source: str) -> x509.CertificateRevocationList:
+    """A CRL-only update between bundles: the CA signed it, so it needs no authority. It must be
+    signed by a CA this node trusts, be newer than the CRL in force and not out of date; it then
+    replaces the CRL file the node watches, which the running node reloads within seconds."""
+    target = ctx.config.crl
+    if target is None:
+        raise ConfigError(f"{ctx.config.source} names no CRL file ([pki] crl): install a bundle with a CRL, or "
+                          "name the file")
+    try:
+        crl = x509.load_pem_x509_crl(data)
+    except ValueError as exc:
+        raise BundleRefused(f"{source}: not a PEM CRL ({exc})") from None
+    issuer = next((a for a in ctx.opener.trust.anchors if a.subject == crl.issuer), None)
+    key = issuer.public_key() if issuer is not None else None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(key):
+        raise BundleBadSignature(f"{source}: the CRL is not signed by a CA this node trusts")
+    if crl.next_update_utc is not None and crl.next_update_utc <= clock.now():
+        raise BundleExpired(f"{source}: the CRL was due to be replaced at {clock.utc(crl.next_update_utc)}")
+    current = next(iter(ctx.opener.trust.crls), None)
+    if current is not None and _crl_order(crl) <= _crl_order(current):
+        raise BundleRollback(f"{source}: CRL {_crl_order(crl)} is not newer than the CRL in force "
+                             f"{_crl_order(current)}")
+    write_atomic(target, data)
+    with ctx.store.transaction():
+        ctx.record(ctx.entry(Event.CONFIG_INSTALLED, detail={"crl": str(_crl_order(crl)[0]),
+                                                              "revoked": str(len(list(crl))), "source": source[:300]}))
+    log.info("config.crl_installed", number=_crl_order(crl)[0], revoked=len(list(crl)), source=source)
+    return crl
+
+
+def _crl_order(crl: x509.CertificateRevocationList) -> tuple[int, float]:
+    """(CRL number, issued) of a CRL: which of two CRLs of one CA is the newer."""
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = 0
+    return number, crl.last_update_utc.timestamp()
