@@ -258,28 +258,49 @@ def test_a_bundle_nobody_trusts_is_neither_broadcast_nor_taken(province: Cluster
         assert configuration.installed(police.config) == []
 
 
-def test_a_revoked_agency_is_refused_after_the_next_bundle(province: Cluster, tmp_path: Path) -> None:
+def test_a_revoked_agency_is_refused_by_every_node_after_the_next_bundle(province: Cluster, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The police's certificate is revoked; the next bundle carries the CRL. The commune installs it
+    and broadcasts it to the insurance: both running nodes apply it without a restart, the commune
+    refuses the police's next envelope as revoked, and the insurance's trust store does too."""
     ca = pki.CertificateAuthority.load(province.root / "ca")
     ca.revoke(pki.load_cert(province.root / "nodes" / str(POLICE) / "cert.pem"), "keyCompromise")
-    crl = _crl_pem(ca)
     for agency in NODES:
         province.start(agency)
     try:
+        pids = {a: province.processes[a].pid for a in NODES}
         code = province.submit(1)
         wait_until(lambda: code in province.ready(str(POLICE), "residence"), 60, "the police step ready")
         bundle = tmp_path / "v1.bundle"
-        bundle.write_bytes(publish(province, 1, crl=crl))
-        assert cli("config", "install", "--config", province.config(str(COMMUNE)), bundle) == 0
-        wait_until(lambda: bool(events_named(province.log(str(COMMUNE)), "config.applied")
-                                or events_named(province.log(str(COMMUNE)), "rules.reloaded")), 30,
-                   "the commune on the bundle")
-        time.sleep(6)  # the running commune takes in the bundle the command applied (polled every 5 s)
+        bundle.write_bytes(publish(province, 1, crl=_crl_pem(ca)))
+        commune = province.config(str(COMMUNE))
+        assert cli("config", "install", "--config", commune, bundle) == 0
+        assert cli("config", "broadcast", "--config", commune, "--to", str(INSURANCE), bundle) == 0
+        for agency in (str(COMMUNE), str(INSURANCE)):
+            wait_until(lambda a=agency: bool(events_named(province.log(a), "config.applied")), 60,  # type: ignore[misc]
+                       f"{agency} on the bundle")
         province.done(str(POLICE), code, "residence")
         wait_until(lambda: any(e.get("reason") == "revoked" for e in events_named(province.log(str(COMMUNE)),
                                                                                  "envelope.refused")), 60,
                    "the police's envelope refused as revoked at the commune")
+        police = province.root / "nodes" / str(POLICE)
+        envelope = tmp_path / "from-police.xml"
+        assert cli("envelope", "seal", "--cert", police / "cert.pem", "--key", police / "key.pem", "--to",
+                   str(INSURANCE), "--procedure", "2.000986", "--step", "insurance", _sample(tmp_path),
+                   "--out", envelope) == 0
+        active = province.root / "nodes" / str(INSURANCE) / "state" / "config" / "active"
+        capsys.readouterr()
+        assert cli("envelope", "verify", "--trust", active / "ca.pem", "--crl", active / "crl.pem", envelope) == 1
+        assert "revoked" in capsys.readouterr().err
+        assert {a: province.processes[a].pid for a in NODES} == pids  # no restart
     finally:
         province.stop_all()
+
+
+def _sample(tmp_path: Path) -> Path:
+    path = tmp_path / "dossier.xml"
+    assert cli("dossier", "sample", "--agency", str(COMMUNE), "--procedure", "2.000986", "--out", path) == 0
+    return path
 
 
 def _crl_pem(ca: pki.CertificateAuthority) -> bytes:
