@@ -163,6 +163,7 @@ def test_the_command_line_publishes_installs_and_tells(province: Cluster, tmp_pa
     assert cli("config", "status", "--config", config, "--json") == 0
     (document,) = json.loads(capsys.readouterr().out)
     assert (document["version"], document["active"], document["days_left"], document["expiring"]) == (2, True, 2, True)
+    assert document["source"] == str(second)
 
 
 def test_node_init_pins_the_anchor_and_refuses_an_agency_certificate(tmp_path: Path,

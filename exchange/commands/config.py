@@ -129,5 +129,5 @@ def _status(args: argparse.Namespace) -> int:
         mark = "in force" if item["active"] else "kept"
         warn = "  EXPIRING" if item["expiring"] else ""
         print(f"version {item['version']}  {mark:8}  effective {item['effective']}  expires {item['expires']} "
-              f"({item['days_left']} days left){warn}  sha256:{str(item['sha256'])[:16]}…")
+              f"({item['days_left']} days left){warn}  sha256:{str(item['sha256'])[:16]}…  from {item['source']}")
     return 0

@@ -46,6 +46,8 @@ from exchange.xml.names import BUNDLE_NS, q
 
 log = structlog.get_logger(__name__)
 
+SOURCE = "source.txt"
+"""In a kept version's folder: where the bundle came from."""
 ANCHOR = "anchor.pem"
 """Beside node.toml when ``[config] anchor`` names none."""
 WARN_BEFORE = dt.timedelta(days=7)
@@ -62,11 +64,14 @@ class Installed:
     expires: dt.datetime
     rules_digest: str
     active: bool
+    source: str = ""
+    """Where it came from: the file installed, or the node that broadcast it."""
 
     def document(self) -> dict[str, object]:
         left = self.expires - clock.now()
         return {"version": self.version, "sha256": self.sha256, "effective": clock.utc(self.effective),
                 "expires": clock.utc(self.expires), "rules_digest": self.rules_digest, "active": self.active,
+                "source": self.source,
                 "days_left": max(0, left.days), "expiring": left < WARN_BEFORE}
 
 
@@ -115,8 +120,9 @@ def installed(config: NodeConfig) -> list[Installed]:
     for path in sorted((p for p in versions.glob("*") if p.name.isdigit()), key=lambda p: int(p.name)) \
             if versions.is_dir() else []:
         bundle = _stored(path)
+        source = (path / SOURCE).read_text("utf-8").strip() if (path / SOURCE).exists() else ""
         found.append(Installed(bundle.version, bundle.sha256, bundle.effective, bundle.expires, bundle.rules_digest,
-                               bundle.version == active))
+                               bundle.version == active, source))
     return found
 
 
@@ -148,7 +154,7 @@ def take(ctx: NodeContext, data: bytes, source: str) -> Bundle:
     if bundle.version <= newest:
         raise BundleRollback(f"{source}: version {bundle.version} is not newer than version {newest}, "
                              "installed already: a bundle never goes back")
-    _keep(ctx.config, bundle, data)
+    _keep(ctx.config, bundle, data, source)
     ctx.record(ctx.entry(Event.CONFIG_INSTALLED, detail={
         "version": str(bundle.version), "sha256": bundle.sha256, "effective": clock.utc(bundle.effective),
         "expires": clock.utc(bundle.expires), "rules_digest": bundle.rules_digest, "source": source[:300]}))
@@ -156,7 +162,7 @@ def take(ctx: NodeContext, data: bytes, source: str) -> Bundle:
     return bundle
 
 
-def _keep(config: NodeConfig, bundle: Bundle, data: bytes) -> None:
+def _keep(config: NodeConfig, bundle: Bundle, data: bytes, source: str) -> None:
     versions = folder(config) / "versions"
     versions.mkdir(parents=True, exist_ok=True)
     final = versions / str(bundle.version)
@@ -166,6 +172,7 @@ def _keep(config: NodeConfig, bundle: Bundle, data: bytes) -> None:
     shutil.rmtree(aside, ignore_errors=True)
     bundle.write_rules(aside / "rules")
     write_atomic(aside / "bundle.xml", data)
+    write_atomic(aside / SOURCE, source.encode("utf-8") + b"\n")
     write_atomic(aside / "ca.pem", bundle.ca_pem)
     if bundle.crl_pem is not None:
         write_atomic(aside / "crl.pem", bundle.crl_pem)
