@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import math
 import os
 import shutil
@@ -46,8 +47,8 @@ from exchange.xml.names import BUNDLE_NS, q
 
 log = structlog.get_logger(__name__)
 
-SOURCE = "source.txt"
-"""In a kept version's folder: where the bundle came from."""
+META = "meta.json"
+"""In a kept version's folder: its version, digests, times and source, as verified at install."""
 ANCHOR = "anchor.pem"
 """Beside node.toml when ``[config] anchor`` names none."""
 WARN_BEFORE = dt.timedelta(days=7)
@@ -119,11 +120,22 @@ def installed(config: NodeConfig) -> list[Installed]:
     found = []
     for path in sorted((p for p in versions.glob("*") if p.name.isdigit()), key=lambda p: int(p.name)) \
             if versions.is_dir() else []:
-        bundle = _stored(path)
-        source = (path / SOURCE).read_text("utf-8").strip() if (path / SOURCE).exists() else ""
-        found.append(Installed(bundle.version, bundle.sha256, bundle.effective, bundle.expires, bundle.rules_digest,
-                               bundle.version == active, source))
+        found.append(_kept(path, active))
     return found
+
+
+def _kept(path: Path, active: int | None) -> Installed:
+    """A kept version, from the few lines written beside it when it was installed (the running
+    node reads this every few seconds: never the whole bundle)."""
+    try:
+        meta = json.loads((path / META).read_text("utf-8"))
+        return Installed(int(meta["version"]), str(meta["sha256"]), clock.parse(meta["effective"]),
+                         clock.parse(meta["expires"]), str(meta["rules_digest"]), int(meta["version"]) == active,
+                         str(meta.get("source", "")))
+    except (OSError, ValueError, KeyError):  # kept before META existed: read the bundle once
+        bundle = model.read_unverified(path / "bundle.xml")
+        return Installed(bundle.version, bundle.sha256, bundle.effective, bundle.expires, bundle.rules_digest,
+                         bundle.version == active)
 
 
 def active_version(config: NodeConfig) -> int | None:
@@ -172,16 +184,13 @@ def _keep(config: NodeConfig, bundle: Bundle, data: bytes, source: str) -> None:
     shutil.rmtree(aside, ignore_errors=True)
     bundle.write_rules(aside / "rules")
     write_atomic(aside / "bundle.xml", data)
-    write_atomic(aside / SOURCE, source.encode("utf-8") + b"\n")
+    meta = {"version": bundle.version, "sha256": bundle.sha256, "effective": clock.utc(bundle.effective),
+            "expires": clock.utc(bundle.expires), "rules_digest": bundle.rules_digest, "source": source}
+    write_atomic(aside / META, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))
     write_atomic(aside / "ca.pem", bundle.ca_pem)
     if bundle.crl_pem is not None:
         write_atomic(aside / "crl.pem", bundle.crl_pem)
     aside.rename(final)
-
-
-def _stored(path: Path) -> Bundle:
-    """A kept bundle, read back without verifying again (it was verified when installed)."""
-    return model.read_unverified(path / "bundle.xml")
 
 
 def apply_due(ctx: NodeContext) -> int | None:
