@@ -276,3 +276,17 @@ def test_an_apology_is_for_a_late_step_only(trio: Trio) -> None:
         complete(police, code, "residence", late=slips.Late("Cần thêm thời gian", None))
     assert step_state(police, code, "residence") is StepState.READY
 
+
+
+def test_a_second_request_at_the_same_step_has_its_own_slip(trio: Trio) -> None:
+    commune, police, insurance, transport = trio
+    code = asked(trio)
+    supplement(commune, code, [CERTIFICATE])
+    settle(transport, commune, police, insurance)
+    complete(police, code, "residence", "supplement", "Thiếu bản sao giấy khai sinh của mẹ")
+    settle(transport, commune, police, insurance)
+    folder = commune.config.delivery_dir / "slips"
+    first = (folder / f"phieu-yeu-cau-bo-sung-{code}-residence.html").read_text("utf-8")
+    second = (folder / f"phieu-yeu-cau-bo-sung-{code}-residence-lan-2.html").read_text("utf-8")
+    assert MISSING in first
+    assert "Thiếu bản sao giấy khai sinh của mẹ" in second

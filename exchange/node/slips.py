@@ -63,13 +63,16 @@ class Slip:
     agency_name: str
     step: str | None = None
     reason: str | None = None
+    asked: int = 1
+    """Of a supplement slip: the how-manieth request at that step (each has its own files)."""
 
     @property
     def stem(self) -> str:
         if self.kind == "appointment":
             return f"phieu-hen-{self.dossier}"
         if self.kind == "supplement":
-            return f"phieu-yeu-cau-bo-sung-{self.dossier}-{self.step}"
+            again = f"-lan-{self.asked}" if self.asked > 1 else ""
+            return f"phieu-yeu-cau-bo-sung-{self.dossier}-{self.step}{again}"
         return f"phieu-xin-loi-{self.dossier}-{self.step}"
 
     @property
@@ -101,12 +104,12 @@ def apology(ctx: NodeContext, code: DossierCode, dossier: etree._Element, receiv
 
 
 def supplement_request(ctx: NodeContext, code: DossierCode, dossier: etree._Element, received_at: dt.datetime,
-                       step: str, reason: str, asking: AgencyCode, due: dt.date) -> Slip:
+                       step: str, reason: str, asking: AgencyCode, due: dt.date, asked: int = 1) -> Slip:
     """The slip the desk gives the applicant when a step asks for more documents: what is missing,
     and that the clock stands still until the documents come."""
     procedure = _procedure(ctx, code)
     return Slip("supplement", str(code), str(procedure), ctx.rules.procedure(procedure).name,
-                applicant_of(dossier), received_at, due, _agency_name(ctx, asking), step, reason)
+                applicant_of(dossier), received_at, due, _agency_name(ctx, asking), step, reason, asked)
 
 
 def _procedure(ctx: NodeContext, code: DossierCode) -> ProcedureCode:

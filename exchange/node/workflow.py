@@ -15,7 +15,7 @@ from dataclasses import replace
 from lxml import etree
 
 from exchange import clock
-from exchange.audit.entries import Event
+from exchange.audit.entries import Entry, Event
 from exchange.clock import utc
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.envelope import dossier as dossiers
@@ -263,8 +263,11 @@ def supplement_requested(ctx: NodeContext, code: DossierCode, step_id: str, aski
 def _supplement_slip(ctx: NodeContext, code: DossierCode, step_id: str, reason: str, asking: AgencyCode) -> None:
     row = _dossier(ctx, code)
     due = dt.date.fromisoformat(dossier_due(ctx, row) or _local_day(ctx, clock.now()))
+    rounds = sum(1 for _, data in ctx.audit.dossier_entries(str(code))
+                 if (e := Entry.decode(data)[1]).event is Event.PAUSED and e.step == step_id
+                 and e.detail.get("why") == "supplement")
     slips.issue(ctx, slips.supplement_request(ctx, code, payload_of(ctx, code), clock.parse(row.received_at),
-                                              step_id, reason, asking, due))
+                                              step_id, reason, asking, due, max(1, rounds)))
 
 
 def supplement(ctx: NodeContext, code: DossierCode, files: list[dossiers.Supplement]) -> list[str]:
