@@ -37,7 +37,8 @@ envelope has a stable reason code, because signed receipts carry that code::
         ├── PublishRejected              the broker refused the message (nack)
         ├── TransportUnavailable         not connected, and not within the time allowed
         ├── StaleDelivery                an ack for a delivery from before a reconnect
-        └── AccessRefused                the broker refused these credentials or permissions
+        ├── AccessRefused                the broker refused these credentials or permissions
+        └── BrokerUntrusted              the broker's TLS certificate is not trusted, or not for that host
 """
 
 from __future__ import annotations
@@ -305,3 +306,8 @@ class StaleDelivery(TransportError):
 
 class AccessRefused(TransportError):
     """The broker refused the credentials, or the user may not touch that exchange or queue."""
+
+
+class BrokerUntrusted(TransportError):
+    """The broker's TLS certificate does not chain to the configured CA, or does not name the
+    host of the broker's URL: the node refuses to talk to it (a configuration error, or worse)."""

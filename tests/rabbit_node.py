@@ -7,11 +7,20 @@ plugins file (no management port to clash over) and its own Erlang cookie (``HOM
 the folder). It registers with the host's epmd on 4369, which every Erlang node shares. It runs
 in the foreground as a child of the test process, in its own process group, and is controlled
 with ``rabbitmqctl -n NAME``. ``private_node()`` always stops it and removes its folder.
+
+With ``tls=Tls(ca)`` the node also listens for AMQPS on a loopback port (on 127.0.0.1, and on
+127.0.0.2, an address its certificate does not name), with a server certificate for
+``localhost``/127.0.0.1 issued by ``ca``, which it also trusts for client certificates
+(``verify_peer``, a client certificate optional); with ``external=True`` it enables
+``rabbitmq_auth_mechanism_ssl`` and logs clients in by their certificate's CN (EXTERNAL, beside
+PLAIN). The plain AMQP listener stays, for the guest user's administration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import ipaddress
 import os
 import secrets
 import shutil
@@ -21,9 +30,16 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pika
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from exchange import clock
+from exchange.envelope import pki
 
 RABBIT_SBIN = Path("/usr/lib/rabbitmq/bin")
 """The unwrapped scripts: /usr/sbin's wrappers switch to the rabbitmq user and its environment."""
@@ -70,16 +86,86 @@ def tool(name: str) -> str:
     return found
 
 
+SERVER_NAMES = ("localhost", "127.0.0.1")
+"""What the private node's server certificate names."""
+WRONG_HOST = "127.0.0.2"
+"""A loopback address the TLS node also listens on, that its certificate does not name."""
+
+
+def issue_server_cert(ca: pki.CertificateAuthority, out: Path, names: tuple[str, ...] = SERVER_NAMES,
+                      *, days: int = 30) -> tuple[Path, Path]:
+    """A TLS server certificate (P-256 ECDSA, serverAuth) for ``names`` (DNS names or IP
+    addresses), issued by ``ca``: ``out/server.pem`` and ``out/server-key.pem``. Test code only:
+    ``pki`` issues agency signing certificates, not servers'."""
+    key = pki.new_key()
+    alt: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt.append(x509.DNSName(name))
+    start = clock.now() - dt.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out / "server.pem", out / "server-key.pem"
+    cert_path.write_bytes(pki.cert_pem(cert))
+    key_path.write_bytes(pki.key_pem(key))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A TLS listener for the private node: its certificate issued by ``ca``, which it also
+    trusts for clients' certificates; ``external``: log clients in by certificate (EXTERNAL)."""
+
+    ca: pki.CertificateAuthority
+    external: bool = False
+
+
 class RabbitNode:
     """One private RabbitMQ node: its AMQP URL, and the operations an outage test needs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: Tls | None = None) -> None:
         self.root = root
         self.name = f"exch-test-{secrets.token_hex(4)}@localhost"
         self.port = free_port()
         self.dist_port = free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls is not None else 0
         self._process: subprocess.Popen[bytes] | None = None
         self._write_files()
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA that issued the TLS listener's certificate (TLS nodes only)."""
+        if self.tls is None:
+            raise RabbitNodeError("this node has no TLS listener")
+        return self.tls.ca.directory / pki.CA_CERT
+
+    def tls_url_for(self, user: str = "", password: str = "", host: str = "127.0.0.1") -> str:
+        """The AMQPS URL of the TLS listener on the default vhost (no user: EXTERNAL's)."""
+        if not self.tls_port:
+            raise RabbitNodeError("this node has no TLS listener")
+        login = f"{user}:{password}@" if user else ""
+        return f"amqps://{login}{host}:{self.tls_port}/%2F"
 
     @property
     def url(self) -> str:
@@ -96,14 +182,36 @@ class RabbitNode:
     def _write_files(self) -> None:
         for folder in ("mnesia", "log", "home"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
-        (self.root / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n"
-            "log.console = false\nlog.file.level = info\n", "utf-8")
-        (self.root / "enabled_plugins").write_text("[].\n", "utf-8")
+        conf = (f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n"
+                "log.console = false\nlog.file.level = info\n")
+        plugins = "[]."
+        if self.tls is not None:
+            conf += self._tls_conf(self.tls)
+            if self.tls.external:
+                plugins = "[rabbitmq_auth_mechanism_ssl]."
+        (self.root / "rabbitmq.conf").write_text(conf, "utf-8")
+        (self.root / "enabled_plugins").write_text(plugins + "\n", "utf-8")
         (self.root / "rabbitmq-env.conf").write_text("# empty: not the host's /etc/rabbitmq one\n", "utf-8")
         cookie = self.root / "home" / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16).upper(), "ascii")
         cookie.chmod(0o400)
+
+    def _tls_conf(self, tls: Tls) -> str:
+        """The TLS listener's lines of rabbitmq.conf (the recipe docs/rabbitmq.md shows)."""
+        cert, key = issue_server_cert(tls.ca, self.root / "tls")
+        lines = [
+            f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}",
+            f"listeners.ssl.2 = {WRONG_HOST}:{self.tls_port}",
+            f"ssl_options.cacertfile = {self.ca_file}",
+            f"ssl_options.certfile = {cert}",
+            f"ssl_options.keyfile = {key}",
+            "ssl_options.verify = verify_peer",
+            "ssl_options.fail_if_no_peer_cert = false",
+        ]
+        if tls.external:
+            lines += ["auth_mechanisms.1 = PLAIN", "auth_mechanisms.2 = EXTERNAL",
+                      "ssl_cert_login_from = common_name"]
+        return "\n".join(lines) + "\n"
 
     def env(self) -> dict[str, str]:
         """The environment for the node and for rabbitmqctl: every path inside the folder."""
@@ -233,13 +341,13 @@ class RabbitNode:
 
 
 @contextlib.contextmanager
-def private_node() -> Iterator[RabbitNode]:
-    """A started private node in a fresh folder under /tmp; stopped and removed at the end, even
-    when starting it failed halfway."""
+def private_node(tls: Tls | None = None) -> Iterator[RabbitNode]:
+    """A started private node in a fresh folder under /tmp (with a TLS listener if ``tls``);
+    stopped and removed at the end, even when starting it failed halfway."""
     root = Path(tempfile.mkdtemp(prefix="exch-rabbit-", dir="/tmp"))
     node = None
     try:
-        node = RabbitNode(root)
+        node = RabbitNode(root, tls)
         node.start()
         yield node
     finally:

@@ -1,5 +1,6 @@
 """One contract, two transports: every test runs on the embedded SQLite transport and on the real
-RabbitMQ of this machine (no pika mocks)."""
+RabbitMQ of this machine (no pika mocks); tests/test_amqp_tls.py runs them again over amqps on a
+private TLS node, by overriding ``kind`` and ``broker``."""
 
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from exchange.adapters.amqp import AmqpTransport
 from exchange.adapters.embedded import EmbeddedTransport
 from exchange.codes import AgencyCode
 from exchange.errors import StaleDelivery, TransportUnavailable, Unroutable
 from exchange.node.transport import Consumer, Delivery, Transport
-from tests.transport_helpers import BROKER, connected, delete_queues, fresh_agency, message, require_broker
+from tests.transport_helpers import Broker, connected, delete_queues, fresh_agency, message, require_broker
 
 LEASE = 1.0  # embedded: how soon a crashed consumer's messages come back
 
@@ -32,14 +32,20 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make(kind: str, tmp_path: Path) -> Iterator[Callable[[], Transport]]:
+def broker() -> Broker:
+    """The broker of the ``rabbitmq`` kind: the host's, in plain AMQP."""
+    return Broker()
+
+
+@pytest.fixture
+def make(kind: str, broker: Broker, tmp_path: Path) -> Iterator[Callable[[], Transport]]:
     """Opens transports of the parametrized kind (several, as several processes would)."""
     with contextlib.ExitStack() as opened:
 
         def opener() -> Transport:
             if kind == "embedded":
                 return opened.enter_context(EmbeddedTransport(tmp_path / "transport.db", lease_seconds=LEASE))
-            return connected(opened.enter_context(AmqpTransport(BROKER)))
+            return connected(opened.enter_context(broker.open()))
 
         yield opener
 
@@ -50,12 +56,12 @@ def transport(make: Callable[[], Transport]) -> Transport:
 
 
 @pytest.fixture
-def agency(transport: Transport, kind: str) -> Iterator[AgencyCode]:
+def agency(transport: Transport, kind: str, broker: Broker) -> Iterator[AgencyCode]:
     code = fresh_agency()
     transport.declare(code)
     yield code
     if kind == "rabbitmq":
-        delete_queues(code)
+        delete_queues(code, broker=broker)
 
 
 def drain(consumer: Consumer, count: int, timeout: float = 10.0) -> list[Delivery]:
@@ -205,13 +211,13 @@ def test_acking_a_delivery_of_another_consumer_is_stale(make: Callable[[], Trans
 CRASHING_CONSUMER = textwrap.dedent("""
     import sys, time
     from exchange.codes import AgencyCode
-    kind, target, agency = sys.argv[1], sys.argv[2], AgencyCode(sys.argv[3])
+    kind, target, agency = sys.argv[1], sys.argv[2], AgencyCode(sys.argv[3])  # then the broker's CA, if any
     if kind == "embedded":
         from exchange.adapters.embedded import EmbeddedTransport
         transport = EmbeddedTransport(target, lease_seconds=1.0)
     else:
         from exchange.adapters.amqp import AmqpTransport
-        transport = AmqpTransport(target)
+        transport = AmqpTransport(target, ca_file=sys.argv[4] if len(sys.argv) > 4 else None)
         while not transport.health().connected:  # calls fail fast until the first connection
             time.sleep(0.05)
     consumer = transport.consume(agency, prefetch=10)
@@ -224,13 +230,13 @@ CRASHING_CONSUMER = textwrap.dedent("""
 
 
 def test_consumer_crash_redelivers(kind: str, make: Callable[[], Transport], transport: Transport,
-                                   agency: AgencyCode, tmp_path: Path) -> None:
+                                   agency: AgencyCode, broker: Broker, tmp_path: Path) -> None:
     """A consumer killed with SIGKILL while holding deliveries loses none of them."""
     transport.publish_many([message(agency) for _ in range(5)])
-    target = str(tmp_path / "transport.db") if kind == "embedded" else BROKER
+    target = [str(tmp_path / "transport.db")] if kind == "embedded" else broker.argv()
     script = tmp_path / "crash.py"
     script.write_text(CRASHING_CONSUMER, "utf-8")
-    with subprocess.Popen([sys.executable, str(script), kind, target, str(agency)],
+    with subprocess.Popen([sys.executable, str(script), kind, target[0], str(agency), *target[1:]],
                           stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).parent.parent)) as child:
         try:
             assert child.stdout is not None

@@ -10,15 +10,36 @@ import random
 import socket
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
 
-from exchange.adapters.amqp import dead_queue_name, queue_name
+from exchange.adapters.amqp import AmqpTransport, BrokerSettings, dead_queue_name, queue_name
 from exchange.codes import AgencyCode
 from exchange.node.transport import Message, Transport
 
 BROKER = os.environ.get("EXCHANGE_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+@dataclass(frozen=True)
+class Broker:
+    """The broker a contract test runs on: the host's in plain AMQP, or a private TLS node."""
+
+    url: str = BROKER
+    ca_file: Path | None = None
+
+    def open(self, **kwargs: Any) -> AmqpTransport:
+        return AmqpTransport(self.url, ca_file=self.ca_file, **kwargs)
+
+    def parameters(self) -> pika.URLParameters:
+        return BrokerSettings(self.url, self.ca_file).parameters()
+
+    def argv(self) -> list[str]:
+        """The broker for a child process's command line: the URL, then the CA file if any."""
+        return [self.url] + ([str(self.ca_file)] if self.ca_file else [])
 
 
 def broker_reachable() -> bool:
@@ -47,9 +68,9 @@ def message(agency: AgencyCode, body: bytes = b"<Envelope/>", **headers: str) ->
     return Message(agency, body, str(uuid.uuid4()), headers)
 
 
-def delete_queues(*agencies: AgencyCode, url: str = BROKER) -> None:
-    """Remove test queues from the broker (the host's unless ``url`` names another)."""
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+def delete_queues(*agencies: AgencyCode, url: str = BROKER, broker: Broker | None = None) -> None:
+    """Remove test queues from the broker (the host's unless ``url`` or ``broker`` names another)."""
+    conn = pika.BlockingConnection(broker.parameters() if broker else pika.URLParameters(url))
     try:
         channel = conn.channel()
         for agency in agencies:

@@ -12,18 +12,23 @@ from exchange.node.transport import Transport
 
 
 def open_transport(config: NodeConfig) -> Transport:
-    """The node's transport, from its configuration alone: its broker, trusting the node's CA for
-    ``amqps://``, or the embedded file the nodes of its host share."""
-    return open_transport_url(config.broker, embedded_path=config.embedded_transport, ca_file=config.ca)
+    """The node's transport, from its configuration alone: its broker, or the embedded file the
+    nodes of its host share."""
+    return open_transport_url(config.broker, embedded_path=config.embedded_transport, config=config)
 
 
-def open_transport_url(url: str, *, embedded_path: Path, ca_file: Path | None = None) -> Transport:
+def open_transport_url(url: str, *, embedded_path: Path, config: NodeConfig | None = None) -> Transport:
     """RabbitMQ when a broker URL is given, else the embedded SQLite transport at ``embedded_path``:
-    the one place that chooses the adapter. ``ca_file`` is used only by ``amqps://`` URLs."""
+    the one place that chooses the adapter. For ``amqps://`` URLs, a node's ``config`` gives the
+    TLS settings: the broker's CA (``[transport] broker_ca``, default ``[pki] ca``), the client
+    certificate (``broker_cert``/``broker_key``, default the node's own) and ``broker_auth``."""
     if url:
         from exchange.adapters.amqp import AmqpTransport
 
-        return AmqpTransport(url, ca_file=ca_file)
+        if config is None or not url.startswith("amqps://"):
+            return AmqpTransport(url, external=config is not None and config.broker_external)
+        return AmqpTransport(url, ca_file=config.broker_ca_file, cert_file=config.broker_cert_file,
+                             key_file=config.broker_key_file, external=config.broker_external)
     from exchange.adapters.embedded import EmbeddedTransport
 
     return EmbeddedTransport(embedded_path)

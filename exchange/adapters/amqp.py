@@ -30,8 +30,14 @@ While the transport is not connected nothing waits for it: ``publish``, ``publis
 ``declare`` and ``consume`` raise ``TransportUnavailable`` at once, and the caller (the daemon's
 loop, an outbox) tries again later. Only the constructor waits, for the first connection attempt
 to end (at most ``connect_timeout``); it succeeds whether or not the broker answered, and keeps
-connecting in the background, except when the broker refuses the login (``AccessRefused``):
-wrong credentials are a configuration error, not an outage.
+connecting in the background, except when the broker refuses the login (``AccessRefused``) or
+when its TLS certificate is refused (``BrokerUntrusted``: not issued by the configured CA, or not
+for the URL's host): a configuration error, not an outage.
+
+With ``amqps://`` the broker's certificate and host name are verified against ``ca_file`` (the
+system store if none), and the node presents ``cert_file``/``key_file`` when given; with
+``external`` it logs in with that certificate (SASL EXTERNAL: the broker's
+``rabbitmq_auth_mechanism_ssl`` takes the user name from the certificate) instead of a password.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from exchange import clock
 from exchange.codes import AgencyCode
 from exchange.errors import (
     AccessRefused,
+    BrokerUntrusted,
     ConfigError,
     PublishRejected,
     StaleDelivery,
@@ -153,11 +160,31 @@ class _Batch:
             self.done.set()
 
 
+def _tls_refusal(exc: BaseException) -> TransportError | None:
+    """The TLS refusal somewhere in ``exc`` (pika wraps the handshake's error in its own, in
+    their arguments or ``exceptions``): the broker's certificate refused by us, or ours by it."""
+    seen: list[BaseException] = [exc]
+    for error in seen:
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return BrokerUntrusted(f"the broker's TLS certificate is refused: {error.verify_message or error}; "
+                                   "check [transport] broker_ca (the CA that issued it) and the host "
+                                   "name in the broker URL (it must be one the certificate names)")
+        if "TLSV1_ALERT_UNKNOWN_CA" in str(error) or "TLSV1_ALERT_BAD_CERTIFICATE" in str(error):
+            return AccessRefused("the broker refused this node's TLS client certificate (not issued by a CA "
+                                 "it trusts): check [transport] broker_cert and the broker's cacertfile")
+        for inner in (*error.args, *getattr(error, "exceptions", ()), error.__cause__, error.__context__):
+            if isinstance(inner, BaseException) and inner not in seen and len(seen) < 20:
+                seen.append(inner)
+    return None
+
+
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
     """Map pika's exceptions to the project's, most specific first."""
     try:
         yield
+    except ssl.SSLError as exc:  # pika re-raises the handshake's own error from BlockingConnection
+        raise _tls_refusal(exc) or TransportUnavailable(f"TLS with the broker failed: {exc}") from exc
     except (px.ProbableAuthenticationError, px.ProbableAccessDeniedError, px.AuthenticationError) as exc:
         raise AccessRefused(f"the broker refused the login: {exc}") from exc
     except (px.ChannelClosedByBroker, px.ConnectionClosedByBroker) as exc:
@@ -174,7 +201,7 @@ def translated() -> Iterator[None]:
     except px.NackError as exc:
         raise PublishRejected(f"the broker refused the message (nack): {exc}") from exc
     except px.AMQPConnectionError as exc:
-        raise TransportUnavailable(f"cannot reach the broker: {exc!r}") from exc
+        raise _tls_refusal(exc) or TransportUnavailable(f"cannot reach the broker: {exc!r}") from exc
     except (px.AMQPError, px.ChannelError, px.ReentrancyError) as exc:
         raise TransportError(f"broker error: {exc!r}") from exc
 
@@ -190,6 +217,11 @@ class BrokerSettings:
     """Each outage's retry budget (see the module's docstring)."""
     reconnect_max: float = RECONNECT_MAX_S
     """The longest wait between two reconnection attempts."""
+    cert_file: str | Path | None = None
+    """The client certificate the node presents over ``amqps://`` (none if not given)."""
+    key_file: str | Path | None = None
+    external: bool = False
+    """Log in with the client certificate (SASL EXTERNAL) instead of the URL's user and password."""
 
     def parameters(self) -> pika.URLParameters:
         """pika's parameters for the URL; a malformed URL or an unreadable CA is a ConfigError."""
@@ -203,13 +235,27 @@ class BrokerSettings:
         params.socket_timeout = self.connect_timeout
         if self.url.startswith("amqps://"):
             params.ssl_options = pika.SSLOptions(self._tls(), params.host)
+        elif self.external:
+            raise ConfigError("a certificate login (EXTERNAL) needs TLS: the broker URL must be amqps://")
+        if self.external:
+            if self.cert_file is None:
+                raise ConfigError("a certificate login (EXTERNAL) needs a client certificate and key")
+            params.credentials = pika.credentials.ExternalCredentials()
         return params
 
     def _tls(self) -> ssl.SSLContext:
+        """Certificate and host name verification against ``ca_file``, and the client certificate."""
         try:
-            return ssl.create_default_context(cafile=self.ca_file)
+            context = ssl.create_default_context(cafile=self.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load the broker's CA {self.ca_file}: {exc}") from exc
+        if self.cert_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load the client certificate {self.cert_file} and key "
+                                  f"{self.key_file} for the broker: {exc}") from exc
+        return context
 
 
 class AmqpTransport(Closing):
@@ -217,8 +263,10 @@ class AmqpTransport(Closing):
 
     def __init__(self, url: str, *, ca_file: str | Path | None = None, connect_timeout: float = CONNECT_TIMEOUT_S,
                  publish_timeout: float = PUBLISH_TIMEOUT_S, reconnect_for: float = RECONNECT_FOR_S,
-                 reconnect_max: float = RECONNECT_MAX_S) -> None:
-        self.settings = BrokerSettings(url, ca_file, connect_timeout, publish_timeout, reconnect_for, reconnect_max)
+                 reconnect_max: float = RECONNECT_MAX_S, cert_file: str | Path | None = None,
+                 key_file: str | Path | None = None, external: bool = False) -> None:
+        self.settings = BrokerSettings(url, ca_file, connect_timeout, publish_timeout, reconnect_for, reconnect_max,
+                                       cert_file=cert_file, key_file=key_file, external=external)
         self.params = self.settings.parameters()
         self._agencies: set[str] = set()
         self._delays: set[int] = set()
@@ -243,8 +291,8 @@ class AmqpTransport(Closing):
         self._thread = threading.Thread(target=self._run, name="amqp-io", daemon=True)
         self._thread.start()
         self._attempted.wait(connect_timeout)
-        if not self._ready.is_set() and isinstance(self._last_error, AccessRefused):
-            self.close()  # wrong credentials: a configuration error, not an outage to wait out
+        if not self._ready.is_set() and isinstance(self._last_error, (AccessRefused, BrokerUntrusted)):
+            self.close()  # wrong credentials or certificates: a configuration error, not an outage to wait out
             raise self._last_error
 
     # The I/O thread ---------------------------------------------------------------------
@@ -320,6 +368,9 @@ class AmqpTransport(Closing):
             self._conn = None
             conn.ioloop.close()  # its wake-up socket pair, or it leaks with every reconnect
         if not self._closing and not self._established:
+            refusal = _tls_refusal(lost[0]) if lost else None
+            if refusal is not None:
+                raise refusal
             raise _ConnectionLost(repr(lost[0]) if lost else "connection closed")
 
     def _on_open(self, conn: pika.SelectConnection) -> None:

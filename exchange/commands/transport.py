@@ -26,14 +26,14 @@ def register(commands: Any) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     broker = args.broker or ""
-    ca_file: Path | None = None
+    config: NodeConfig | None = None
     with tempfile.TemporaryDirectory() as tmp:
         embedded = Path(tmp) / "bench-transport.db"
         if args.config is not None and not broker:
             config = NodeConfig.load(args.config)
-            broker, ca_file = config.broker, config.ca
+            broker = config.broker
             embedded = config.state_dir / "bench-transport.db"  # beside the node's, not the node's own
-        with open_transport_url(broker, embedded_path=embedded, ca_file=ca_file) as transport:
+        with open_transport_url(broker, embedded_path=embedded, config=config) as transport:
             result = transport_bench.run(transport, size_kb=max(1, args.size_kb), seconds=args.seconds)
     kind = f"RabbitMQ at {broker.split('@')[-1]}" if broker else "embedded (SQLite)"
     print(f"{kind}: {result.messages} messages of {args.size_kb} KiB in {result.seconds:.1f}s: "

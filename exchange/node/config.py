@@ -38,6 +38,16 @@ class NodeConfig:
     broker: str = ""
     """The broker's URL; its password comes from ``broker_credentials`` or the environment."""
     broker_credentials: Path | None = None
+    broker_ca: Path | None = None
+    """The CA that issued the broker's TLS certificate (``amqps://``); default: ``[pki] ca``."""
+    broker_cert: Path | None = None
+    """The client certificate presented to the broker over TLS; default: ``[pki] cert``."""
+    broker_key: Path | None = None
+    """Its key; default: ``[pki] key``."""
+    broker_auth: str = "password"
+    """How the node logs in to the broker: ``password`` (the URL's user, its password from
+    ``broker_credentials`` or the environment) or ``certificate`` (SASL EXTERNAL: the broker takes
+    the user name from the client certificate; needs ``amqps://``)."""
     anchor: Path | None = None
     """The configuration authority's certificate that bundles must be signed with (``[config] anchor``)."""
     """A file (0600) holding the broker's password, so that node.toml holds none."""
@@ -64,6 +74,22 @@ class NodeConfig:
     @property
     def database(self) -> Path:
         return self.state_dir / "node.db"
+
+    @property
+    def broker_ca_file(self) -> Path:
+        return self.broker_ca or self.ca
+
+    @property
+    def broker_cert_file(self) -> Path:
+        return self.broker_cert or self.cert
+
+    @property
+    def broker_key_file(self) -> Path:
+        return self.broker_key or self.key
+
+    @property
+    def broker_external(self) -> bool:
+        return self.broker_auth == "certificate"
 
     @property
     def embedded_transport(self) -> Path:
@@ -103,6 +129,8 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "checkpoint_every_seconds": ("audit", "checkpoint_every_seconds"),
     "rules": ("rules", "dir"), "broker": ("transport", "broker"), "embedded": ("transport", "embedded"),
     "broker_credentials": ("transport", "broker_credentials"),
+    "broker_ca": ("transport", "broker_ca"), "broker_cert": ("transport", "broker_cert"),
+    "broker_key": ("transport", "broker_key"), "broker_auth": ("transport", "broker_auth"),
     "delivery": ("agency_system", "outbox"),
     "dropfolder": ("agency_system", "dropfolder"),
     "http_port": ("agency_system", "http_port"), "http_host": ("agency_system", "http_host"),
@@ -111,7 +139,8 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "anchor": ("config", "anchor"),
 }
 _PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery", "dropfolder",
-          "broker_credentials", "anchor"}
+          "broker_credentials", "broker_ca", "broker_cert", "broker_key", "anchor"}
+BROKER_AUTH = ("password", "certificate")
 ACTIVE_BUNDLE = Path("config") / "active"
 """Under the state folder: the configuration bundle in force, once one is installed (a link to
 its version's folder); its rules, CA and CRL take the place of those node.toml names."""
@@ -147,6 +176,9 @@ def _build(path: Path, merged: dict[str, Any]) -> NodeConfig:
             values["checkpoint_every_seconds"] = float(values["checkpoint_every_seconds"])
     except (InvalidCode, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    if values.get("broker_auth", "password") not in BROKER_AUTH:
+        raise ConfigError(f"{path}: [transport] broker_auth is {values['broker_auth']!r}, not one of "
+                          f"{', '.join(BROKER_AUTH)}")
     return _with_bundle(NodeConfig(**values))
 
 
