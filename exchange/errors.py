@@ -25,7 +25,9 @@ envelope has a stable reason code, because signed receipts carry that code::
     │       ├── SenderMismatch           sender-mismatch
     │       ├── DigestMismatch           digest-mismatch
     │       ├── NotAuthorized            not-authorized
-    │       └── EnvelopeExpired          envelope-expired
+    │       ├── EnvelopeExpired          envelope-expired
+    │       ├── NotForThisRecipient      not-for-this-recipient: encrypted to another agency or certificate
+    │       └── Undecryptable            undecryptable: an encrypted payload that does not decrypt
     ├── PkiError                     the local PKI could not do what was asked
     ├── StoreError                   the node's database failed (disk, damage); retry after a look
     │   └── StoreBusy                    another process held the database past the busy timeout
@@ -267,6 +269,18 @@ class EnvelopeExpired(InvalidEnvelope):
     reason_code = "envelope-expired"
 
 
+class NotForThisRecipient(InvalidEnvelope):
+    """An encrypted payload addressed otherwise than the envelope or the key says (re-addressed)."""
+
+    reason_code = "not-for-this-recipient"
+
+
+class Undecryptable(InvalidEnvelope):
+    """An encrypted payload that does not decrypt (tampered, wrong key) or that no key was given for."""
+
+    reason_code = "undecryptable"
+
+
 REFUSALS: tuple[type[InvalidEnvelope], ...] = (
     TooLarge,
     MalformedXml,
@@ -280,6 +294,8 @@ REFUSALS: tuple[type[InvalidEnvelope], ...] = (
     DigestMismatch,
     NotAuthorized,
     EnvelopeExpired,
+    NotForThisRecipient,
+    Undecryptable,
 )
 """Every refusal class, so receipts can map a reason code back to its meaning."""
 

@@ -1,4 +1,5 @@
-"""``exchange envelope``: seal a dossier into a signed envelope, and verify one."""
+"""``exchange envelope``: seal a dossier into a signed envelope (encrypted to the recipient on
+request), verify one without a key, and open one with the recipient's key."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lxml import etree
+
 from exchange.commands import agency_arg, procedure_arg, read_input
 from exchange.envelope import dossier
+from exchange.envelope.encryption import Recipient, RecipientCertificate
 from exchange.envelope.model import Header, Kind, VerifiedEnvelope
 from exchange.envelope.sealing import Opener, Signer
 from exchange.envelope.trust import TrustStore
@@ -30,6 +34,8 @@ def register(commands: Any) -> None:
     seal.add_argument("--step", required=True, metavar="STEP", help=STEP_HELP)
     seal.add_argument("dossier", type=Path, metavar="DOSSIER")
     seal.add_argument("--out", type=Path, required=True, metavar="FILE")
+    seal.add_argument("--encrypt-for", type=Path, metavar="RECIPIENT_CERT",
+                      help="encrypt the dossier to this certificate (the --to agency's)")
     seal.set_defaults(handler=_seal)
 
     verify = sub.add_parser("verify", help="verify an envelope against the trusted CA")
@@ -40,6 +46,18 @@ def register(commands: Any) -> None:
     verify.add_argument("file", type=Path, metavar="FILE")
     verify.set_defaults(handler=_verify)
 
+    open_ = sub.add_parser("open", help="verify an envelope, then decrypt its payload with the recipient's key")
+    open_.add_argument("--trust", type=Path, required=True, metavar="CA",
+                       help="the CA certificate (PEM file) or a CA directory")
+    open_.add_argument("--crl", type=Path, metavar="CRL",
+                       help="the CA's revocation list; without it, revocation is not checked")
+    open_.add_argument("--cert", type=Path, required=True, metavar="CERT", help="the recipient's certificate")
+    open_.add_argument("--key", type=Path, required=True, metavar="KEY", help="the recipient's private key")
+    open_.add_argument("file", type=Path, metavar="ENVELOPE")
+    open_.add_argument("--out", type=Path, required=True, metavar="DOSSIER",
+                       help="where to write the payload (mode 0600: it holds personal data)")
+    open_.set_defaults(handler=_open)
+
 
 def _seal(args: argparse.Namespace) -> int:
     signer = Signer.load(args.cert, args.key)
@@ -49,15 +67,17 @@ def _seal(args: argparse.Namespace) -> int:
                              f"not {args.procedure}")
     header = Header(kind=Kind.TRANSFER, sender=signer.agency, recipient=args.to,
                     dossier=info.code, procedure=args.procedure, step=args.step)
-    data = signer.seal(header, root)
+    recipient = RecipientCertificate.load(args.encrypt_for) if args.encrypt_for else None
+    data = signer.seal(header, root, encrypt_for=recipient)
     write_atomic(args.out, data)
+    encrypted = f", encrypted to certificate sha256 {recipient.fingerprint[:16]}…" if recipient else ""
     print(f"sealed {info.code} step {args.step}: {signer.agency} -> {args.to}, "
-          f"message {header.message_id}, {len(data)} bytes -> {args.out}")
+          f"message {header.message_id}, {len(data)} bytes{encrypted} -> {args.out}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    opener = Opener(TrustStore.load(args.trust, args.crl))
+    opener = Opener(TrustStore.load(args.trust, args.crl), keyless=True)
     try:
         env = opener.open(read_input(args.file), source=str(args.file))
     except InvalidEnvelope as exc:
@@ -65,6 +85,21 @@ def _verify(args: argparse.Namespace) -> int:
         _unchecked_revocation(args)
         return 1
     print(summary(env))
+    _unchecked_revocation(args)
+    return 0
+
+
+def _open(args: argparse.Namespace) -> int:
+    opener = Opener(TrustStore.load(args.trust, args.crl), recipient=Recipient.load(args.cert, args.key))
+    try:
+        env = opener.open(read_input(args.file), source=str(args.file))
+    except InvalidEnvelope as exc:
+        print(f"refused: {exc.reason_code}: {exc.message}", file=sys.stderr)
+        _unchecked_revocation(args)
+        return 1
+    write_atomic(args.out, etree.tostring(env.payload, xml_declaration=True, encoding="UTF-8"), mode=0o600)
+    print(summary(env))
+    print(f"  wrote     {args.out}")
     _unchecked_revocation(args)
     return 0
 
@@ -86,7 +121,16 @@ def summary(env: VerifiedEnvelope) -> str:
         lines.append(f"  dossier   {h.dossier} procedure {h.procedure} step {h.step}")
     lines += [
         f"  created   {h.created:%Y-%m-%d %H:%M:%S}Z, expires {h.expiry:%Y-%m-%d %H:%M:%S}Z",
-        f"  payload   sha256 {env.payload_digest}",
+        _payload_line(env),
         f"  envelope  sha256 {env.envelope_digest}",
     ]
     return "\n".join(lines)
+
+
+def _payload_line(env: VerifiedEnvelope) -> str:
+    if env.payload_encrypted:
+        return (f"  payload   encrypted to {env.header.recipient} (certificate sha256 {env.encrypted_for}); "
+                f"not readable without that key, which checks PayloadDigest sha256 {env.payload_digest}")
+    if env.encrypted_for:
+        return f"  payload   sha256 {env.payload_digest}, decrypted (certificate sha256 {env.encrypted_for[:16]}…)"
+    return f"  payload   sha256 {env.payload_digest}"

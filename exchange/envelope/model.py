@@ -111,11 +111,13 @@ def header_element(header: Header, digest: str) -> etree._Element:
     return el
 
 
-def envelope_element(header: Header, payload: etree._Element) -> etree._Element:
-    """An unsigned envelope around ``payload``; ``sealing.Signer`` adds the signature."""
+def envelope_element(header: Header, payload: etree._Element, digest: str | None = None) -> etree._Element:
+    """An unsigned envelope around ``payload``; ``sealing.Signer`` adds the signature.
+
+    ``digest`` is the plaintext's PayloadDigest when ``payload`` is its ``EncryptedPayload``."""
     root = etree.Element(q("Envelope"), nsmap={None: ENV_NS},  # type: ignore[dict-item]
                          version=VERSION)
-    root.append(header_element(header, payload_digest(payload)))
+    root.append(header_element(header, digest or payload_digest(payload)))
     body = etree.SubElement(root, q("Body"))
     body.append(payload)
     return root
@@ -175,3 +177,8 @@ class VerifiedEnvelope:
     """SHA-256 of the envelope bytes as received; receipts and the audit log name it."""
     signer_certificate: x509.Certificate | None = None
     """The verified signing certificate (it attests the signer's audit checkpoint key)."""
+    encrypted_for: str | None = None
+    """The SHA-256 of the recipient certificate the payload travelled encrypted to, if it did."""
+    payload_encrypted: bool = False
+    """``payload`` is still the ``EncryptedPayload`` (opened without the key): its plaintext was
+    neither read nor checked against ``payload_digest``."""

@@ -28,6 +28,15 @@ from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 from exchange.clock import now
 from exchange.codes import AgencyCode
 from exchange.envelope.dossier import attachment_problems, d
+from exchange.envelope.encryption import (
+    ENCRYPTED,
+    PAYLOAD_NAME,
+    Recipient,
+    RecipientCertificate,
+    check_addressing,
+    decrypt,
+    read_sealed,
+)
 from exchange.envelope.messages import read_acks
 from exchange.envelope.model import (
     PAYLOAD_OF_KIND,
@@ -42,11 +51,13 @@ from exchange.envelope.pki import agency_of, cert_pem, load_cert, load_key
 from exchange.envelope.trust import TrustStore
 from exchange.errors import (
     BadSignature,
+    ConfigError,
     DigestMismatch,
     EnvelopeExpired,
     InvalidEnvelope,
     SchemaViolation,
     SenderMismatch,
+    Undecryptable,
 )
 from exchange.xml import safexml, schemas, shape
 from exchange.xml.datatypes import parse_date, parse_datetime
@@ -57,6 +68,8 @@ ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 ALLOWED_TRANSFORMS = frozenset({ENVELOPED, EXC_C14N.value})
 _BODY_OPEN = b"<Body>"
 _BODY_CLOSE = b"</Body>"
+
+_SCHEMA_OF_KIND = {Kind.TRANSFER: schemas.DOSSIER, Kind.RECEIPT: schemas.RECEIPT, Kind.STATUS: schemas.STATUS}
 
 _EXPECT = SignatureConfiguration(
     location="./",
@@ -83,11 +96,24 @@ class Signer:
         cert = load_cert(cert_path)
         return cls(load_key(key_path), cert, agency_of(cert))
 
-    def seal(self, header: Header, payload: etree._Element) -> bytes:
-        """The signed envelope bytes for ``payload``, sent by this agency."""
+    def seal(self, header: Header, payload: etree._Element,
+             encrypt_for: RecipientCertificate | None = None) -> bytes:
+        """The signed envelope bytes for ``payload``, sent by this agency.
+
+        With ``encrypt_for`` the body carries the payload encrypted to that certificate, which
+        must be the header's recipient's; the signature covers the encrypted body, and
+        PayloadDigest the plaintext."""
         if header.sender != self.agency:
             raise SenderMismatch(f"the certificate is {self.agency}'s, the header says {header.sender}")
-        root = envelope_element(header, payload)
+        if encrypt_for is None:
+            root = envelope_element(header, payload)
+        else:
+            if encrypt_for.agency != header.recipient:
+                raise ConfigError(f"the recipient certificate is {encrypt_for.agency}'s, "
+                                  f"the envelope is addressed to {header.recipient}")
+            plaintext = canonical(payload)
+            root = envelope_element(header, encrypt_for.encrypt(header.kind, header.sender, plaintext),
+                                    hashlib.sha256(plaintext).hexdigest())
         signer = XMLSigner(
             signature_algorithm=SignatureMethod.ECDSA_SHA256,
             digest_algorithm=DigestAlgorithm.SHA256,
@@ -104,6 +130,11 @@ class Opener:
     trust: TrustStore
     max_bytes: int = safexml.DEFAULT_MAX_BYTES
     clock: Callable[[], dt.datetime] = now
+    recipient: Recipient | None = None
+    """The key that decrypts payloads encrypted to this agency (``open`` refuses others')."""
+    keyless: bool = False
+    """Without ``recipient``, return an encrypted payload as it is (``payload_encrypted``) instead
+    of refusing it as ``undecryptable``: for verifying signature, header and routing only."""
 
     def open(self, data: bytes, source: str = "envelope") -> VerifiedEnvelope:
         """Verify ``data`` and return what was signed, or raise the refusal with its reason code."""
@@ -122,7 +153,14 @@ class Opener:
                                  f"its certificate is {signer.agency}'s")
         if header.expiry < at:
             raise EnvelopeExpired(f"message {header.message_id} expired at {header.expiry:%Y-%m-%d %H:%M}Z")
-        payload = _check_payload(header, signed[1], digest, signed_data)
+        body = signed[1]
+        if body.tag != q("Body") or len(body) != 1:
+            raise BadSignature("the signed envelope has no single body")
+        encrypted_for = None
+        if body[0].tag == ENCRYPTED:
+            payload, encrypted_for = self._encrypted(header, body[0], digest, source)
+        else:
+            payload = _check_payload(header, body[0], digest, signed_data)
         return VerifiedEnvelope(
             header=header,
             payload=payload,
@@ -131,7 +169,38 @@ class Opener:
             signer_fingerprint=signer.fingerprint,
             envelope_digest=hashlib.sha256(data).hexdigest(),
             signer_certificate=signer.cert,
+            encrypted_for=encrypted_for,
+            payload_encrypted=payload is body[0] and encrypted_for is not None,
         )
+
+    def _encrypted(self, header: Header, el: etree._Element, digest: str,
+                   source: str) -> tuple[etree._Element, str]:
+        """The decrypted payload (checked as a plain one would be), or ``el`` when ``keyless``."""
+        sealed = read_sealed(el)
+        if PAYLOAD_NAME.get(header.kind) != sealed.payload_name:
+            raise DigestMismatch(f"a {header.kind} envelope carries an encrypted {sealed.payload_name}")
+        check_addressing(sealed, el.findtext(q("RecipientCertificate")) or "", header.sender, header.recipient)
+        _check_routing_fields(header, el)
+        if self.recipient is None:
+            if not self.keyless:
+                raise Undecryptable(f"message {header.message_id} is encrypted for {header.recipient}, "
+                                    "and this node has no key to open it")
+            return el, sealed.recipient_certificate
+        plaintext = decrypt(sealed, self.recipient, self.max_bytes)
+        if hashlib.sha256(plaintext).hexdigest() != digest:
+            raise DigestMismatch(f"message {header.message_id}: the decrypted payload does not match PayloadDigest")
+        where = f"{source}: decrypted payload"
+        payload = safexml.parse(plaintext, max_bytes=self.max_bytes, source=where)
+        expected = PAYLOAD_OF_KIND[header.kind]
+        if payload.tag != expected:
+            raise DigestMismatch(f"a {header.kind} envelope carries {payload.tag}, expected {expected}")
+        shape.check(payload, shape.Profile(root=expected), where)
+        problems = schemas.problems(_SCHEMA_OF_KIND[header.kind], payload, where, base64_checked_by_caller=True)
+        if problems:
+            raise SchemaViolation("; ".join(problems))
+        _check_routing_fields(header, payload)
+        _check_dates(header, payload)
+        return payload, sealed.recipient_certificate
 
 
 def _check_schema(root: etree._Element, source: str) -> None:
@@ -237,15 +306,12 @@ def _verify(root: etree._Element, cert: x509.Certificate,
     return result.signed_data, signed
 
 
-def _check_payload(header: Header, body: etree._Element, digest: str,
+def _check_payload(header: Header, payload: etree._Element, digest: str,
                    signed_data: bytes) -> etree._Element:
-    if body.tag != q("Body") or len(body) != 1:
-        raise BadSignature("the signed envelope has no single body")
-    payload = body[0]
     if not _payload_matches(signed_data, payload, digest):
         raise DigestMismatch(f"message {header.message_id}: the body does not match PayloadDigest")
     expected = PAYLOAD_OF_KIND[header.kind]
-    if payload.tag not in (expected, q("EncryptedPayload")):
+    if payload.tag != expected:
         raise DigestMismatch(f"a {header.kind} envelope carries {payload.tag}, expected {expected}")
     _check_routing_fields(header, payload)
     _check_dates(header, payload)
@@ -274,7 +340,7 @@ def _check_routing_fields(header: Header, payload: etree._Element) -> None:
                               ("Step", header.step)) if v is None]
     if missing:
         raise SchemaViolation(f"a {header.kind} envelope needs {', '.join(missing)} in its header")
-    if header.kind is Kind.TRANSFER and payload.tag != q("EncryptedPayload"):
+    if header.kind is Kind.TRANSFER and payload.tag != ENCRYPTED:
         _same(header.message_id, "dossier code", str(header.dossier), payload, "Code")
         _same(header.message_id, "procedure", str(header.procedure), payload, "Procedure")
         _check_attachments(header.message_id, payload)
@@ -314,4 +380,4 @@ def _same(message_id: str, what: str, value: str, payload: etree._Element, name:
         raise DigestMismatch(f"message {message_id}: header {what} {value} but the dossier says {found}")
 
 
-__all__ = ["InvalidEnvelope", "Opener", "Signer"]
+__all__ = ["InvalidEnvelope", "Opener", "Recipient", "RecipientCertificate", "Signer"]
