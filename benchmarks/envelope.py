@@ -5,6 +5,8 @@
 For each dossier size: seal/s and open/s (median of rounds), and the baseline the issue names:
 raw ECDSA P-256 sign and verify of the same SHA-256 digest plus exclusive c14n of the same
 envelope bytes. The ratio open / (verify + c14n) is the figure to watch (aim: at most 5).
+Then seal+open with the payload encrypted to the recipient (JWE ECDH-ES+A256KW, A256GCM) against
+seal+open in the clear, in the same run: encryption may add at most 20 %.
 
 Then the hostile inputs known to cost the most (median of rounds, one call each): each must be
 refused (or opened) in time linear in its size, and in at most 1 s below 1 MiB.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import statistics
 import tempfile
@@ -29,6 +32,7 @@ from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.demo import samples
 from exchange.envelope import dossier as dossiers
 from exchange.envelope import pki
+from exchange.envelope.encryption import Recipient, RecipientCertificate
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Opener, Signer
 from exchange.envelope.trust import TrustStore
@@ -52,7 +56,8 @@ def per_call(fn: Callable[[], object], seconds: float, rounds: int) -> float:
     return statistics.median(results)
 
 
-def bench_size(size_kb: int, signer: Signer, opener: Opener, seconds: float, rounds: int) -> None:
+def bench_size(size_kb: int, signer: Signer, opener: Opener, seconds: float, rounds: int,
+               recipient: Recipient, to: RecipientCertificate) -> None:
     dossier = samples.sample_dossier(samples.SampleSpec(COMMUNE, BIRTH, size_kb=size_kb))
     header = Header(kind=Kind.TRANSFER, sender=COMMUNE, recipient=POLICE, procedure=BIRTH,
                     dossier=DossierCode(dossier.findtext("{urn:vn-exchange:dossier:1}Code") or ""),
@@ -79,6 +84,15 @@ def bench_size(size_kb: int, signer: Signer, opener: Opener, seconds: float, rou
           f"exc-c14n {c14n * 1e6:6.0f} us")
     print(f"  ratio seal / (sign + c14n)   {seal / (raw_sign + c14n):5.1f}x")
     print(f"  ratio open / (verify + c14n) {open_ / (raw_verify + c14n):5.1f}x  (aim <= 5x)")
+
+    decrypting = dataclasses.replace(opener, recipient=recipient)
+    encrypted = signer.seal(header, dossier, encrypt_for=to)
+    decrypting.open(encrypted)
+    clear = per_call(lambda: opener.open(signer.seal(header, dossier)), seconds, rounds)
+    sealed = per_call(lambda: decrypting.open(signer.seal(header, dossier, encrypt_for=to)), seconds, rounds)
+    print(f"  seal+open in the clear  {clear * 1e6:8.0f} us")
+    print(f"  seal+open encrypted     {sealed * 1e6:8.0f} us  envelope {len(encrypted):,} bytes")
+    print(f"  ratio encrypted / clear {sealed / clear:5.2f}x  (aim <= 1.20x)")
 
 
 def _attrs(n: int) -> bytes:
@@ -151,11 +165,14 @@ def main() -> None:
         root = Path(tmp)
         ca = pki.init_ca(root / "ca", "Bench CA")
         pki.issue_agency(ca, COMMUNE, root / "commune")
+        pki.issue_agency(ca, POLICE, root / "police")
         signer = Signer.load(root / "commune/cert.pem", root / "commune/key.pem")
+        recipient = Recipient.load(root / "police/cert.pem", root / "police/key.pem")
+        to = RecipientCertificate.of(recipient.cert)
         opener = Opener(TrustStore.load(root / "ca"))
         print(f"medians of {args.rounds} rounds of {args.seconds}s each")
         for size in args.sizes:
-            bench_size(size, signer, opener, args.seconds, args.rounds)
+            bench_size(size, signer, opener, args.seconds, args.rounds, recipient, to)
         dossier = samples.sample_dossier(samples.SampleSpec(COMMUNE, BIRTH, size_kb=10))
         header = Header(kind=Kind.TRANSFER, sender=COMMUNE, recipient=POLICE, procedure=BIRTH,
                         dossier=DossierCode(dossier.findtext("{urn:vn-exchange:dossier:1}Code") or ""),
