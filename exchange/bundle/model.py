@@ -56,6 +56,8 @@ class Bundle:
     ca_pem: bytes
     crl_pem: bytes | None
     sha256: str
+    agency_certs_pem: bytes | None = None
+    """The agencies' certificates: what nodes encrypt each other's dossiers to."""
     """Of the signed document: what ``config status`` and the audit log name it by."""
 
     def write_rules(self, directory: Path) -> None:
@@ -65,7 +67,7 @@ class Bundle:
 
 
 def build(rules_dir: Path, ca_pem: bytes, crl_pem: bytes | None, version: int, effective: dt.datetime,
-          expires: dt.datetime) -> etree._Element:
+          expires: dt.datetime, agency_certs_pem: bytes | None = None) -> etree._Element:
     """The unsigned document; the rules must load (``rules check``) or nothing is built."""
     if version < 1:
         raise BundleRefused(f"version {version}: a bundle's version is a whole number from 1")
@@ -87,6 +89,9 @@ def build(rules_dir: Path, ca_pem: bytes, crl_pem: bytes | None, version: int, e
     if crl_pem is not None:
         x509.load_pem_x509_crl(crl_pem)
         etree.SubElement(root, b("Crl")).text = crl_pem.decode("ascii")
+    if agency_certs_pem:
+        _certificates(agency_certs_pem)
+        etree.SubElement(root, b("AgencyCertificates")).text = agency_certs_pem.decode("ascii")
     return root
 
 
@@ -146,8 +151,12 @@ def _read(root: etree._Element, sha256: str, source: str) -> Bundle:
     ca_pem = text("CaCertificates").encode("ascii")
     _certificates(ca_pem)
     crl = root.findtext(b("Crl"))
+    agencies = root.findtext(b("AgencyCertificates"))
+    if agencies:
+        _certificates(agencies.encode("ascii"))
     bundle = Bundle(version, effective, expires, text("RulesDigest"), files, ca_pem,
-                    crl.strip().encode("ascii") + b"\n" if crl else None, sha256)
+                    crl.strip().encode("ascii") + b"\n" if crl else None, sha256,
+                    agencies.strip().encode("ascii") + b"\n" if agencies else None)
     _check_rules(bundle, source)
     return bundle
 

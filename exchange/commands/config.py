@@ -34,6 +34,9 @@ def register(commands: Any) -> None:
     publish.add_argument("--rules", type=Path, required=True, metavar="RULES_DIR")
     publish.add_argument("--ca", type=Path, required=True, metavar="CA_PEM")
     publish.add_argument("--crl", type=Path, metavar="CRL")
+    publish.add_argument("--certs", type=Path, metavar="PEM_OR_DIR",
+                         help="the agencies' certificates (a PEM file, or a folder of *.pem): nodes encrypt each "
+                              "agency's dossiers to its certificate")
     publish.add_argument("--version", type=positive_int, required=True, metavar="N")
     publish.add_argument("--effective", type=_moment, metavar="ISO8601", help="when nodes apply it (default: now)")
     publish.add_argument("--valid-days", type=positive_int, default=DEFAULT_VALID_DAYS, metavar="D",
@@ -85,12 +88,18 @@ def _publish(args: argparse.Namespace) -> int:
     effective = args.effective or clock.now()
     expires = effective + dt.timedelta(days=args.valid_days)
     document = model.build(args.rules, read_input(args.ca), read_input(args.crl) if args.crl else None,
-                           args.version, effective, expires)
+                           args.version, effective, expires, _certificates(args.certs) if args.certs else None)
     data = model.sign(document, signer.key, signer.cert)
     write_atomic(args.out, data)
     print(f"bundle version {args.version} -> {args.out} ({len(data)} bytes): effective {clock.utc(effective)}, "
           f"expires {clock.utc(expires)}")
     return 0
+
+
+def _certificates(path: Path) -> bytes:
+    if path.is_dir():
+        return b"".join(p.read_bytes() for p in sorted(path.glob("*.pem")))
+    return read_input(path)
 
 
 def _install(args: argparse.Namespace) -> int:

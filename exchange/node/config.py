@@ -50,6 +50,10 @@ class NodeConfig:
     the user name from the client certificate; needs ``amqps://``)."""
     anchor: Path | None = None
     """The configuration authority's certificate that bundles must be signed with (``[config] anchor``)."""
+    encrypt: str = "when-known"
+    """``[privacy] encrypt``: ``when-known`` encrypts each transfer to its recipient's certificate when
+    this node has it (from the configuration bundle, or learnt from the recipient's envelopes);
+    ``never`` sends payloads signed but in clear."""
     """A file (0600) holding the broker's password, so that node.toml holds none."""
     embedded: Path | None = None
     """The SQLite file the nodes of one host share when no broker is configured."""
@@ -137,10 +141,12 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "http_max_connections": ("agency_system", "http_max_connections"),
     "token": ("agency_system", "token"), "webhook": ("agency_system", "webhook"),
     "anchor": ("config", "anchor"),
+    "encrypt": ("privacy", "encrypt"),
 }
 _PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery", "dropfolder",
           "broker_credentials", "broker_ca", "broker_cert", "broker_key", "anchor"}
 BROKER_AUTH = ("password", "certificate")
+ENCRYPT_CHOICES = ("when-known", "never")
 ACTIVE_BUNDLE = Path("config") / "active"
 """Under the state folder: the configuration bundle in force, once one is installed (a link to
 its version's folder); its rules, CA and CRL take the place of those node.toml names."""
@@ -179,6 +185,9 @@ def _build(path: Path, merged: dict[str, Any]) -> NodeConfig:
     if values.get("broker_auth", "password") not in BROKER_AUTH:
         raise ConfigError(f"{path}: [transport] broker_auth is {values['broker_auth']!r}, not one of "
                           f"{', '.join(BROKER_AUTH)}")
+    if values.get("encrypt", "when-known") not in ENCRYPT_CHOICES:
+        raise ConfigError(f"{path}: [privacy] encrypt is {values['encrypt']!r}; expected one of "
+                          f"{', '.join(ENCRYPT_CHOICES)}")
     return _with_bundle(NodeConfig(**values))
 
 

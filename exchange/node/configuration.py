@@ -25,6 +25,7 @@ from pathlib import Path
 import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
 from prometheus_client import CollectorRegistry, Gauge
@@ -37,7 +38,15 @@ from exchange.codes import AgencyCode
 from exchange.envelope import pki
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.trust import TrustStore
-from exchange.errors import BundleBadSignature, BundleExpired, BundleRefused, BundleRollback, ConfigError, InvalidCode
+from exchange.errors import (
+    BundleBadSignature,
+    BundleExpired,
+    BundleRefused,
+    BundleRollback,
+    ConfigError,
+    InvalidCode,
+    InvalidEnvelope,
+)
 from exchange.files import write_atomic
 from exchange.node.config import ACTIVE_BUNDLE, NodeConfig, active_bundle_version
 from exchange.node.context import NodeContext
@@ -47,6 +56,8 @@ from exchange.xml.names import BUNDLE_NS, q
 
 log = structlog.get_logger(__name__)
 
+AGENCIES = "agencies.pem"
+"""In a kept version's folder: the agencies' certificates the bundle carries."""
 META = "meta.json"
 """In a kept version's folder: its version, digests, times and source, as verified at install."""
 ANCHOR = "anchor.pem"
@@ -190,6 +201,8 @@ def _keep(config: NodeConfig, bundle: Bundle, data: bytes, source: str) -> None:
     write_atomic(aside / "ca.pem", bundle.ca_pem)
     if bundle.crl_pem is not None:
         write_atomic(aside / "crl.pem", bundle.crl_pem)
+    if bundle.agency_certs_pem is not None:
+        write_atomic(aside / AGENCIES, bundle.agency_certs_pem)
     aside.rename(final)
 
 
@@ -219,6 +232,7 @@ def put_in_force(ctx: NodeContext, bundle: Installed, *, applied_here: bool = Tr
     ctx.rulebook = rulebook
     ctx.opener = replace(ctx.opener, trust=trust)
     ctx.config = replace(ctx.config, rules=active / "rules", ca=active / "ca.pem", crl=crl if crl.exists() else None)
+    learnt = _learn_agencies(ctx, active / AGENCIES, trust)
     entries = [ctx.entry(Event.RULES_LOADED, detail={"digest": rulebook.current.digest})]
     if applied_here:  # else the command that switched it audited the switch
         entries.insert(0, ctx.entry(Event.CONFIG_APPLIED, detail={
@@ -228,7 +242,27 @@ def put_in_force(ctx: NodeContext, bundle: Installed, *, applied_here: bool = Tr
         waiting = ctx.store.due_now_for_configuration()  # refused by a peer that ran another bundle
     if waiting:
         log.info("config.retrying_refused", transfers=waiting, version=bundle.version)
-    log.info("config.applied", version=bundle.version, rules_digest=rulebook.current.digest)
+    log.info("config.applied", version=bundle.version, rules_digest=rulebook.current.digest,
+             agency_certificates=learnt)
+
+
+def _learn_agencies(ctx: NodeContext, path: Path, trust: TrustStore) -> int:
+    """The agencies' certificates a bundle carries, each that the trust store in force accepts:
+    this node encrypts each agency's dossiers to its certificate from the first transfer on."""
+    if not path.exists():
+        return 0
+    learnt = 0
+    with ctx.store.transaction():
+        for cert in x509.load_pem_x509_certificates(path.read_bytes()):
+            try:
+                signer = trust.check(cert)
+            except InvalidEnvelope as exc:
+                log.warning("config.agency_certificate_refused", subject=cert.subject.rfc4514_string(), error=str(exc))
+                continue
+            ctx.store.learn_certificate(str(signer.agency), cert.public_bytes(serialization.Encoding.DER),
+                                        cert.not_valid_after_utc.timestamp())
+            learnt += 1
+    return learnt
 
 
 def expiring(config: NodeConfig) -> Installed | None:

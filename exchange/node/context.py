@@ -15,6 +15,7 @@ from exchange.audit.checkpoints import Checkpointer, NoteSigner
 from exchange.audit.entries import Entry, Event
 from exchange.audit.log import AuditLog
 from exchange.codes import AgencyCode
+from exchange.envelope.encryption import Recipient
 from exchange.envelope.sealing import Opener, Signer
 from exchange.envelope.trust import TrustStore
 from exchange.node.config import NodeConfig
@@ -41,7 +42,7 @@ class NodeContext:
         audit = AuditLog(store.conn, str(config.agency))
         note_signer = NoteSigner.load(config.checkpoint_key, f"vn-exchange/audit/{config.agency}")
         return cls(config, store, audit, RuleBook(config.rules), Signer.load(config.cert, config.key),
-                   Opener(TrustStore.load(config.ca, config.crl)),
+                   Opener(TrustStore.load(config.ca, config.crl), recipient=Recipient.load(config.cert, config.key)),
                    Checkpointer(audit, note_signer, config.checkpoint_every_entries,
                                 config.checkpoint_every_seconds))
 

@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import structlog
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from exchange import clock
@@ -124,6 +125,7 @@ def _receive_one(ctx: NodeContext, message_id: str, body: bytes, acks: Acks) -> 
     if known is not None:
         _resend_receipt(ctx, known[1])
         return Handled(Outcome.DUPLICATE)
+    _learn_certificate(ctx, env)
     try:
         if env.header.kind is Kind.RECEIPT:
             _take_receipt(ctx, env)
@@ -140,6 +142,15 @@ def _receive_one(ctx: NodeContext, message_id: str, body: bytes, acks: Acks) -> 
         _take_status(ctx, env)
     acks[env.header.sender].append(Ack(env.header.message_id, env.envelope_digest, ReceiptOutcome.ACCEPTED))
     return Handled(Outcome.ACCEPTED)
+
+
+def _learn_certificate(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+    """The sender's certificate, which the trust store just accepted: what this node encrypts the
+    dossiers it sends that agency to (a renewed one replaces it)."""
+    cert = env.signer_certificate
+    if cert is not None:
+        ctx.store.learn_certificate(str(env.header.sender), cert.public_bytes(serialization.Encoding.DER),
+                                    cert.not_valid_after_utc.timestamp())
 
 
 def _routed(header: Header) -> tuple[DossierCode, ProcedureCode, str]:

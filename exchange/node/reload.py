@@ -33,6 +33,7 @@ from exchange.audit.checkpoints import NoteSigner, check_attestation
 from exchange.audit.entries import Event
 from exchange.clock import now
 from exchange.envelope import pki
+from exchange.envelope.encryption import Recipient
 from exchange.envelope.sealing import Signer
 from exchange.envelope.trust import TrustStore
 from exchange.errors import ConfigError, InvalidCode, InvalidEnvelope, RuleError
@@ -90,6 +91,7 @@ def _signer(ctx: NodeContext) -> bool:
                   serial=format(old.cert.serial_number, "x"))
         return False
     ctx.signer = fresh
+    ctx.opener = replace(ctx.opener, recipient=Recipient.load(config.cert, config.key))
     log.info("signer.reloaded", cert=str(config.cert), serial=format(fresh.cert.serial_number, "x"),
              previous_serial=format(old.cert.serial_number, "x"),
              not_after=fresh.cert.not_valid_after_utc.isoformat())

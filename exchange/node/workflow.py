@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import replace
 
+from cryptography import x509
 from lxml import etree
 
 from exchange import clock
@@ -19,6 +20,7 @@ from exchange.audit.entries import Entry, Event
 from exchange.clock import utc
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.envelope import dossier as dossiers
+from exchange.envelope.encryption import RecipientCertificate
 from exchange.envelope.messages import DossierStatus, ExchangeStatus, StatusUpdate, status_element
 from exchange.envelope.model import Header, Hop, Kind
 from exchange.errors import AlreadySubmitted, InvalidDossier, InvalidInput, StepNotReady, UnknownDossier
@@ -424,7 +426,7 @@ def enqueue(ctx: NodeContext, header: Header, payload: etree._Element, event: Ev
     """Seal an envelope into the outbox, in the caller's transaction; audit it as ``event``."""
     if header.config_version is None:
         header = replace(header, config_version=active_bundle_version(ctx.config))
-    data = ctx.signer.seal(header, payload)
+    data = ctx.signer.seal(header, payload, encrypt_for=_encrypt_for(ctx, header))
     digest = hashlib.sha256(data).hexdigest()
     dossier = str(header.dossier) if header.dossier else None
     ctx.store.enqueue(header.message_id, str(header.recipient), header.kind.value, dossier, header.step, data,
@@ -434,6 +436,16 @@ def enqueue(ctx: NodeContext, header: Header, payload: etree._Element, event: Ev
                              step=header.step, message_id=header.message_id, counterpart=str(header.recipient),
                              envelope_sha256=digest, time=header.created, **({"detail": detail} if detail else {})))
     return header.message_id
+
+
+def _encrypt_for(ctx: NodeContext, header: Header) -> RecipientCertificate | None:
+    """The recipient's certificate a transfer's dossier is encrypted to (personal data: names,
+    identity numbers, addresses), when this node has one still valid; receipts, statuses and
+    bundles carry none and travel in clear."""
+    if header.kind is not Kind.TRANSFER or ctx.config.encrypt == "never":
+        return None
+    der = ctx.store.peer_certificate(str(header.recipient), clock.now().timestamp())
+    return RecipientCertificate.of(x509.load_der_x509_certificate(der)) if der else None
 
 
 def _send_status(ctx: NodeContext, code: DossierCode, step_id: str, exchange_status: ExchangeStatus,

@@ -182,6 +182,20 @@ class Store:
         return self.conn.execute("UPDATE outbox SET next_attempt = 0 WHERE state = ? AND last_error LIKE ?",
                                  (OutboxState.PENDING, f"{CONFIG_MISMATCH}:%")).rowcount
 
+    def learn_certificate(self, agency: str, der: bytes, not_after: float) -> None:
+        """A peer's certificate (verified by the caller): kept unless a later-expiring one is known."""
+        self.conn.execute("INSERT INTO peer_certificates (agency, certificate, not_after, learnt_at) "
+                          "VALUES (?, ?, ?, ?) ON CONFLICT (agency) DO UPDATE SET certificate = excluded.certificate, "
+                          "not_after = excluded.not_after, learnt_at = excluded.learnt_at "
+                          "WHERE excluded.not_after > peer_certificates.not_after",
+                          (agency, der, not_after, time.time()))
+
+    def peer_certificate(self, agency: str, now: float) -> bytes | None:
+        """The certificate (DER) to encrypt to ``agency``, if one still valid is known."""
+        row = self.conn.execute("SELECT certificate FROM peer_certificates WHERE agency = ? AND not_after > ?",
+                                (agency, now)).fetchone()
+        return bytes(row[0]) if row else None
+
     def due_now_after_failures(self) -> None:
         """The transport is back: every row whose publications failed is due at once, not at the
         end of its backoff."""

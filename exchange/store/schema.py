@@ -156,6 +156,10 @@ MIGRATIONS: tuple[str, ...] = (
     # still move its deadlines, and while it stands still it is known since when.
     "ALTER TABLE dossiers ADD COLUMN paused_days INTEGER NOT NULL DEFAULT 0;\n"
     "ALTER TABLE dossiers ADD COLUMN paused_since TEXT;",
+    # 4: the certificates of the agencies this node sends to, so that it can encrypt their payloads:
+    # from the configuration bundle's directory, and learnt from their verified envelopes.
+    "CREATE TABLE IF NOT EXISTS peer_certificates (agency TEXT PRIMARY KEY, certificate BLOB NOT NULL, "
+    "not_after REAL NOT NULL, learnt_at REAL NOT NULL);",
 )
 VERSION = len(MIGRATIONS)
 
