@@ -15,22 +15,28 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from exchange import clock
+from exchange.adapters.embedded import EmbeddedTransport
 from exchange.audit.entries import Entry, Event
 from exchange.bundle import authority, model
+from exchange.codes import ProcedureCode
+from exchange.demo import samples
 from exchange.envelope import pki
 from exchange.envelope.model import Header, Kind
 from exchange.errors import BundleBadSignature, BundleExpired, BundleRefused, BundleRollback, RuleError
 from exchange.node import configuration
-from exchange.node.config import NodeConfig
+from exchange.node.config import NodeConfig, active_bundle_version
 from exchange.node.context import NodeContext
 from exchange.node.intake import receive_batch
+from exchange.node.workflow import submit
 from exchange.rules.load import load as load_rules
 from exchange.store.states import Outcome
 from exchange.xml.names import BUNDLE_NS, q
 from tests.agencies import COMMUNE, INSURANCE, POLICE
+from tests.in_process import settle
 from tests.node_cluster import EXE, RULES, Cluster, cli, events_named, wait_until
 
 NODES = (str(COMMUNE), str(POLICE), str(INSURANCE))
@@ -97,7 +103,7 @@ def test_a_later_bundle_waits_for_its_time(province: Cluster, tmp_path: Path) ->
         configuration.install(ctx, publish(province, 2, edited_rules(tmp_path), effective=clock.now()
                                            + dt.timedelta(seconds=1)), "v2.bundle")
         assert ctx.rules.digest == first
-        assert configuration.active_version(ctx.config) == 1
+        assert active_bundle_version(ctx.config) == 1
         time.sleep(1.1)
         assert configuration.apply_due(ctx) == 2
         assert ctx.rules.digest != first
@@ -111,7 +117,7 @@ def test_a_rollback_is_refused_and_changes_nothing(province: Cluster) -> None:
             configuration.install(ctx, older, "v1.bundle")
         with pytest.raises(BundleRollback):
             configuration.install(ctx, publish(province, 2), "v2-again.bundle")
-        assert configuration.active_version(ctx.config) == 2
+        assert active_bundle_version(ctx.config) == 2
 
 
 def test_a_tampered_bundle_is_refused(province: Cluster) -> None:
@@ -305,8 +311,6 @@ def _sample(tmp_path: Path) -> Path:
 
 
 def _crl_pem(ca: pki.CertificateAuthority) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
     return ca.crl().public_bytes(serialization.Encoding.PEM)
 
 
@@ -331,12 +335,6 @@ def with_new_procedure(tmp_path: Path) -> Path:
 
 def test_a_transfer_between_nodes_on_different_bundles_is_refused_as_a_mismatch_then_sent_again(
         province: Cluster, tmp_path: Path) -> None:
-    from exchange.adapters.embedded import EmbeddedTransport
-    from exchange.codes import ProcedureCode
-    from exchange.demo import samples
-    from exchange.node.workflow import submit
-    from tests.in_process import settle
-
     older, newer = publish(province, 1), publish(province, 2, with_new_procedure(tmp_path))
     with node(province) as commune, node(province, str(POLICE)) as police, node(province, str(INSURANCE)) as ins, \
             EmbeddedTransport(commune.config.embedded_transport) as transport:

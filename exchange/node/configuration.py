@@ -127,7 +127,7 @@ def set_anchor(node_dir: Path, cert: x509.Certificate) -> Path:
 def installed(config: NodeConfig) -> list[Installed]:
     """Every bundle kept here, oldest first."""
     versions = folder(config) / "versions"
-    active = active_version(config)
+    active = active_bundle_version(config)
     found = []
     for path in sorted((p for p in versions.glob("*") if p.name.isdigit()), key=lambda p: int(p.name)) \
             if versions.is_dir() else []:
@@ -147,10 +147,6 @@ def _kept(path: Path, active: int | None) -> Installed:
         bundle = model.read_unverified(path / "bundle.xml")
         return Installed(bundle.version, bundle.sha256, bundle.effective, bundle.expires, bundle.rules_digest,
                          bundle.version == active)
-
-
-def active_version(config: NodeConfig) -> int | None:
-    return active_bundle_version(config)
 
 
 def install(ctx: NodeContext, data: bytes, source: str) -> Installed:
@@ -291,7 +287,7 @@ class BundleWatch:
     warned_at: float = float("-inf")
 
     def __post_init__(self) -> None:
-        self.loaded = active_version(self.ctx.config)
+        self.loaded = active_bundle_version(self.ctx.config)
         self.current = next((i for i in installed(self.ctx.config) if i.active), None)
 
     def gauge(self, registry: CollectorRegistry) -> None:
@@ -309,7 +305,7 @@ class BundleWatch:
             return
         self.checked_at = now
         applied = apply_due(self.ctx)
-        active = active_version(self.ctx.config)
+        active = active_bundle_version(self.ctx.config)
         if applied is None and active is not None and active != self.loaded:
             current = next(i for i in installed(self.ctx.config) if i.version == active)
             put_in_force(self.ctx, current, applied_here=False)

@@ -130,14 +130,16 @@ def _receive_one(ctx: NodeContext, message_id: str, body: bytes, acks: Acks) -> 
         if env.header.kind is Kind.RECEIPT:
             _take_receipt(ctx, env)
             return Handled(Outcome.ACCEPTED)
+        at = None
         if env.header.kind is Kind.CONFIGURATION:
             _take_configuration(ctx, env)
         else:
-            _authorize(ctx, env)
+            at = _received_at(ctx, env)
+            _authorize(ctx, env, at)
     except InvalidEnvelope as exc:
         return _refuse(ctx, env, exc, acks)
     if env.header.kind is Kind.TRANSFER:
-        _take_transfer(ctx, env)
+        _take_transfer(ctx, env, at)
     elif env.header.kind is Kind.STATUS:
         _take_status(ctx, env)
     acks[env.header.sender].append(Ack(env.header.message_id, env.envelope_digest, ReceiptOutcome.ACCEPTED))
@@ -161,11 +163,11 @@ def _routed(header: Header) -> tuple[DossierCode, ProcedureCode, str]:
     return header.dossier, header.procedure, header.step
 
 
-def _authorize(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+def _authorize(ctx: NodeContext, env: VerifiedEnvelope, at: dt.datetime | None) -> None:
+    """``at``: when the dossier's desk received it (``_received_at``): the rules then route it."""
     header = env.header
     code, procedure, step = _routed(header)
     rules = ctx.rules
-    at = _received_at(ctx, env)
     if header.kind is Kind.TRANSFER:
         _check_in_force(ctx, code)
         if _is_supplement(ctx, header):
@@ -203,9 +205,9 @@ def _not_authorized(ctx: NodeContext, header: Header, reason: str) -> NotAuthori
 
 def _check_in_force(ctx: NodeContext, code: DossierCode) -> None:
     """An agency abolished since takes no new work: its successor does (``rules migrate``)."""
-    agency = ctx.rules.agencies.get(ctx.agency)
     now = clock.now()
-    if agency is None or agency.in_force(ctx.rules.calendar.local(now).date()):
+    agency = ctx.rules.abolished(ctx.agency, now)
+    if agency is None:
         return
     heir = ctx.rules.successor(ctx.agency, now, code.agency) if agency.successors else None
     raise AgencyAbolished(f"{ctx.agency} ({agency.name}) ended on {agency.end}"
@@ -239,7 +241,7 @@ def _is_supplement(ctx: NodeContext, header: Header) -> bool:
             and waiting.state is StepState.WAITING and waiting.agency == str(ctx.agency))
 
 
-def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
+def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope, at: dt.datetime | None) -> None:
     header = env.header
     code, procedure, step = _routed(header)
     held = ctx.store.dossier(str(code))
@@ -255,7 +257,6 @@ def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope) -> None:
         info = dossiers.DossierInfo.of(env.payload)
         ctx.store.add_dossier(DossierRow(str(code), str(procedure), str(code.agency), utc(info.received_at),
                                          DossierState.PROCESSING), payload)
-    at = _received_at(ctx, env)
     route = ctx.rules.route(procedure, code.agency, at)
     finished = next((hop.at for hop in reversed(header.trace) if hop.agency == header.sender), header.created)
     now = clock.now()

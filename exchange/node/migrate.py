@@ -87,8 +87,8 @@ def _hand_over(ctx: NodeContext, code: DossierCode, move: Move, at: dt.datetime)
 
 def abolished(ctx: NodeContext, at: dt.datetime) -> str | None:
     """Why this node takes no new work at ``at`` (its agency is abolished), or None."""
-    agency = ctx.rules.agencies.get(ctx.agency)
-    if agency is None or agency.in_force(ctx.rules.calendar.local(at).date()):
+    agency = ctx.rules.abolished(ctx.agency, at)
+    if agency is None:
         return None
     heirs = ", ".join(f"{s.agency}" + (f" (for {s.for_})" if s.for_ else "") for s in agency.successors)
     return f"{ctx.agency} ({agency.name}) ended on {agency.end}; its work goes to {heirs or 'no successor'}"

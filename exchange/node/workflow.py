@@ -8,6 +8,7 @@ arrives from peers is ``intake``'s.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import replace
@@ -79,8 +80,8 @@ def submit(ctx: NodeContext, data: bytes, source: str = "dossier") -> DossierCod
 
 def _check_in_force(ctx: NodeContext, now: dt.datetime, source: str) -> None:
     """An agency abolished since takes no new dossier: its successor's desk does."""
-    agency = ctx.rules.agencies.get(ctx.agency)
-    if agency is None or agency.in_force(ctx.rules.calendar.local(now).date()):
+    agency = ctx.rules.abolished(ctx.agency, now)
+    if agency is None:
         return
     heirs = ", ".join(f"{s.agency} ({ctx.rules.agencies[s.agency].name})" for s in agency.successors
                       if s.agency in ctx.rules.agencies)
@@ -445,7 +446,13 @@ def _encrypt_for(ctx: NodeContext, header: Header) -> RecipientCertificate | Non
     if header.kind is not Kind.TRANSFER or ctx.config.encrypt == "never":
         return None
     der = ctx.store.peer_certificate(str(header.recipient), clock.now().timestamp())
-    return RecipientCertificate.of(x509.load_der_x509_certificate(der)) if der else None
+    return _recipient(der) if der else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _recipient(der: bytes) -> RecipientCertificate:
+    """A peer's certificate read once, not once per transfer (the same few peers again and again)."""
+    return RecipientCertificate.of(x509.load_der_x509_certificate(der))
 
 
 def _send_status(ctx: NodeContext, code: DossierCode, step_id: str, exchange_status: ExchangeStatus,

@@ -217,6 +217,14 @@ class RuleSet:
                            + (f"it starts on {first.start}" if first.start and day < first.start
                               else "no version of it covers that day"))
 
+    def abolished(self, code: AgencyCode, at: dt.datetime | dt.date) -> Agency | None:
+        """The agency, when it existed and has ended by ``at``; None while it is in force (or unknown)."""
+        agency = self.agencies.get(code)
+        day = self.day(at)
+        if agency is None or agency.end is None or day is None or day <= agency.end:
+            return None
+        return agency
+
     def agencies_in_force(self, at: dt.datetime | dt.date) -> list[Agency]:
         day = self.day(at)
         return [a for a in self.agencies.values() if day is not None and a.in_force(day)]
