@@ -6,6 +6,7 @@ the doors it is given are started, polled, told of deliveries and stopped."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import sqlite3
@@ -116,10 +117,10 @@ def test_poison_message_is_isolated(district: tuple[NodeContext, NodeContext, Em
     poison = transfers[1].message_id
     original = intake._take_transfer
 
-    def faulty(ctx: NodeContext, env: intake.VerifiedEnvelope) -> None:
+    def faulty(ctx: NodeContext, env: intake.VerifiedEnvelope, at: dt.datetime | None) -> None:
         if env.header.message_id == poison:
             raise RuntimeError("injected fault")
-        original(ctx, env)
+        original(ctx, env, at)
 
     receiver = Daemon(police, transport)
     consumer = transport.consume(AgencyCode(POLICE))
