@@ -204,7 +204,7 @@ class Daemon:
         self.crl.poll()
         self.bundles.poll()
         self._checkpoint()
-        self.metrics.refresh(self.ctx)
+        self.metrics.housekeep(self.ctx, self.transport if self.link.up else None)
         if time.monotonic() - self._heartbeat_at >= HEARTBEAT_EVERY_S:
             self._heartbeat()
         notify("WATCHDOG=1")

@@ -166,3 +166,18 @@ def all_peer_notes(conn: sqlite3.Connection) -> list[str]:
     carries so that auditors of those peers can hold them to what they showed this node."""
     rows = conn.execute("SELECT note FROM peer_checkpoints ORDER BY origin, size")
     return [str(note) for (note,) in rows]
+
+
+# Counting, for the metrics ------------------------------------------------------------------
+
+def latest_checkpoint_made(conn: sqlite3.Connection) -> tuple[int, str] | None:
+    """(size, made_at ISO time) of the newest checkpoint, if any."""
+    row = conn.execute("SELECT size, made_at FROM audit_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def count_event(conn: sqlite3.Connection, event: str, start: int, end: int) -> int:
+    """Entries of ``event`` with an index in [start, end). The event column has no index, so a
+    caller that counts often counts only the entries appended since it last counted."""
+    return int(conn.execute("SELECT COUNT(*) FROM audit_entries WHERE idx >= ? AND idx < ? AND event = ?",
+                            (start, end, event)).fetchone()[0])

@@ -453,6 +453,22 @@ class Store:
                           "WHERE message_id = ?", (WebhookState.DEAD if dead else WebhookState.PENDING,
                                                    attempts, next_attempt, error[:500], message_id))
 
+    # counting queries for the metrics, run by the housekeeping every few seconds ------------
+
+    def oldest_due_created(self) -> float | None:
+        """When the oldest outgoing envelope still due (unconfirmed, or awaiting its receipt) was
+        queued; None when none is. Reads the due rows only (the ``outbox_due`` index)."""
+        row = self.conn.execute("SELECT MIN(created) FROM outbox WHERE state IN (?, ?)", OutboxState.due()).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def overdue_summary(self, today: str) -> tuple[int, str | None]:
+        """(dossiers with a step ready here past its due date, the earliest such due date): the
+        counting form of ``overdue_steps``, with the same definition."""
+        count, earliest = self.conn.execute(
+            "SELECT COUNT(DISTINCT dossier), MIN(due) FROM steps WHERE state = ? AND due IS NOT NULL AND due < ?",
+            (StepState.READY, today)).fetchone()
+        return int(count), earliest
+
     def close(self) -> None:
         self.conn.close()
 
