@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from jwcrypto import jwk
+from jwcrypto import jwe, jwk
 from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 from signxml.signer import XMLSigner
@@ -203,6 +203,47 @@ def test_tampered_ciphertext_is_refused(encrypted: tuple[etree._Element, bytes],
     token.text = ".".join(pieces)
     forged = sign(pki_env.signer(COMMUNE), envelope_element(transfer_header(dossier), payload, digest))
     with pytest.raises(Undecryptable):
+        pki_env.opener(recipient=recipient(pki_env, POLICE)).open(forged)
+
+
+def test_jwcrypto_decrypts_what_we_encrypt(encrypted: tuple[etree._Element, bytes], pki_env: Pki) -> None:
+    """A general JOSE library (the second judge) decrypts our compact JWE with the police key."""
+    dossier, data = encrypted
+    token = jwe.JWE()
+    token.deserialize(jwe_of(data), key=jwk.JWK.from_pyca(recipient(pki_env, POLICE).key))
+    assert token.plaintext == canonical(dossier)
+
+
+def test_we_decrypt_what_jwcrypto_encrypts(pki_env: Pki) -> None:
+    """A JWE made by jwcrypto with our protected header, signed into an envelope, opens to the dossier."""
+    dossier = make_dossier()
+    police = to(pki_env, POLICE)
+    b64 = lambda text: base64.urlsafe_b64encode(str(text).encode()).rstrip(b"=").decode()  # noqa: E731
+    token = jwe.JWE(canonical(dossier), protected=json.dumps(
+        {"alg": ALG, "enc": ENC, "kid": police.fingerprint, "apu": b64(COMMUNE), "apv": b64(POLICE)}))
+    token.add_recipient(jwk.JWK.from_pyca(police.cert.public_key()))
+    payload, digest = parts(pki_env.signer(COMMUNE).seal(transfer_header(dossier), dossier, encrypt_for=police))
+    text = payload.find(q("JWE"))
+    assert text is not None
+    text.text = token.serialize(compact=True)
+    data = sign(pki_env.signer(COMMUNE), envelope_element(transfer_header(dossier), payload, digest))
+    env = pki_env.opener(recipient=recipient(pki_env, POLICE)).open(data)
+    assert canonical(env.payload) == canonical(dossier)
+
+
+def test_ephemeral_key_off_the_curve_is_refused(encrypted: tuple[etree._Element, bytes], pki_env: Pki) -> None:
+    """An epk that is not a P-256 point (the invalid-curve attack on ECDH) is refused, not used."""
+    dossier, data = encrypted
+    payload, digest = parts(data)
+    token = payload.find(q("JWE"))
+    assert token is not None
+    assert token.text
+    first, rest = token.text.split(".", 1)
+    header = json.loads(base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)))
+    header["epk"]["y"] = base64.urlsafe_b64encode((1).to_bytes(32, "big")).rstrip(b"=").decode()
+    token.text = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode() + "." + rest
+    forged = sign(pki_env.signer(COMMUNE), envelope_element(transfer_header(dossier), payload, digest))
+    with pytest.raises(Undecryptable, match="ValueError"):
         pki_env.opener(recipient=recipient(pki_env, POLICE)).open(forged)
 
 

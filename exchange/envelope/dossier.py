@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as dt
 import hashlib
@@ -10,6 +9,7 @@ import mimetypes
 import re
 from dataclasses import dataclass
 
+import pybase64
 from lxml import etree
 
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
@@ -80,6 +80,16 @@ class AttachmentProblem:
         return f"{self.where}: attachment {self.name!r}: {self.text}"
 
 
+def strict_base64(text: str) -> bytes:
+    """xs:base64Binary's content (whitespace allowed between characters), strictly decoded. SIMD
+    ``pybase64`` because this runs on every attachment of every envelope opened: 50 times faster than
+    ``binascii`` at 100 KiB, which made base64 the largest cost of opening a big dossier."""
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except binascii.Error:
+        return pybase64.b64decode("".join(text.split()), validate=True)
+
+
 def attachment_problems(root: etree._Element, source: str) -> list[AttachmentProblem]:
     """Each attachment that is not strict base64 or whose SHA-256 does not match its content."""
     found = []
@@ -88,8 +98,7 @@ def attachment_problems(root: etree._Element, source: str) -> list[AttachmentPro
         name = attachment.findtext(d("FileName")) or ""
         declared = attachment.findtext(d("Sha256"))
         try:
-            text = "".join((attachment.findtext(d("Content")) or "").split())
-            content = base64.b64decode(text, validate=True)
+            content = strict_base64(attachment.findtext(d("Content")) or "")
         except binascii.Error as exc:
             found.append(AttachmentProblem(where, name, f"Content is not base64 ({exc})", True))
             continue
@@ -137,7 +146,7 @@ def add_documents(root: etree._Element, files: list[Supplement], kind: str = "su
         attachment = etree.SubElement(document, d("Attachment"))
         for name, text in (("FileName", item.file_name[:500]), ("MediaType", item.media_type),
                            ("Sha256", hashlib.sha256(item.content).hexdigest()),
-                           ("Content", base64.b64encode(item.content).decode("ascii"))):
+                           ("Content", pybase64.b64encode(item.content).decode("ascii"))):
             etree.SubElement(attachment, d(name)).text = text
     return copy
 
