@@ -78,7 +78,8 @@ def raw_messages(queue: str) -> list[bytes]:
         connection.close()
 
 
-def test_no_citizen_data_on_the_broker_yet_the_route_completes(district: Cluster, tmp_path: Path) -> None:
+def test_no_citizen_data_on_the_broker_yet_the_route_completes(district: Cluster, tmp_path: Path,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
     for agency in NODES:
         district.start(agency)
     district.stop(str(POLICE))  # its queue stays: what the commune sends waits there, to be read raw
@@ -110,8 +111,27 @@ def test_no_citizen_data_on_the_broker_yet_the_route_completes(district: Cluster
     wait_until(lambda: bool(raw_messages(dead_queue_name(POLICE))), 60, "the refused transfer dead-lettered")
     dead = raw_messages(dead_queue_name(POLICE))
     assert not any(name in body or number in body for body in dead)
+    _dead_show_keeps_the_dossier_off_the_terminal(district, name, header.message_id, capfd)
     district.finish_birth_route([_code(root)])
     assert events_named(district.log(str(POLICE)), "envelope.refused")
+
+
+def _dead_show_keeps_the_dossier_off_the_terminal(district: Cluster, name: bytes, message_id: str,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    """`dead show` gives the header and says the payload is encrypted; only --decrypt shows the dossier."""
+    police = district.config(str(POLICE))
+    capfd.readouterr()
+    assert cli("dead", "list", "--config", police) == 0
+    key = next(line.split()[1] for line in capfd.readouterr().out.splitlines() if message_id in line)
+    assert cli("dead", "show", "--config", police, "--id", key) == 0
+    shown = capfd.readouterr().out
+    assert f'"MessageId": "{message_id}"' in shown
+    assert '"payload": "encrypted to certificate' in shown
+    assert name.decode() not in shown
+    assert cli("dead", "show", "--config", police, "--id", key, "--envelope") == 0
+    assert name.decode() not in capfd.readouterr().out
+    assert cli("dead", "show", "--config", police, "--id", key, "--decrypt") == 0
+    assert name.decode() in capfd.readouterr().out
 
 
 def _code(root: object) -> str:

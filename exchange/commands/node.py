@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lxml import etree
+
 from exchange import logs
 from exchange.adapters import open_transport
 from exchange.adapters.dropfolder import DropFolder
@@ -25,9 +27,19 @@ from exchange.node import configuration, health, slips
 from exchange.node.config import NodeConfig, split_password
 from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
-from exchange.node.dead_letters import DeadLetters, replay
+from exchange.node.dead_letters import DeadLetters, describe, replay
 from exchange.node.doors import Door
-from exchange.node.provisioning import Credentials, init_node, init_node_from_files
+from exchange.node.provisioning import (
+    CONFIG_ROOT,
+    STATE_ROOT,
+    Account,
+    Credentials,
+    Placement,
+    hand_over,
+    init_node,
+    init_node_from_files,
+    prepare_system,
+)
 from exchange.node.status import local, view
 from exchange.node.transport import DeadLetter
 from exchange.node.workflow import DECISIONS, complete, submit, supplement, withdraw
@@ -50,7 +62,8 @@ def register(commands: Any) -> None:
     init.add_argument("--key", type=Path, metavar="KEY", help="with --ca-cert: the agency's key (copied 0600)")
     init.add_argument("--crl", type=Path, metavar="CRL", help="with --ca-cert: the CA's current CRL (without it, "
                       "revocation is not checked until one is installed)")
-    init.add_argument("--rules", type=Path, required=True, metavar="DIR")
+    init.add_argument("--rules", type=Path, metavar="DIR", help="the routing rules (required, except with --system "
+                      "once /etc/exchange/rules holds them: --system copies them there the first time)")
     init.add_argument("--broker", default="", metavar="URL",
                       help="amqps://user@host/vhost; the password goes to a 0600 file, never to node.toml")
     init.add_argument("--broker-password-file", type=Path, metavar="FILE",
@@ -58,7 +71,14 @@ def register(commands: Any) -> None:
     init.add_argument("--metrics-port", type=int, default=0, metavar="PORT")
     init.add_argument("--anchor", type=Path, metavar="CERT",
                       help="the configuration authority's certificate: bundles must be signed with it")
-    init.add_argument("--out", type=Path, required=True, metavar="DIR")
+    where = init.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, metavar="DIR", help="a node directory of one's own (state inside it)")
+    where.add_argument("--system", action="store_true", help="the systemd unit's layout: /etc/exchange/CODE "
+                       "(root:exchange), /var/lib/exchange/CODE (the exchange user's); run as root, after "
+                       "systemd-sysusers")
+    init.add_argument("--root", type=Path, default=Path("/"), metavar="DIR", help="with --system: install into "
+                      "DIR as if it were / (its etc/passwd names the service user; node.toml names the paths "
+                      "they have once DIR is /)")
     init.set_defaults(handler=_init)
 
     run = commands.add_parser("run", help="run the node daemon")
@@ -108,6 +128,12 @@ def register(commands: Any) -> None:
     _config(dead)
     dead.add_argument("--id", metavar="ID", help="the dead letter (from `dead list`)")
     dead.add_argument("--operator", default=getpass.getuser(), help="who replays, for the audit log")
+    shown = dead.add_mutually_exclusive_group()
+    shown.add_argument("--envelope", action="store_true",
+                       help="show: write the envelope's bytes as they are (an encrypted payload stays encrypted)")
+    shown.add_argument("--decrypt", action="store_true",
+                       help="show: verify an incoming dead letter and write its payload, decrypted with this "
+                            "node's key (personal data: redirect it to a private file)")
     dead.set_defaults(handler=_dead)
 
     check = commands.add_parser("check", help="health check for a service manager (exit 0 healthy)")
@@ -133,27 +159,51 @@ def _dossier_code(text: str) -> DossierCode:
 
 def _init(args: argparse.Namespace) -> int:
     given = _credentials(args)
-    rules = load_rules(args.rules)
     anchor = None
     if args.anchor is not None:  # checked before anything is made
         anchor = configuration.check_anchor(args.anchor, given.ca_cert if given else args.ca / pki.CA_CERT)
+    system = _system(args)
+    rules_dir = system[2] if system else args.rules
+    rules = load_rules(rules_dir)
+    out: Path | Placement = system[0] if system else args.out
     if split_password(args.broker)[1] is not None:
         print("warning: a password on the command line is visible to other users of this host (ps); "
               "prefer --broker-password-file. It is kept out of node.toml all the same", file=sys.stderr)
     password = _first_line(args.broker_password_file) if args.broker_password_file else None
     if given is None:
-        path = init_node(args.agency, pki.CertificateAuthority.load(args.ca), args.rules, rules, args.broker,
-                         args.out, args.metrics_port, broker_password=password)
+        path = init_node(args.agency, pki.CertificateAuthority.load(args.ca), rules_dir, rules, args.broker,
+                         out, args.metrics_port, broker_password=password)
     else:
         if given.crl is None:
             print("warning: no --crl: the node checks no revocation until the CA's CRL is installed as "
-                  f"{args.out / 'crl.pem'} and named in node.toml", file=sys.stderr)
-        path = init_node_from_files(args.agency, given, args.rules, rules, args.broker, args.out,
+                  f"{_path_of(out) / 'crl.pem'} and named in node.toml", file=sys.stderr)
+        path = init_node_from_files(args.agency, given, rules_dir, rules, args.broker, out,
                                     args.metrics_port, broker_password=password)
     if anchor is not None:
-        configuration.set_anchor(args.out, anchor)
-    print(f"node {args.agency} ({rules.agency(args.agency).name}) ready: exchange run --config {path}")
+        configuration.set_anchor(path.parent, anchor)
+    name = rules.agency(args.agency).name
+    if system is None:
+        print(f"node {args.agency} ({name}) ready: exchange run --config {path}")
+        return 0
+    hand_over(system[0], system[1])
+    print(f"node {args.agency} ({name}) ready in {CONFIG_ROOT / str(args.agency)} and "
+          f"{STATE_ROOT / str(args.agency)}: systemctl enable --now exchange@{args.agency}")
     return 0
+
+
+def _path_of(out: Path | Placement) -> Path:
+    return out.out if isinstance(out, Placement) else out
+
+
+def _system(args: argparse.Namespace) -> tuple[Placement, Account, Path] | None:
+    """With --system: the checked placement, service user and rules folder (``prepare_system``)."""
+    if not args.system:
+        if args.root != Path("/"):
+            raise ConfigError("--root goes with --system")
+        if args.rules is None:
+            raise ConfigError("give --rules DIR: the routing rules the node runs on")
+        return None
+    return prepare_system(args.root, args.agency, args.rules)
 
 
 def _credentials(args: argparse.Namespace) -> Credentials | None:
@@ -276,7 +326,7 @@ def _dead(args: argparse.Namespace) -> int:
             raise ConfigError("give --id (see `exchange dead list`)")
         letter = letters.find(args.id)
         if args.action == "show":
-            _show_dead(letter, ctx)
+            _show_dead(letter, ctx, args)
             return 0
         replay(ctx, transport, letter, args.operator)
     print(f"replayed {args.id} (audited as done by {args.operator})")
@@ -292,13 +342,19 @@ def _print_dead(letters: DeadLetters) -> None:
     print(f"{len(letters.outgoing)} outgoing, {len(letters.incoming)} incoming dead letters")
 
 
-def _show_dead(letter: OutboxRow | DeadLetter, ctx: NodeContext) -> None:
-    if isinstance(letter, OutboxRow):
-        print(json.dumps({"message_id": letter.message_id, "recipient": letter.recipient, "kind": letter.kind,
-                          "dossier": letter.dossier, "step": letter.step, "error": letter.last_error},
-                         ensure_ascii=False, indent=2))
+def _show_dead(letter: OutboxRow | DeadLetter, ctx: NodeContext, args: argparse.Namespace) -> None:
+    """The header by default; the envelope or the decrypted payload only when asked."""
+    body = letter.body if isinstance(letter, OutboxRow) else letter.message.body
+    if args.envelope:
+        sys.stdout.buffer.write(body)
+    elif args.decrypt:
+        if isinstance(letter, OutboxRow):
+            raise ConfigError(f"{letter.message_id} is outgoing: its payload is encrypted to {letter.recipient}, "
+                              "not to this node; show it with --envelope")
+        env = ctx.opener.open(body, f"dead letter {letter.key}")
+        sys.stdout.buffer.write(etree.tostring(env.payload, xml_declaration=True, encoding="UTF-8"))
     else:
-        sys.stdout.write(letter.message.body.decode("utf-8", errors="replace") + f"\n<!-- {letter.reason} -->\n")
+        print(json.dumps(describe(letter), ensure_ascii=False, indent=2))
 
 
 def _check(args: argparse.Namespace) -> int:
