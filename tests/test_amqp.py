@@ -253,7 +253,8 @@ def test_a_malformed_broker_url_is_a_config_error(url: str) -> None:
 def node_config(tmp_path: Path, broker: str) -> NodeConfig:
     return NodeConfig(source=tmp_path / "node.toml", agency=fresh_agency(), state_dir=tmp_path / "state",
                       ca=tmp_path / "no-such-ca.pem", cert=tmp_path / "cert.pem", key=tmp_path / "key.pem",
-                      checkpoint_key=tmp_path / "checkpoint-key.pem", rules=tmp_path / "rules", broker=broker)
+                      checkpoint_key=tmp_path / "checkpoint-key.pem", rules=tmp_path / "rules",
+                      brokers=(broker,) if broker else ())
 
 
 def test_an_amqps_node_trusts_the_ca_of_its_configuration(tmp_path: Path) -> None:

@@ -34,6 +34,16 @@ connecting in the background, except when the broker refuses the login (``Access
 when its TLS certificate is refused (``BrokerUntrusted``: not issued by the configured CA, or not
 for the URL's host): a configuration error, not an outage.
 
+A transport may be given several URLs, the nodes of one RabbitMQ cluster (or brokers that hold
+the same topology), in order of preference. Each connection attempt tries them in turn from the
+preferred one and keeps the first that answers; when an established connection is lost, the next
+URL becomes the preferred one, so that a node whose broker died fails over to the next at once,
+instead of waiting for the dead one to time out first. Short administrative connections try the
+preferred one first too. The TLS and login settings apply to every URL (each URL's own host is
+the name its certificate must carry). Agency queues are quorum queues, which a cluster replicates
+on its nodes and which survive the loss of a minority of them; ``quorum=False`` declares classic
+queues, for a single broker.
+
 With ``amqps://`` the broker's certificate and host name are verified against ``ca_file`` (the
 system store if none), and the node presents ``cert_file``/``key_file`` when given; with
 ``external`` it logs in with that certificate (SASL EXTERNAL: the broker's
@@ -208,7 +218,8 @@ def translated() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    url: str
+    url: str | Sequence[str]
+    """The broker's URL, or the URLs of a cluster's nodes in order of preference."""
     ca_file: str | Path | None = None
     """The CA that signed the broker's certificate, for ``amqps://`` (else the system's)."""
     connect_timeout: float = CONNECT_TIMEOUT_S
@@ -222,18 +233,33 @@ class BrokerSettings:
     key_file: str | Path | None = None
     external: bool = False
     """Log in with the client certificate (SASL EXTERNAL) instead of the URL's user and password."""
+    quorum: bool = True
+    """Agency queues as quorum queues (replicated in a cluster), else classic ones."""
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url,) if isinstance(self.url, str) else tuple(self.url)
 
     def parameters(self) -> pika.URLParameters:
-        """pika's parameters for the URL; a malformed URL or an unreadable CA is a ConfigError."""
+        """pika's parameters for the first URL."""
+        return self.all_parameters()[0]
+
+    def all_parameters(self) -> tuple[pika.URLParameters, ...]:
+        """pika's parameters for every URL, in order; a malformed URL or an unreadable CA is a ConfigError."""
+        if not self.urls:
+            raise ConfigError("no broker URL given")
+        return tuple(self._parameters(url) for url in self.urls)
+
+    def _parameters(self, url: str) -> pika.URLParameters:
         try:
-            params = pika.URLParameters(self.url)
+            params = pika.URLParameters(url)
         except (ValueError, IndexError) as exc:
             raise ConfigError(f"not a broker URL (amqp://user:password@host:port/vhost): {exc}") from exc
         params.heartbeat = HEARTBEAT_S
         params.blocked_connection_timeout = BLOCKED_TIMEOUT_S
         params.connection_attempts = 1
         params.socket_timeout = self.connect_timeout
-        if self.url.startswith("amqps://"):
+        if url.startswith("amqps://"):
             params.ssl_options = pika.SSLOptions(self._tls(), params.host)
         elif self.external:
             raise ConfigError("a certificate login (EXTERNAL) needs TLS: the broker URL must be amqps://")
@@ -261,13 +287,18 @@ class BrokerSettings:
 class AmqpTransport(Closing):
     """The Transport port over RabbitMQ."""
 
-    def __init__(self, url: str, *, ca_file: str | Path | None = None, connect_timeout: float = CONNECT_TIMEOUT_S,
-                 publish_timeout: float = PUBLISH_TIMEOUT_S, reconnect_for: float = RECONNECT_FOR_S,
-                 reconnect_max: float = RECONNECT_MAX_S, cert_file: str | Path | None = None,
-                 key_file: str | Path | None = None, external: bool = False) -> None:
+    def __init__(self, url: str | Sequence[str], *, ca_file: str | Path | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT_S, publish_timeout: float = PUBLISH_TIMEOUT_S,
+                 reconnect_for: float = RECONNECT_FOR_S, reconnect_max: float = RECONNECT_MAX_S,
+                 cert_file: str | Path | None = None, key_file: str | Path | None = None, external: bool = False,
+                 quorum: bool = True) -> None:
         self.settings = BrokerSettings(url, ca_file, connect_timeout, publish_timeout, reconnect_for, reconnect_max,
-                                       cert_file=cert_file, key_file=key_file, external=external)
-        self.params = self.settings.parameters()
+                                       cert_file=cert_file, key_file=key_file, external=external, quorum=quorum)
+        self.candidates = self.settings.all_parameters()
+        self._preferred = 0
+        """The index of the URL tried first: the next one after a connection is lost (failover)."""
+        self._serving = 0
+        """The index of the URL of the current (or last) connection."""
         self._agencies: set[str] = set()
         self._delays: set[int] = set()
         self._ready = threading.Event()
@@ -300,6 +331,16 @@ class AmqpTransport(Closing):
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    @property
+    def params(self) -> pika.URLParameters:
+        """The parameters of the broker this transport is (or was last) connected to."""
+        return self.candidates[self._serving]
+
+    def _in_order(self) -> list[int]:
+        """The candidates' indexes, the preferred one first."""
+        count = len(self.candidates)
+        return [(self._preferred + step) % count for step in range(count)]
 
     def health(self) -> TransportHealth:
         """Connected or not, since when (wall time), and the last connection error."""
@@ -343,22 +384,40 @@ class AmqpTransport(Closing):
             log.warning("amqp.reconnect", attempt=state.attempt_number, outage_s=age, error=repr(error))
 
     def _session(self) -> None:
-        """Declare the topology, then run one connection until it closes. Returns once a
-        connection that was established has closed (the next outage gets a fresh budget);
-        raises if none could be established."""
+        """Declare the topology, then run one connection until it closes: to the first broker
+        that answers, from the preferred one on. Returns once a connection that was established
+        has closed, the next broker becoming the preferred one (the next outage gets a fresh
+        budget); raises if none could be established."""
         if self._closing:
             return
         self.declare_all(set(self._agencies), set(self._delays))
         lost: list[BaseException] = []
-        self._established = False
+        for index in self._in_order():
+            self._established = False
+            self._serving = index
+            self._connection(self.candidates[index], lost)
+            if self._closing:
+                return
+            if self._established:
+                self._preferred = (index + 1) % len(self.candidates)
+                return
+            refusal = _tls_refusal(lost[-1]) if lost else None
+            if refusal is not None:
+                raise refusal
+            if len(self.candidates) > 1:
+                log.warning("amqp.broker_unreachable", host=self.params.host, port=self.params.port,
+                            error=repr(lost[-1]) if lost else "connection closed")
+        raise _ConnectionLost(repr(lost[-1]) if lost else "connection closed")
 
+    def _connection(self, params: pika.URLParameters, lost: list[BaseException]) -> None:
+        """Run one connection to ``params`` on this thread until it closes or fails to open."""
         def open_failed(conn: pika.SelectConnection, error: BaseException) -> None:
             lost.append(error)
             conn.ioloop.stop()
 
         with translated():  # a TransportError makes the caller reconnect
             conn = pika.SelectConnection(
-                self.params, on_open_callback=self._on_open, on_open_error_callback=open_failed,
+                params, on_open_callback=self._on_open, on_open_error_callback=open_failed,
                 on_close_callback=lambda c, e: self._on_closed(c, e, lost))
         self._conn = conn
         try:
@@ -367,11 +426,6 @@ class AmqpTransport(Closing):
         finally:
             self._conn = None
             conn.ioloop.close()  # its wake-up socket pair, or it leaks with every reconnect
-        if not self._closing and not self._established:
-            refusal = _tls_refusal(lost[0]) if lost else None
-            if refusal is not None:
-                raise refusal
-            raise _ConnectionLost(repr(lost[0]) if lost else "connection closed")
 
     def _on_open(self, conn: pika.SelectConnection) -> None:
         conn.channel(on_open_callback=self._on_channel)
@@ -386,7 +440,7 @@ class AmqpTransport(Closing):
         self._next_tag = 1
         for consumer in list(self._consumers):
             consumer._open(channel.connection)
-        log.info("amqp.connected", host=self.params.host, epoch=self._epoch)
+        log.info("amqp.connected", host=self.params.host, port=self.params.port, epoch=self._epoch)
         self._established = True
         with self._lock:
             if not self._ready.is_set():
@@ -517,7 +571,7 @@ class AmqpTransport(Closing):
     @contextlib.contextmanager
     def _admin(self) -> Iterator[BlockingChannel]:
         with translated():
-            conn = pika.BlockingConnection(self.params)
+            conn = pika.BlockingConnection([self.candidates[i] for i in self._in_order()])
             try:
                 yield conn.channel()
             finally:
@@ -534,10 +588,10 @@ class AmqpTransport(Closing):
         with self._admin() as channel:
             channel = _declare_exchange(channel, EXCHANGE, "topic")
             for agency in sorted(agencies):
-                channel, configured = _declare_queue(channel, queue_name(agency), quorum=True)
+                channel, configured = _declare_queue(channel, queue_name(agency), quorum=self.settings.quorum)
                 if configured:  # a least-privilege agency user finds its queue bound by the admin
                     channel.queue_bind(queue_name(agency), EXCHANGE, routing_key=agency)
-                channel, _ = _declare_queue(channel, dead_queue_name(agency), quorum=True)
+                channel, _ = _declare_queue(channel, dead_queue_name(agency), quorum=self.settings.quorum)
             for bucket in sorted(delays):
                 name = f"{DELAY_PREFIX}{bucket}"
                 channel = _declare_exchange(channel, name, "fanout")

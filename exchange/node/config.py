@@ -35,8 +35,12 @@ class NodeConfig:
     checkpoint_key: Path
     rules: Path
     crl: Path | None = None
-    broker: str = ""
-    """The broker's URL; its password comes from ``broker_credentials`` or the environment."""
+    brokers: tuple[str, ...] = ()
+    """The broker's URL, or its cluster nodes' URLs in order of preference (the node fails over from
+    one to the next); the password comes from ``broker_credentials`` or the environment."""
+    queue_type: str = "quorum"
+    """``[transport] queue_type``: the agency queues' type, ``quorum`` (replicated across a cluster)
+    or ``classic`` (one node's, for a single broker that cannot spare the replication's cost)."""
     broker_credentials: Path | None = None
     broker_ca: Path | None = None
     """The CA that issued the broker's TLS certificate (``amqps://``); default: ``[pki] ca``."""
@@ -78,6 +82,11 @@ class NodeConfig:
     @property
     def database(self) -> Path:
         return self.state_dir / "node.db"
+
+    @property
+    def broker(self) -> str:
+        """The first broker URL ("" for the embedded transport)."""
+        return self.brokers[0] if self.brokers else ""
 
     @property
     def broker_ca_file(self) -> Path:
@@ -131,7 +140,8 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "checkpoint_key": ("audit", "checkpoint_key"),
     "checkpoint_every_entries": ("audit", "checkpoint_every_entries"),
     "checkpoint_every_seconds": ("audit", "checkpoint_every_seconds"),
-    "rules": ("rules", "dir"), "broker": ("transport", "broker"), "embedded": ("transport", "embedded"),
+    "rules": ("rules", "dir"), "brokers": ("transport", "broker"), "embedded": ("transport", "embedded"),
+    "queue_type": ("transport", "queue_type"),
     "broker_credentials": ("transport", "broker_credentials"),
     "broker_ca": ("transport", "broker_ca"), "broker_cert": ("transport", "broker_cert"),
     "broker_key": ("transport", "broker_key"), "broker_auth": ("transport", "broker_auth"),
@@ -147,6 +157,7 @@ _PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "e
           "broker_credentials", "broker_ca", "broker_cert", "broker_key", "anchor"}
 BROKER_AUTH = ("password", "certificate")
 ENCRYPT_CHOICES = ("when-known", "never")
+QUEUE_TYPES = ("quorum", "classic")
 ACTIVE_BUNDLE = Path("config") / "active"
 """Under the state folder: the configuration bundle in force, once one is installed (a link to
 its version's folder); its rules, CA and CRL take the place of those node.toml names."""
@@ -182,6 +193,11 @@ def _build(path: Path, merged: dict[str, Any]) -> NodeConfig:
             values["checkpoint_every_seconds"] = float(values["checkpoint_every_seconds"])
     except (InvalidCode, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    if "brokers" in values:
+        values["brokers"] = _broker_urls(path, values["brokers"])
+    if values.get("queue_type", "quorum") not in QUEUE_TYPES:
+        raise ConfigError(f"{path}: [transport] queue_type is {values['queue_type']!r}; expected one of "
+                          f"{', '.join(QUEUE_TYPES)}")
     if values.get("broker_auth", "password") not in BROKER_AUTH:
         raise ConfigError(f"{path}: [transport] broker_auth is {values['broker_auth']!r}, not one of "
                           f"{', '.join(BROKER_AUTH)}")
@@ -189,6 +205,21 @@ def _build(path: Path, merged: dict[str, Any]) -> NodeConfig:
         raise ConfigError(f"{path}: [privacy] encrypt is {values['encrypt']!r}; expected one of "
                           f"{', '.join(ENCRYPT_CHOICES)}")
     return _with_bundle(NodeConfig(**values))
+
+
+def _broker_urls(path: Path, value: Any) -> tuple[str, ...]:
+    """``[transport] broker``: one URL, a TOML list of URLs, or (from the environment) URLs separated
+    by commas; the node tries them in this order."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+        kinds = sorted({type(item).__name__ for item in items} - {"str"}) if isinstance(items, list) else []
+        found = f"a list holding {', '.join(kinds)}" if kinds else f"a {type(value).__name__}"
+        raise ConfigError(f"{path}: [transport] broker must be a URL or a list of URLs, not {found}")
+    urls = tuple(item.strip() for item in items if item.strip())
+    if not urls:
+        raise ConfigError(f"{path}: [transport] broker is an empty list; give at least one URL, or remove "
+                          "it for the embedded transport")
+    return urls
 
 
 def _with_bundle(config: NodeConfig) -> NodeConfig:
@@ -222,9 +253,9 @@ def with_password(url: str, password: str) -> str:
 
 
 def _with_password(config: NodeConfig, password: str | None) -> NodeConfig:
-    if not password or not config.broker:
+    if not password or not config.brokers:
         return config
-    return replace(config, broker=with_password(config.broker, password))
+    return replace(config, brokers=tuple(with_password(url, password) for url in config.brokers))
 
 
 def _secret(path: Path | None) -> str | None:
