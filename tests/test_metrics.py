@@ -101,7 +101,7 @@ def test_overdue_dossiers_and_the_working_days_they_are_late(nodes: Trio) -> Non
     metrics = Metrics()
     metrics.refresh(commune)
     assert value(metrics, "exchange_overdue_dossiers") == 1
-    assert value(metrics, "exchange_overdue_max_working_days") == late_by
+    assert value(metrics, "exchange_overdue_max_workdays") == late_by
     assert late_by >= 2
 
 

@@ -24,12 +24,13 @@ from prometheus_client.registry import Collector
 from exchange import clock
 from exchange.audit.entries import Event
 from exchange.codes import AgencyCode
+from exchange.envelope.model import Kind
 from exchange.errors import RoutingError, TransportError
 from exchange.node.context import NodeContext
 from exchange.node.status import today
 from exchange.node.transport import Transport
 from exchange.store import audit as audit_rows
-from exchange.store.states import OutboxState
+from exchange.store.states import OutboxState, Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +98,10 @@ class Metrics:
         self.retransmitted = Counter("exchange_retransmissions", "Envelopes published again", registry=r)
         self.dead = Counter("exchange_dead_lettered", "Transfers given up after the retry bound", registry=r)
         self.delivered = Counter("exchange_delivered", "Files handed to the agency system", registry=r)
+        for outcome in Outcome:  # every series exists from the start: a rate over it is 0, not "no data"
+            self.received.labels(outcome.value)
+        for kind in Kind:
+            self.published.labels(kind.value)
 
     def _gauges(self, r: CollectorRegistry) -> None:
         self.info = Gauge("exchange_node_info", "1, labelled with the node's agency code", ["agency"], registry=r)
@@ -109,7 +114,7 @@ class Metrics:
                                   ["direction"], registry=r)
         self.overdue = Gauge("exchange_overdue_dossiers", "Dossiers with a step ready here past its due date",
                              registry=r)
-        self.overdue_days = Gauge("exchange_overdue_max_working_days",
+        self.overdue_days = Gauge("exchange_overdue_max_workdays",
                                   "Working days by which the most overdue step here is late (0: none)", registry=r)
         self.webhook_backlog = Gauge("exchange_webhook_backlog", "Webhook pushes waiting for the agency system",
                                      registry=r)
