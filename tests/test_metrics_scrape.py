@@ -60,13 +60,14 @@ def panel_expressions(board: dict[str, object]) -> dict[str, str]:
             for panel in panels for target in panel.get("targets", [])}
 
 
-@pytest.fixture(scope="module")
-def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The /metrics text of a node process (embedded transport) once its first housekeeping ran."""
+@pytest.fixture(scope="module", params=["embedded", "rabbitmq"])
+def exposition(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The /metrics text of a node process, on either transport, once its first housekeeping ran
+    (on RabbitMQ, the dead letters are counted in the node's dead-letter queue on the host's broker)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    district = Cluster(tmp_path_factory.mktemp("scrape"))
+    district = Cluster.on(request.param, tmp_path_factory.mktemp("scrape"), COMMUNE)
     district.init(COMMUNE)
     toml = district.config(COMMUNE)
     toml.write_text(toml.read_text("utf-8").replace("metrics_port = 0", f"metrics_port = {port}"), "utf-8")
