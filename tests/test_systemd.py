@@ -8,14 +8,17 @@ from pathlib import Path
 
 from tests.conftest import require_tool
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "exchange@.service"
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "systemd" / "exchange@.service"
+INSTALLED = "/usr/local/bin/exchange"
+"""Where packaging/install.sh puts the command (tests/test_install.py runs the unit from there)."""
 
 
 def verify(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     # systemd-analyze checks that ExecStart exists: point it at this environment's exchange.
     exe = str(Path(sys.executable).parent / "exchange")
     unit = tmp_path / "exchange@000.04.10.H49.service"
-    unit.write_text(text.replace("/usr/bin/exchange", exe), "utf-8")
+    unit.write_text(text.replace(INSTALLED, exe), "utf-8")
     return subprocess.run([require_tool("systemd-analyze"), "verify", "--man=no", str(unit)],
                           capture_output=True, text=True, timeout=60)
 
@@ -39,3 +42,12 @@ def test_unit_is_sandboxed_and_notifies() -> None:
     for line in ("Type=notify", "WatchdogSec=", "User=exchange", "StateDirectory=exchange/%i",
                  "ProtectSystem=strict", "NoNewPrivileges=yes", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert line in text
+
+
+def test_unit_starts_the_command_where_install_links_it() -> None:
+    """ExecStartPre and ExecStart name the command packaging/install.sh links, and nothing else does."""
+    text = UNIT.read_text("utf-8")
+    assert f"ExecStartPre={INSTALLED} rules check /etc/exchange/rules" in text
+    assert f"ExecStart={INSTALLED} run --config /etc/exchange/%i/node.toml" in text
+    assert f"ln -sfn /opt/exchange/bin/exchange \"$root{INSTALLED}\"" in (REPO / "packaging" / "install.sh").read_text()
+    assert "/usr/bin/exchange" not in text
