@@ -8,6 +8,7 @@ envelope has a stable reason code, because signed receipts carry that code::
     │   ├── InvalidCode              an agency, dossier or procedure code
     │   ├── InvalidDossier           a dossier file that is not a valid dossier
     │   ├── ConfigError              a missing or malformed file or setting
+    │   │   └── RecipientUnknown         no certificate to encrypt a dossier to, and encryption required
     │   ├── RuleError                routing rules that do not load; ``problems`` lists each
     │   ├── RoutingError             a question the rules cannot answer (unknown procedure...)
     │   ├── UnknownDossier           no such dossier (or step) at this node
@@ -66,6 +67,11 @@ class InvalidDossier(InvalidInput):
 
 class ConfigError(InvalidInput):
     """A configuration file or setting that is missing or malformed."""
+
+
+class RecipientUnknown(ConfigError):
+    """``[privacy] encrypt = "always"`` and no certificate of the recipient agency: the hand-off is
+    refused rather than sent in clear."""
 
 
 @dataclass(frozen=True, order=True)

@@ -44,6 +44,7 @@ from exchange.node.status import local, view
 from exchange.node.transport import DeadLetter
 from exchange.node.workflow import DECISIONS, complete, submit, supplement, withdraw
 from exchange.rules.load import load as load_rules
+from exchange.store.cipher import ColumnCipher
 from exchange.store.node import OutboxRow
 from exchange.store.states import Result
 
@@ -80,6 +81,7 @@ def register(commands: Any) -> None:
                       "DIR as if it were / (its etc/passwd names the service user; node.toml names the paths "
                       "they have once DIR is /)")
     init.set_defaults(handler=_init)
+    _register_storage_key(sub)
 
     run = commands.add_parser("run", help="run the node daemon")
     _config(run)
@@ -313,6 +315,21 @@ def _status_lines(ctx: NodeContext, documents: list[dict[str, Any]]) -> list[str
             due, done = local(ctx, step["due"]), local(ctx, step["done_at"])
             lines.append(f"    {step['step']:<12} {step['agency']}  {step['state']:<9} due {due:<10} done {done}{flag}")
     return lines
+
+
+def _register_storage_key(sub: Any) -> None:
+    key = sub.add_parser("storage-key", help="a new key (0600) that encrypts the node's database payloads at rest; "
+                         "name it in node.toml's [privacy] storage_key")
+    key.add_argument("--out", type=Path, required=True, metavar="FILE")
+    key.set_defaults(handler=_storage_key)
+
+
+def _storage_key(args: argparse.Namespace) -> int:
+    ColumnCipher.generate(args.out)
+    print(f"storage key written to {args.out} (0600); add to node.toml:\n\n[privacy]\n"
+          f'storage_key = "{args.out.resolve()}"\n\nThe node encrypts what it holds when it next starts. '
+          "Keep a copy with the node's keys: without it the database's dossiers cannot be read.")
+    return 0
 
 
 def _dead(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ class NodeConfig:
     """``[transport] queue_type``: the agency queues' type, ``quorum`` (replicated across a cluster)
     or ``classic`` (one node's, for a single broker that cannot spare the replication's cost)."""
     broker_credentials: Path | None = None
+    """A file (0600) holding the broker's password, so that node.toml holds none."""
     broker_ca: Path | None = None
     """The CA that issued the broker's TLS certificate (``amqps://``); default: ``[pki] ca``."""
     broker_cert: Path | None = None
@@ -57,8 +58,11 @@ class NodeConfig:
     encrypt: str = "when-known"
     """``[privacy] encrypt``: ``when-known`` encrypts each transfer to its recipient's certificate when
     this node has it (from the configuration bundle, or learnt from the recipient's envelopes);
-    ``never`` sends payloads signed but in clear."""
-    """A file (0600) holding the broker's password, so that node.toml holds none."""
+    ``always`` refuses to hand a dossier to an agency whose certificate it does not have (the hand-off
+    fails with the reason, changing nothing); ``never`` sends payloads signed but in clear."""
+    storage_key: Path | None = None
+    """``[privacy] storage_key``: 32 random bytes (0600) that encrypt the dossiers this node keeps in
+    its database (outbox, inbox, dossiers), for hosts shared with other services; none: in clear."""
     embedded: Path | None = None
     """The SQLite file the nodes of one host share when no broker is configured."""
     delivery: Path | None = None
@@ -151,12 +155,12 @@ _LAYOUT: dict[str, tuple[str, str]] = {
     "http_max_connections": ("agency_system", "http_max_connections"),
     "token": ("agency_system", "token"), "webhook": ("agency_system", "webhook"),
     "anchor": ("config", "anchor"),
-    "encrypt": ("privacy", "encrypt"),
+    "encrypt": ("privacy", "encrypt"), "storage_key": ("privacy", "storage_key"),
 }
 _PATHS = {"state_dir", "ca", "crl", "cert", "key", "checkpoint_key", "rules", "embedded", "delivery", "dropfolder",
-          "broker_credentials", "broker_ca", "broker_cert", "broker_key", "anchor"}
+          "broker_credentials", "broker_ca", "broker_cert", "broker_key", "anchor", "storage_key"}
 BROKER_AUTH = ("password", "certificate")
-ENCRYPT_CHOICES = ("when-known", "never")
+ENCRYPT_CHOICES = ("when-known", "always", "never")
 QUEUE_TYPES = ("quorum", "classic")
 ACTIVE_BUNDLE = Path("config") / "active"
 """Under the state folder: the configuration bundle in force, once one is installed (a link to

@@ -21,6 +21,7 @@ from exchange.envelope.trust import TrustStore
 from exchange.node.config import NodeConfig
 from exchange.rules.load import RuleBook
 from exchange.rules.model import RuleSet
+from exchange.store.cipher import ColumnCipher
 from exchange.store.node import Store
 
 
@@ -38,7 +39,7 @@ class NodeContext:
 
     @classmethod
     def open(cls, config: NodeConfig) -> NodeContext:
-        store = Store(config.database)
+        store = Store(config.database, ColumnCipher.load(config.storage_key) if config.storage_key else None)
         audit = AuditLog(store.conn, str(config.agency))
         note_signer = NoteSigner.load(config.checkpoint_key, f"vn-exchange/audit/{config.agency}")
         return cls(config, store, audit, RuleBook(config.rules), Signer.load(config.cert, config.key),
@@ -48,7 +49,7 @@ class NodeContext:
 
     def for_thread(self) -> NodeContext:
         """The same rules, keys and trust, over a database connection of the calling thread's own."""
-        store = Store(self.config.database)
+        store = Store(self.config.database, self.store.cipher)
         audit = AuditLog(store.conn, str(self.config.agency))
         return replace(self, store=store, audit=audit,
                        checkpointer=replace(self.checkpointer, audit=audit))

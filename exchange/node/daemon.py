@@ -108,6 +108,8 @@ class Daemon:
         for door in self.doors:
             door.check(self.ctx.config)
         self.deliverer.recover()
+        if sealed := self.ctx.store.seal_plaintext_rows():
+            log.info("store.sealed_at_rest", rows=sealed)
         self.bundles.poll(force=True)  # a bundle whose time came while the node was down
         with self.ctx.store.transaction():
             self.ctx.record(self.ctx.entry(Event.NODE_STARTED, detail={"rules": self.ctx.rules.digest}))

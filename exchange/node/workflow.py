@@ -24,7 +24,14 @@ from exchange.envelope import dossier as dossiers
 from exchange.envelope.encryption import RecipientCertificate
 from exchange.envelope.messages import DossierStatus, ExchangeStatus, StatusUpdate, status_element
 from exchange.envelope.model import Header, Hop, Kind
-from exchange.errors import AlreadySubmitted, InvalidDossier, InvalidInput, StepNotReady, UnknownDossier
+from exchange.errors import (
+    AlreadySubmitted,
+    InvalidDossier,
+    InvalidInput,
+    RecipientUnknown,
+    StepNotReady,
+    UnknownDossier,
+)
 from exchange.node import slips
 from exchange.node.config import active_bundle_version
 from exchange.node.context import NodeContext
@@ -446,6 +453,10 @@ def _encrypt_for(ctx: NodeContext, header: Header) -> RecipientCertificate | Non
     if header.kind is not Kind.TRANSFER or ctx.config.encrypt == "never":
         return None
     der = ctx.store.peer_certificate(str(header.recipient), clock.now().timestamp())
+    if der is None and ctx.config.encrypt == "always":
+        raise RecipientUnknown(f"no certificate of {header.recipient} to encrypt the dossier to, and "
+                               "[privacy] encrypt is \"always\": install a configuration bundle carrying it "
+                               "(`exchange config publish --certs`)")
     return _recipient(der) if der else None
 
 

@@ -9,15 +9,20 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exchange.store import db, schema
+from exchange.store.cipher import MAGIC, ColumnCipher, refuse_sealed, where
 from exchange.store.states import DossierState, OutboxState, Outcome, StepState, WebhookState
 
 _OUTBOX_COLUMNS = ("id, message_id, recipient, kind, dossier, step, body, envelope_sha256, state, attempts, "
                   "last_error, failures")
 
+
+_PAYLOAD_COLUMNS = (("outbox", "body", "message_id"), ("inbox", "payload", "message_id"),
+                    ("dossiers", "payload", "code"))
+"""Where a node keeps what it holds of citizens' data: encrypted at rest with a storage key."""
 
 CONFIG_MISMATCH = "config-mismatch"
 """The reason code of a refusal between nodes running different configuration bundles."""
@@ -113,12 +118,46 @@ class PendingWebhook:
 class Store:
     """One node's state tables on one connection (the audit log shares it: see ``NodeContext``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cipher: ColumnCipher | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.cipher = cipher
+        """With a storage key, the payload columns are encrypted at rest (``store/cipher.py``)."""
         with db.translated(path):
             self.conn: sqlite3.Connection = db.connect(path)
             schema.migrate(self.conn)
+
+    def _seal(self, value: bytes, table: str, column: str, key: str) -> bytes:
+        return self.cipher.seal(value, where(table, column, key)) if self.cipher else value
+
+    def _open(self, value: bytes, table: str, column: str, key: str) -> bytes:
+        place = where(table, column, key)
+        return self.cipher.open(value, place) if self.cipher else refuse_sealed(value, place)
+
+    def _outbox_row(self, row: tuple[object, ...]) -> OutboxRow:
+        values = list(row)
+        values[6] = self._open(bytes(values[6]), "outbox", "body", str(values[1]))  # type: ignore[call-overload]
+        return OutboxRow.of(tuple(values))
+
+    def _accepted(self, row: tuple[str, str, str, str | None, str | None, str, bytes]) -> InboxRecord:
+        record = _accepted(row)
+        return replace(record, payload=self._open(record.payload or b"", "inbox", "payload", record.message_id))
+
+    def seal_plaintext_rows(self) -> int:
+        """Encrypt every payload written before the storage key was configured; how many rows."""
+        if self.cipher is None:
+            return 0
+        sealed = 0
+        with self.transaction() as conn:
+            for table, column, key in _PAYLOAD_COLUMNS:
+                rows = conn.execute(f"SELECT {key}, {column} FROM {table} "  # noqa: S608 - our own names
+                                    f"WHERE {column} IS NOT NULL AND substr({column}, 1, 4) != ?",
+                                    (MAGIC,)).fetchall()
+                for row_key, value in rows:
+                    conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?",  # noqa: S608
+                                 (self._seal(bytes(value), table, column, str(row_key)), row_key))
+                sealed += len(rows)
+        return sealed
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -141,23 +180,24 @@ class Store:
         self.conn.execute(
             "INSERT INTO outbox (message_id, recipient, kind, dossier, step, body, envelope_sha256, next_attempt, "
             "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (message_id, recipient, kind, dossier, step, body, envelope_sha256, now, now))
+            (message_id, recipient, kind, dossier, step, self._seal(body, "outbox", "body", message_id),
+             envelope_sha256, now, now))
 
     def due_outbox(self, limit: int) -> list[OutboxRow]:
         rows = self.conn.execute(
             f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state IN (?, ?) AND next_attempt <= ? "  # noqa: S608
             "ORDER BY id LIMIT ?", (*OutboxState.due(), time.time(), limit)).fetchall()
-        return [OutboxRow.of(row) for row in rows]
+        return [self._outbox_row(row) for row in rows]
 
     def outbox_by_message(self, message_id: str) -> OutboxRow | None:
         row = self.conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE message_id = ?",  # noqa: S608
                                 (message_id,)).fetchone()
-        return OutboxRow.of(row) if row else None
+        return self._outbox_row(row) if row else None
 
     def dead_outbox(self) -> list[OutboxRow]:
         rows = self.conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = ? ORDER BY id",  # noqa: S608
                                  (OutboxState.DEAD,)).fetchall()
-        return [OutboxRow.of(row) for row in rows]
+        return [self._outbox_row(row) for row in rows]
 
     def settle(self, row_id: int, state: OutboxState) -> None:
         """A receipt came: the transfer is acknowledged or refused, unless already settled."""
@@ -237,7 +277,8 @@ class Store:
             "INSERT INTO inbox (message_id, sender, kind, dossier, step, envelope_sha256, received_at, outcome, "
             "reason, payload, delivered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (record.message_id, record.sender, record.kind, record.dossier, record.step, record.envelope_sha256,
-             received_at, record.outcome, record.reason, record.payload,
+             received_at, record.outcome, record.reason,
+             None if record.payload is None else self._seal(record.payload, "inbox", "payload", record.message_id),
              int(record.delivered or record.outcome is not Outcome.ACCEPTED)))
 
     def set_receipt(self, message_ids: Iterable[str], receipt_id: str) -> None:
@@ -262,15 +303,17 @@ class Store:
 
     def dossier_payload(self, code: str) -> bytes | None:
         row = self.conn.execute("SELECT payload FROM dossiers WHERE code = ?", (code,)).fetchone()
-        return bytes(row[0]) if row else None
+        return self._open(bytes(row[0]), "dossiers", "payload", code) if row else None
 
     def add_dossier(self, row: DossierRow, payload: bytes) -> None:
         self.conn.execute("INSERT INTO dossiers (code, procedure, origin, received_at, state, payload, updated) "
                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          (row.code, row.procedure, row.origin, row.received_at, row.state, payload, time.time()))
+                          (row.code, row.procedure, row.origin, row.received_at, row.state,
+                           self._seal(payload, "dossiers", "payload", row.code), time.time()))
 
     def replace_payload(self, code: str, payload: bytes) -> None:
-        self.conn.execute("UPDATE dossiers SET payload = ?, updated = ? WHERE code = ?", (payload, time.time(), code))
+        self.conn.execute("UPDATE dossiers SET payload = ?, updated = ? WHERE code = ?",
+                          (self._seal(payload, "dossiers", "payload", code), time.time(), code))
 
     def set_dossier_state(self, code: str, state: DossierState) -> None:
         self.conn.execute("UPDATE dossiers SET state = ?, updated = ? WHERE code = ?", (state, time.time(), code))
@@ -414,7 +457,7 @@ class Store:
         rows = self.conn.execute(
             "SELECT message_id, sender, kind, dossier, step, envelope_sha256, payload FROM inbox "
             "WHERE delivered = 0 AND outcome = ? ORDER BY received_at LIMIT ?", (Outcome.ACCEPTED, limit)).fetchall()
-        return [_accepted(row) for row in rows]
+        return [self._accepted(row) for row in rows]
 
     def mark_delivered(self, message_id: str) -> None:
         self.conn.execute("UPDATE inbox SET delivered = 1 WHERE message_id = ?", (message_id,))
@@ -435,7 +478,7 @@ class Store:
             "FROM webhooks w JOIN inbox i ON i.message_id = w.message_id "
             "WHERE w.state = ? AND w.next_attempt <= ? ORDER BY w.next_attempt LIMIT ?",
             (WebhookState.PENDING, now, limit)).fetchall()
-        return [PendingWebhook(_accepted(row[:7]), int(row[7])) for row in rows]
+        return [PendingWebhook(self._accepted(row[:7]), int(row[7])) for row in rows]
 
     def webhook_backlog(self) -> int:
         """Webhook pushes not yet taken by the agency system (for ``exchange check``)."""
