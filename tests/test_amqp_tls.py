@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from exchange.codes import AgencyCode
 from exchange.envelope import pki
 from exchange.errors import AccessRefused, BrokerUntrusted, ConfigError
 from exchange.node.config import NodeConfig
+from tests.agencies import COMMUNE, INSURANCE, POLICE
+from tests.node_cluster import Cluster, events_named, wait_until
 from tests.rabbit_node import WRONG_HOST, RabbitNode, RabbitNodeError, Tls, private_node
 from tests.test_amqp import permissions_for
 from tests.test_transport_contract import (  # noqa: F401 - the contract's fixtures and tests, run here over amqps
@@ -189,3 +192,40 @@ def test_an_agency_certificate_from_another_ca_is_refused_by_the_broker(
     with pytest.raises(AccessRefused, match="client certificate"):
         AmqpTransport(tls_node.tls_url_for(), ca_file=tls_node.ca_file, external=True,
                       cert_file=tmp_path / "id" / pki.AGENCY_CERT, key_file=tmp_path / "id" / pki.AGENCY_KEY)
+
+
+# A district over amqps ----------------------------------------------------------------------
+
+def test_a_birth_dossier_completes_over_amqps_with_certificate_logins(
+        tls_node: RabbitNode, tls_ca: pki.CertificateAuthority, broker: Broker, tmp_path: Path) -> None:
+    """Three node processes whose agency certificates (from the broker's own CA) are their broker
+    logins: no password anywhere, each reading only its own queue; a birth dossier goes the whole
+    route over TLS, every node agrees it completed, and every audit log verifies."""
+    agencies = (COMMUNE, POLICE, INSURANCE)
+    shutil.copytree(tls_ca.directory, tmp_path / "ca")  # the nodes' CA is the one the broker trusts
+    cluster = Cluster(tmp_path, broker=tls_node.tls_url_for())
+    cluster.init(*(str(a) for a in agencies))
+    with broker.open() as admin:
+        for agency in agencies:
+            admin.declare(agency)
+    for agency in agencies:
+        tls_node.add_user(str(agency), secrets.token_hex(12))
+        tls_node.ctl("clear_password", str(agency))
+        tls_node.set_permissions(str(agency), *permissions_for(agency))
+    try:
+        for agency in agencies:
+            cluster.start(str(agency), EXCHANGE_TRANSPORT_BROKER_AUTH="certificate")
+        code = cluster.submit(1)
+        cluster.finish_birth_route([code])
+        wait_until(lambda: all({"code": code, "state": "completed"}.items() <= row.items()
+                               for agency in agencies for row in cluster.status(str(agency))
+                               if row["code"] == code) and all(cluster.status(str(a)) for a in agencies), 60,
+                   "every node to see the dossier completed")
+        for agency in agencies:
+            assert not events_named(cluster.log(str(agency)), "transport.unavailable")
+            cluster.verify_and_export(str(agency))
+    finally:
+        cluster.stop_all()
+        for agency in agencies:
+            tls_node.delete_user(str(agency))
+        delete_queues(*agencies, broker=broker)
