@@ -3,7 +3,8 @@ broker (127.0.0.1:5672, shared by everyone on the machine) is never stopped and 
 
 The node lives in a temporary folder under /tmp: its own node name, free loopback ports for AMQP
 and Erlang distribution, its own database, logs, config (listeners on 127.0.0.1 only), an empty
-plugins file (no management port to clash over) and its own Erlang cookie (``HOME`` points into
+plugins file unless told (no management port to clash over; ``plugins=("rabbitmq_shovel",)``
+for a shovel) and its own Erlang cookie, or a cluster's (``HOME`` points into
 the folder). It registers with the host's epmd on 4369, which every Erlang node shares. It runs
 in the foreground as a child of the test process, in its own process group, and is controlled
 with ``rabbitmqctl -n NAME``. ``private_node()`` always stops it and removes its folder.
@@ -143,13 +144,17 @@ class Tls:
 class RabbitNode:
     """One private RabbitMQ node: its AMQP URL, and the operations an outage test needs."""
 
-    def __init__(self, root: Path, tls: Tls | None = None) -> None:
+    def __init__(self, root: Path, tls: Tls | None = None, *, cookie: str | None = None,
+                 plugins: tuple[str, ...] = ()) -> None:
         self.root = root
         self.name = f"exch-test-{secrets.token_hex(4)}@localhost"
         self.port = free_port()
         self.dist_port = free_port()
         self.tls = tls
         self.tls_port = free_port() if tls is not None else 0
+        self.cookie = cookie or secrets.token_hex(16).upper()
+        """The Erlang cookie: its own, or one shared by the nodes of a private cluster."""
+        self.plugins = plugins
         self._process: subprocess.Popen[bytes] | None = None
         self._write_files()
 
@@ -184,16 +189,16 @@ class RabbitNode:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         conf = (f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n"
                 "log.console = false\nlog.file.level = info\n")
-        plugins = "[]."
+        plugins = list(self.plugins)
         if self.tls is not None:
             conf += self._tls_conf(self.tls)
             if self.tls.external:
-                plugins = "[rabbitmq_auth_mechanism_ssl]."
+                plugins.append("rabbitmq_auth_mechanism_ssl")
         (self.root / "rabbitmq.conf").write_text(conf, "utf-8")
-        (self.root / "enabled_plugins").write_text(plugins + "\n", "utf-8")
+        (self.root / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n", "utf-8")
         (self.root / "rabbitmq-env.conf").write_text("# empty: not the host's /etc/rabbitmq one\n", "utf-8")
         cookie = self.root / "home" / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(16).upper(), "ascii")
+        cookie.write_text(self.cookie, "ascii")
         cookie.chmod(0o400)
 
     def _tls_conf(self, tls: Tls) -> str:
@@ -240,12 +245,16 @@ class RabbitNode:
         """Start the node's Erlang VM and wait until it accepts AMQP connections."""
         if self.running:
             return
+        self.spawn()
+        self.await_startup()
+
+    def spawn(self) -> None:
+        """Start the node's Erlang VM without waiting for it (nodes of a cluster start together)."""
         self.pid_file.unlink(missing_ok=True)
         with open(self.root / "log" / "server.out", "ab") as out:
             self._process = subprocess.Popen([tool("rabbitmq-server")], env=self.env(), cwd=self.root,
                                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                              start_new_session=True)
-        self.await_startup()
 
     @property
     def running(self) -> bool:
@@ -265,12 +274,13 @@ class RabbitNode:
                 time.sleep(0.25)
         raise RabbitNodeError(f"the node {self.name} did not accept connections within {timeout:.0f}s")
 
-    def ctl(self, *args: str, timeout: float = CTL_TIMEOUT_S) -> str:
-        """``rabbitmqctl -n NAME ARGS``; its output, or RabbitNodeError with its stderr."""
-        done = subprocess.run([tool("rabbitmqctl"), "-n", self.name, *args], env=self.env(), cwd=self.root,
+    def ctl(self, *args: str, timeout: float = CTL_TIMEOUT_S, command: str = "rabbitmqctl") -> str:
+        """``rabbitmqctl -n NAME ARGS`` (or another of the CLI tools, ``rabbitmq-queues``…); its
+        output, or RabbitNodeError with its stderr."""
+        done = subprocess.run([tool(command), "-n", self.name, *args], env=self.env(), cwd=self.root,
                               capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
-            raise RabbitNodeError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+            raise RabbitNodeError(f"{command} {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
 
     def stop_app(self) -> None:
@@ -341,13 +351,13 @@ class RabbitNode:
 
 
 @contextlib.contextmanager
-def private_node(tls: Tls | None = None) -> Iterator[RabbitNode]:
-    """A started private node in a fresh folder under /tmp (with a TLS listener if ``tls``);
-    stopped and removed at the end, even when starting it failed halfway."""
+def private_node(tls: Tls | None = None, *, plugins: tuple[str, ...] = ()) -> Iterator[RabbitNode]:
+    """A started private node in a fresh folder under /tmp (with a TLS listener if ``tls``, and
+    ``plugins`` enabled); stopped and removed at the end, even when starting it failed halfway."""
     root = Path(tempfile.mkdtemp(prefix="exch-rabbit-", dir="/tmp"))
     node = None
     try:
-        node = RabbitNode(root, tls)
+        node = RabbitNode(root, tls, plugins=plugins)
         node.start()
         yield node
     finally:

@@ -13,8 +13,9 @@ from structlog.testing import capture_logs
 
 from exchange.adapters.amqp import AmqpTransport
 from exchange.errors import ConfigError
-from exchange.node.config import NodeConfig, split_password
+from exchange.node.config import NodeConfig
 from tests.node_cluster import COMMUNE, INSURANCE, POLICE, Cluster, events_named, wait_until
+from tests.rabbit_cluster import list_brokers
 from tests.rabbit_node import RabbitNode, private_node
 from tests.test_amqp import round_trip, wait_connected
 from tests.transport_helpers import fresh_agency
@@ -103,16 +104,6 @@ def test_a_lost_broker_fails_over_to_the_next(pair: tuple[RabbitNode, RabbitNode
         assert transport.params.port == second.port
         assert [e["port"] for e in events if e["event"] == "amqp.connected"] == [second.port]
         round_trip(transport, consumer, agency)
-
-
-def list_brokers(path: Path, *urls: str) -> None:
-    """node.toml's ``broker`` (one URL, as ``node init`` writes it) replaced by a list of ``urls``,
-    without their password (``node init`` put it in broker.secret, which applies to each)."""
-    text = path.read_text("utf-8")
-    line = next(line for line in text.splitlines() if line.startswith("broker = "))
-    listed = ", ".join(f'"{split_password(url)[0]}"' for url in urls)
-    path.write_text(text.replace(line, f"broker = [{listed}]"), "utf-8")
-    assert NodeConfig.load(path).brokers == urls
 
 
 @contextlib.contextmanager
