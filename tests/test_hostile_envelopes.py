@@ -26,7 +26,7 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from signxml.signer import XMLSigner
 
 from exchange.cli import main
-from exchange.envelope import pki, sealing
+from exchange.envelope import pki, xmldsig
 from exchange.envelope.messages import Ack, Outcome, receipt_element
 from exchange.envelope.model import Header, Kind, envelope_element
 from exchange.envelope.sealing import Opener
@@ -317,20 +317,20 @@ def test_rule_dates_through_the_cli(name: str, tmp_path: Path, capsys: pytest.Ca
 
 @pytest.fixture
 def costly_steps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records each call of the schema check and of signxml's verifier (spies: both still run)."""
+    """Records each call of the schema check and of the signature's verification (spies: both still run)."""
     calls: list[str] = []
-    problems, verify = schemas.problems, sealing._Verifier.verify
+    problems, verify = schemas.problems, xmldsig.verify
 
     def schema_spy(*args: Any, **kwargs: Any) -> list[str]:
         calls.append("schema")
         return problems(*args, **kwargs)
 
-    def verify_spy(self: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append("signxml")
-        return verify(self, *args, **kwargs)
+    def verify_spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append("xmldsig")
+        return verify(*args, **kwargs)
 
     monkeypatch.setattr(schemas, "problems", schema_spy)
-    monkeypatch.setattr(sealing._Verifier, "verify", verify_spy)
+    monkeypatch.setattr(xmldsig, "verify", verify_spy)
     return calls
 
 
@@ -338,10 +338,10 @@ SHAPE_CASES = sorted(name for name, (_, _, reason) in ENVELOPES.items() if reaso
 
 
 @pytest.mark.parametrize("name", SHAPE_CASES)
-def test_shape_check_refuses_before_schema_and_signxml(name: str, pki_env: Pki, sealed: bytes, opener: Opener,
+def test_shape_check_refuses_before_schema_and_signature(name: str, pki_env: Pki, sealed: bytes, opener: Opener,
                                                       costly_steps: list[str]) -> None:
     """Each padded or malformed-shape envelope is refused as bad-shape before the schema check or
-    signxml has run."""
+    the signature's verification has run."""
     data = ENVELOPES[name][0](pki_env, sealed)
     with pytest.raises(BadShape):
         opener.open(data)
@@ -349,9 +349,9 @@ def test_shape_check_refuses_before_schema_and_signxml(name: str, pki_env: Pki, 
 
 
 def test_genuine_envelope_passes_every_step(sealed: bytes, opener: Opener, costly_steps: list[str]) -> None:
-    """A genuine envelope passes the shape check and goes on to the schema and signxml."""
+    """A genuine envelope passes the shape check and goes on to the schema and the signature."""
     opener.open(sealed)
-    assert costly_steps == ["schema", "signxml"]
+    assert costly_steps == ["schema", "xmldsig"]
 
 
 def test_hostile_dossier_is_refused_before_its_schema(costly_steps: list[str]) -> None:

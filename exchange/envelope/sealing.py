@@ -1,32 +1,27 @@
-"""seal and open: signing envelopes with signxml and verifying them against the trust store.
+"""seal and open: signing envelopes and verifying them against the trust store.
 
 ``Signer.seal`` signs enveloped (``URI=""``), exclusive c14n, ECDSA P-256 with SHA-256, the
-agency certificate in KeyInfo: what ``xmlsec1 --verify`` accepts. ``Opener.open`` refuses
-anything that is not exactly that shape, and builds the result only from the tree signxml
-returns as signed.
+agency certificate in KeyInfo: what ``xmlsec1 --verify`` accepts (``xmldsig.py``). ``Opener.open``
+refuses anything that is not exactly that shape, and builds the result only from what the
+signature covers.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
-from signxml import exceptions as sx
-from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
-from signxml.signer import XMLSigner
-from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
 from exchange.clock import now
 from exchange.codes import AgencyCode
+from exchange.envelope import xmldsig
 from exchange.envelope.dossier import attachment_problems, d
 from exchange.envelope.encryption import (
     ENCRYPTED,
@@ -63,20 +58,10 @@ from exchange.xml import safexml, schemas, shape
 from exchange.xml.datatypes import parse_date, parse_datetime
 from exchange.xml.names import DS_NS, q
 
-EXC_C14N = CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0
-ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
-ALLOWED_TRANSFORMS = frozenset({ENVELOPED, EXC_C14N.value})
 _BODY_OPEN = b"<Body>"
 _BODY_CLOSE = b"</Body>"
 
 _SCHEMA_OF_KIND = {Kind.TRANSFER: schemas.DOSSIER, Kind.RECEIPT: schemas.RECEIPT, Kind.STATUS: schemas.STATUS}
-
-_EXPECT = SignatureConfiguration(
-    location="./",
-    expect_references=1,
-    signature_methods=frozenset({SignatureMethod.ECDSA_SHA256}),
-    digest_algorithms=frozenset({DigestAlgorithm.SHA256}),
-)
 
 
 def _ds(path: str) -> str:
@@ -114,13 +99,13 @@ class Signer:
             plaintext = canonical(payload)
             root = envelope_element(header, encrypt_for.encrypt(header.kind, header.sender, plaintext),
                                     hashlib.sha256(plaintext).hexdigest())
-        signer = XMLSigner(
-            signature_algorithm=SignatureMethod.ECDSA_SHA256,
-            digest_algorithm=DigestAlgorithm.SHA256,
-            c14n_algorithm=EXC_C14N,
-        )
-        signed = signer.sign(root, key=self.key, cert=[cert_pem(self.cert).decode("ascii")])
+        signed = xmldsig.sign(root, self.key, self._certificate_text)
         return bytes(etree.tostring(signed, xml_declaration=True, encoding="UTF-8"))
+
+    @functools.cached_property
+    def _certificate_text(self) -> str:
+        """The certificate as KeyInfo carries it: its PEM body."""
+        return "".join(cert_pem(self.cert).decode("ascii").splitlines(keepends=True)[1:-1])
 
 
 @dataclass(frozen=True)
@@ -141,11 +126,16 @@ class Opener:
         root = safexml.parse(data, max_bytes=self.max_bytes, source=source)
         shape.check(root, shape.ENVELOPE, source)
         _check_schema(root, source)
-        signature = root[-1]
-        _pin_reference(signature)
+        signature = xmldsig.pinned(root)
         at = self.clock()
-        signer = self.trust.check_encoded(_signing_cert(signature), at)
-        signed_data, signed = _verify(root, signer.cert, at)
+        signer = self.trust.check_encoded(signature.certificate, at)
+        key = signer.cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise BadSignature("the signing certificate has no ECDSA key")
+        verified = xmldsig.verify(root, signature, key)
+        signed_data, signed = verified.data, verified.root
+        if signed.tag != q("Envelope") or len(signed) != 2:
+            raise BadSignature("the signed content is not a whole envelope")
         header, digest = _read_header(signed[0])
         signer.check_signed_at(header.created)
         if header.sender != signer.agency:
@@ -207,103 +197,6 @@ def _check_schema(root: etree._Element, source: str) -> None:
     problems = schemas.problems(schemas.ENVELOPE, root, source, base64_checked_by_caller=True)
     if problems:
         raise SchemaViolation("; ".join(problems))
-
-
-def _pin_reference(signature: etree._Element) -> None:
-    """Exactly one reference, to the whole document, with only the two expected transforms."""
-    references = signature.findall(_ds("SignedInfo/Reference"))
-    if len(references) != 1:
-        raise BadSignature(f"expected exactly one signed reference, found {len(references)}")
-    if references[0].get("URI") != "":
-        raise BadSignature(f"the reference must be URI=\"\", found URI={references[0].get('URI')!r}")
-    transforms = {t.get("Algorithm") for t in references[0].iterfind(_ds("Transforms/Transform"))}
-    if ENVELOPED not in transforms or not transforms <= ALLOWED_TRANSFORMS:
-        raise BadSignature(f"unexpected transforms {sorted(t or '' for t in transforms)}")
-
-
-def _signing_cert(signature: etree._Element) -> str:
-    """The one certificate in KeyInfo, as its base64 text (the trust store's cache key)."""
-    certs = signature.findall(_ds("KeyInfo/X509Data/X509Certificate"))
-    if len(certs) != 1:
-        raise BadSignature(f"expected exactly one X509Certificate in KeyInfo, found {len(certs)}")
-    return certs[0].text or ""
-
-
-class _Verifier(XMLVerifier):
-    """signxml's verifier, without the copies that cost more than the cryptography.
-
-    Stock signxml serializes and re-parses the whole document three times per reference to get
-    private copies; for a 100 KiB envelope that is two thirds of the time. Our envelopes have
-    exactly one reference, ``URI=""`` with the enveloped and exclusive-c14n transforms (pinned
-    here again, on the SignedInfo that signxml has verified), so one in-memory copy suffices.
-    The result is still built only from the canonical bytes whose digest matched, re-parsed;
-    a differential test holds it equal to stock signxml's.
-    """
-
-    def get_root(self, data: object) -> object:
-        # The caller parsed ``data`` with the hardened parser; signxml never modifies it.
-        if isinstance(data, etree._Element):
-            return data
-        return super().get_root(data)  # type: ignore[no-untyped-call]
-
-    def _check_cert_validity(self, cert: object, source: object) -> None:
-        """Validity is the trust store's job (now and at signing time), checked before and after."""
-
-    def _verify_reference(self, reference: etree._Element, index: int, root: etree._Element,
-                          uri_resolver: object, c14n_algorithm: object, signature: etree._Element,
-                          signature_key_used: object) -> VerifyResult:
-        transforms = reference.findall(_ds("Transforms/Transform"))
-        algorithms = [t.get("Algorithm") for t in transforms]
-        if reference.get("URI") != "" or algorithms != [ENVELOPED, EXC_C14N.value]:
-            raise sx.InvalidInput(f"reference {index}: expected URI=\"\" with the enveloped and "
-                                  f"exc-c14n transforms, found {reference.get('URI')!r} {algorithms}")
-        prefixes = self._get_inclusive_ns_prefixes(transforms[1])  # type: ignore[no-untyped-call]
-        # The enveloped transform: the document without its Signature. ``root`` is this call's own
-        # parse, so the Signature (its last child, pinned by the shape check) is taken out for the
-        # canonicalization and put back, instead of deep-copying the whole document.
-        enveloped = self._get_signature(root)  # type: ignore[no-untyped-call]
-        root.remove(enveloped)
-        try:
-            signed_data: bytes = self._c14n(root, algorithm=EXC_C14N, inclusive_ns_prefixes=prefixes)
-        finally:
-            root.append(enveloped)
-        method = reference.find(_ds("DigestMethod"))
-        digest_alg = DigestAlgorithm(method.get("Algorithm") if method is not None else None)
-        self.check_digest_alg_expected(digest_alg)  # type: ignore[no-untyped-call]
-        expected = base64.b64decode(reference.findtext(_ds("DigestValue")) or "")
-        if expected != self._get_digest(signed_data, digest_alg):
-            raise sx.InvalidDigest(f"Digest mismatch for reference {index}")
-        return VerifyResult(signed_data, self._fromstring(signed_data), signature,  # type: ignore[no-untyped-call]
-                            signature_key=_pem(signature_key_used))
-
-
-def _pem(key: object) -> bytes:
-    if isinstance(key, bytes):
-        return key
-    assert isinstance(key, ec.EllipticCurvePublicKey)
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _verify(root: etree._Element, cert: x509.Certificate,
-            at: dt.datetime) -> tuple[bytes, etree._Element]:
-    """The signed bytes and tree, as signxml rebuilds them from the canonical bytes digested."""
-    config = dataclasses.replace(_EXPECT, verification_time=at)
-    try:
-        # validate_schema=False: envelope.xsd already validated this Signature against the
-        # xmldsig core schema, in the same pass as the rest of the envelope.
-        result = _Verifier().verify(root, x509_cert=cert, expect_config=config, validate_schema=False)
-    except sx.InvalidCertificate as exc:
-        raise BadSignature(f"certificate refused by the verifier: {exc}") from None
-    except (sx.InvalidSignature, sx.InvalidDigest, sx.InvalidInput) as exc:
-        raise BadSignature(str(exc) or type(exc).__name__) from None
-    except Exception as exc:  # noqa: BLE001 - whatever signxml trips on, the signature is bad
-        raise BadSignature(f"the signature cannot be verified ({type(exc).__name__}: {exc})") from None
-    if not isinstance(result, VerifyResult):
-        raise BadSignature("expected exactly one signed reference")
-    signed = result.signed_xml
-    if signed is None or signed.tag != q("Envelope") or len(signed) != 2:
-        raise BadSignature("the signed content is not a whole envelope")
-    return result.signed_data, signed
 
 
 def _check_payload(header: Header, payload: etree._Element, digest: str,
