@@ -245,6 +245,7 @@ class Daemon:
         if self.link.up:
             self._transport_work(self._drain)
         self._drop_consumer()
+        self.deliverer.close()
         with self.ctx.store.transaction():
             self.ctx.record(self.ctx.entry(Event.NODE_STOPPED))
         self.ctx.checkpointer.make()
