@@ -15,7 +15,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import xmlschema
 from lxml import etree
 
 ENVELOPE = "envelope.xsd"
@@ -74,7 +73,10 @@ def compiled(name: str) -> etree.XMLSchema:
 
 @functools.cache
 def load(name: str) -> Any:
-    """The xmlschema form of schema ``name``; imports resolve inside the package, offline."""
+    """The xmlschema form of schema ``name``; imports resolve inside the package, offline.
+    Imported here, on the first failure to explain: it is a fifth of every command's start-up."""
+    import xmlschema
+
     return xmlschema.XMLSchema(str(schema_dir() / name), base_url=str(schema_dir()),
                                allow="sandbox")
 
