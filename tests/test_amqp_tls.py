@@ -24,7 +24,7 @@ from exchange.errors import AccessRefused, BrokerUntrusted, ConfigError
 from exchange.node.config import NodeConfig
 from tests.agencies import COMMUNE, INSURANCE, POLICE
 from tests.node_cluster import Cluster, events_named, wait_until
-from tests.rabbit_node import WRONG_HOST, RabbitNode, RabbitNodeError, Tls, private_node
+from tests.rabbit_node import WRONG_HOST, RabbitNode, RabbitNodeError, Tls, free_port, private_node
 from tests.test_amqp import permissions_for
 from tests.test_transport_contract import (  # noqa: F401 - the contract's fixtures and tests, run here over amqps
     agency,
@@ -99,6 +99,25 @@ def test_the_host_name_localhost_is_verified_too(tls_node: RabbitNode) -> None:
     """The certificate names localhost as well as 127.0.0.1."""
     with AmqpTransport(tls_node.tls_url_for("guest", "guest", host="localhost"), ca_file=tls_node.ca_file) as t:
         assert t.health().connected
+
+
+def test_tls_settings_apply_to_every_broker_of_a_list(tls_node: RabbitNode) -> None:
+    """With a list of brokers, the first unreachable, the second is reached over TLS and verified
+    against the same CA, for its own host name."""
+    down = f"amqps://guest:guest@127.0.0.1:{free_port()}/%2F"
+    with AmqpTransport([down, tls_node.tls_url_for("guest", "guest", host="localhost")],
+                       ca_file=tls_node.ca_file) as listed:
+        assert listed.health().connected
+        assert (listed.params.host, listed.params.port) == ("localhost", tls_node.tls_port)
+
+
+def test_a_refused_certificate_in_a_list_is_not_skipped(tls_node: RabbitNode) -> None:
+    """A broker of the list whose certificate does not name its host stops the transport, though
+    another broker of the list would verify: a certificate refused is a configuration error (or
+    an impostor), never an outage to fail over from."""
+    urls = [tls_node.tls_url_for("guest", "guest", host=WRONG_HOST), tls_node.tls_url_for("guest", "guest")]
+    with pytest.raises(BrokerUntrusted, match=f"not valid for '{WRONG_HOST}'"):
+        AmqpTransport(urls, ca_file=tls_node.ca_file)
 
 
 def test_a_certificate_login_needs_tls(tls_node: RabbitNode) -> None:

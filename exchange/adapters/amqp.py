@@ -172,7 +172,8 @@ class _Batch:
 
 def _tls_refusal(exc: BaseException) -> TransportError | None:
     """The TLS refusal somewhere in ``exc`` (pika wraps the handshake's error in its own, in
-    their arguments or ``exceptions``): the broker's certificate refused by us, or ours by it."""
+    their arguments, ``exceptions`` or ``exception``): the broker's certificate refused by us, or
+    ours by it."""
     seen: list[BaseException] = [exc]
     for error in seen:
         if isinstance(error, ssl.SSLCertVerificationError):
@@ -182,7 +183,8 @@ def _tls_refusal(exc: BaseException) -> TransportError | None:
         if "TLSV1_ALERT_UNKNOWN_CA" in str(error) or "TLSV1_ALERT_BAD_CERTIFICATE" in str(error):
             return AccessRefused("the broker refused this node's TLS client certificate (not issued by a CA "
                                  "it trusts): check [transport] broker_cert and the broker's cacertfile")
-        for inner in (*error.args, *getattr(error, "exceptions", ()), error.__cause__, error.__context__):
+        for inner in (*error.args, *getattr(error, "exceptions", ()), getattr(error, "exception", None),
+                      error.__cause__, error.__context__):
             if isinstance(inner, BaseException) and inner not in seen and len(seen) < 20:
                 seen.append(inner)
     return None
