@@ -38,6 +38,7 @@ from tests.test_transport_contract import (  # noqa: F401 - the contract's fixtu
     test_consumer_crash_redelivers,
     test_dead_letter_keeps_the_reason_and_can_be_replayed,
     test_delay,
+    test_interrupt_ends_a_fetch_wait,
     test_nack_redelivers,
     test_order_is_kept_within_a_queue,
     test_prefetch_window_is_respected,

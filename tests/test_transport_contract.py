@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -227,6 +228,27 @@ CRASHING_CONSUMER = textwrap.dedent("""
     print("HOLDING", len(got), flush=True)
     time.sleep(60)
 """)
+
+
+def test_interrupt_ends_a_fetch_wait(transport: Transport, agency: AgencyCode) -> None:
+    """A fetch waiting for a minute returns when another thread interrupts it, and an interrupt
+    made before a fetch ends that fetch's wait too (a wake is never lost to a race)."""
+    consumer = transport.consume(agency)
+    results: list[list[Delivery]] = []
+    waiting = threading.Thread(target=lambda: results.append(consumer.fetch(1, 60.0)))
+    waiting.start()
+    time.sleep(0.2)  # let it wait
+    consumer.interrupt()
+    waiting.join(timeout=20)
+    assert not waiting.is_alive()
+    assert results == [[]]
+    consumer.interrupt()
+    early = threading.Thread(target=lambda: results.append(consumer.fetch(1, 60.0)))
+    early.start()
+    early.join(timeout=20)
+    assert not early.is_alive()
+    transport.publish(message(agency))
+    assert len(drain(consumer, 1)) == 1  # and the consumer goes on delivering
 
 
 def test_consumer_crash_redelivers(kind: str, make: Callable[[], Transport], transport: Transport,

@@ -751,7 +751,9 @@ class AmqpConsumer(Closing):
         self.queue = source
         self.agency = agency
         self.prefetch = max(1, prefetch)
-        self._buffer: queue.Queue[Delivery] = queue.Queue()
+        self._buffer: queue.Queue[Delivery | None] = queue.Queue()
+        """Deliveries from the I/O thread; None is ``interrupt``'s, to end a fetch's wait."""
+        self._interrupting = threading.Event()
         self._outstanding: set[int] = set()
         self._lock = threading.Lock()
         self._channel: Channel | None = None
@@ -804,6 +806,7 @@ class AmqpConsumer(Closing):
             try:
                 self._buffer.get_nowait()
             except queue.Empty:
+                self._interrupting.clear()
                 return
 
     # Application thread side
@@ -816,9 +819,17 @@ class AmqpConsumer(Closing):
                 delivery = self._buffer.get(timeout=wait) if wait else self._buffer.get_nowait()
             except queue.Empty:
                 break
-            if delivery.epoch == self.transport.epoch:
+            if delivery is None:
+                self._interrupting.clear()
+                deadline = 0.0  # take what is buffered, wait no more
+            elif delivery.epoch == self.transport.epoch:
                 found.append(delivery)
         return found
+
+    def interrupt(self) -> None:
+        if not self._interrupting.is_set():  # one marker in the buffer at a time
+            self._interrupting.set()
+            self._buffer.put(None)
 
     def _check(self, deliveries: Sequence[Delivery]) -> list[int]:
         epoch = self.transport.epoch

@@ -194,6 +194,7 @@ class EmbeddedConsumer(Closing):
         self.name = uuid.uuid4().hex
         self.epoch = int(time.time() * 1000)
         self.closed = False
+        self._interrupted = threading.Event()
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
@@ -202,8 +203,13 @@ class EmbeddedConsumer(Closing):
             found = self._lease(max_messages)
             if found or time.monotonic() >= deadline:
                 return found
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            if self._interrupted.wait(min(pause, max(0.0, deadline - time.monotonic()))):
+                self._interrupted.clear()
+                return self._lease(max_messages)
             pause = min(pause * 2, POLL_MAX)
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
 
     def _lease(self, max_messages: int) -> list[Delivery]:
         if self.closed:

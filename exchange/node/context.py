@@ -18,6 +18,7 @@ from exchange.codes import AgencyCode
 from exchange.envelope.encryption import Recipient
 from exchange.envelope.sealing import Opener, Signer
 from exchange.envelope.trust import TrustStore
+from exchange.node import wake
 from exchange.node.config import NodeConfig
 from exchange.rules.load import RuleBook
 from exchange.rules.model import RuleSet
@@ -61,6 +62,14 @@ class NodeContext:
     @property
     def rules(self) -> RuleSet:
         return self.rulebook.current
+
+    def wake_after_commit(self) -> None:
+        """The running daemon of this node publishes what the current transaction enqueued as soon
+        as it commits, not at its next poll (``node/wake.py``)."""
+        self.store.after_commit(self._wake)
+
+    def _wake(self) -> None:
+        wake.wake(self.config.state_dir)
 
     def entry(self, event: Event, **fields: object) -> Entry:
         return Entry(event, str(self.agency), **fields)  # type: ignore[arg-type]

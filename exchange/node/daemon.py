@@ -32,7 +32,7 @@ import structlog
 
 from exchange.audit.entries import Event
 from exchange.errors import StaleDelivery, StoreError, TransportError, TransportUnavailable
-from exchange.node import configuration, reload, slips
+from exchange.node import configuration, reload, slips, wake
 from exchange.node.context import NodeContext
 from exchange.node.delivery import Deliverer
 from exchange.node.dispatcher import Dispatcher
@@ -82,6 +82,7 @@ class Daemon:
         self._housekept = 0.0
         self._loop_at = time.monotonic()
         self._heartbeat_at = 0.0
+        self._wakes: wake.Listener | None = None
         self.metrics.watch(self.healthy, lambda: self.transport_health().connected)
         self.crl = reload.CrlWatch(ctx)
         self.crl.gauge(self.metrics.registry)
@@ -114,6 +115,7 @@ class Daemon:
         with self.ctx.store.transaction():
             self.ctx.record(self.ctx.entry(Event.NODE_STARTED, detail={"rules": self.ctx.rules.digest}))
         self._transport_work(self._subscribe)  # one try; if the transport is down, the loop retries
+        self._wakes = wake.Listener(self.ctx.config.state_dir, self._woken)
         self.metrics.refresh(self.ctx)
         self._heartbeat()
         if self.ctx.config.metrics_port:
@@ -159,6 +161,12 @@ class Daemon:
         if self.inbound(consumer, 0.0 if sent else wait):
             self.dispatcher.dispatch_or_raise()
             self.deliverer.deliver()
+
+    def _woken(self) -> None:
+        """Another process (or thread) enqueued work: the loop's wait for deliveries ends now."""
+        consumer = self.consumer
+        if consumer is not None:
+            consumer.interrupt()
 
     def _subscribe(self) -> Consumer:
         """The consumer of this node's queue, declared and made now if there is none."""
@@ -240,6 +248,8 @@ class Daemon:
         """Stop the doors, tell the consumer what it has not been told and close it, publish what
         is due, and record the stop; the transport is only tried if it is up."""
         notify("STOPPING=1")
+        if self._wakes is not None:
+            self._wakes.close()
         for door in reversed(self.doors):
             door.stop()
         if self.link.up:

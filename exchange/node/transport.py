@@ -94,7 +94,12 @@ class Consumer(Protocol):
     """Deliveries from one agency's queue, at most ``prefetch`` unacknowledged at a time."""
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
-        """Up to ``max_messages`` deliveries, waiting at most ``timeout`` seconds for the first."""
+        """Up to ``max_messages`` deliveries, waiting at most ``timeout`` seconds for the first
+        (less if ``interrupt`` is called meanwhile or was called since the last fetch)."""
+        ...
+
+    def interrupt(self) -> None:
+        """End the current (or the next) fetch's wait now; from any thread."""
         ...
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:

@@ -439,6 +439,7 @@ def enqueue(ctx: NodeContext, header: Header, payload: etree._Element, event: Ev
     dossier = str(header.dossier) if header.dossier else None
     ctx.store.enqueue(header.message_id, str(header.recipient), header.kind.value, dossier, header.step, data,
                       digest)
+    ctx.wake_after_commit()
     if event is not None:
         ctx.record(ctx.entry(event, dossier=dossier, procedure=str(header.procedure) if header.procedure else None,
                              step=header.step, message_id=header.message_id, counterpart=str(header.recipient),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from exchange.files import PRIVATE_MODE
 
 BUSY_TIMEOUT_MS = 10_000
 """Several processes may share a database (the node, an operator's command): wait, do not fail."""
+LOCK_POLL_MIN_S, LOCK_POLL_MAX_S = 0.0002, 0.002
 
 
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -29,6 +31,30 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
+
+
+def begin_immediate(conn: sqlite3.Connection) -> None:
+    """Take the database's write lock, as soon as the writer holding it lets go.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries, so a node
+    waiting behind a desk's 3 ms commit lost up to 30 ms a transfer (benchmarks/e2e.py at 100/s:
+    half the commune's loop was that sleep). Here the tries are 0.2 ms apart at first, 2 ms at
+    most, for the same overall bound; the handler stays on for every other statement."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = LOCK_POLL_MIN_S
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, LOCK_POLL_MAX_S)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def private(path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -122,6 +122,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.cipher = cipher
+        self._after_commit: list[Callable[[], None]] = []
         """With a storage key, the payload columns are encrypted at rest (``store/cipher.py``)."""
         with db.translated(path):
             self.conn: sqlite3.Connection = db.connect(path)
@@ -164,13 +165,23 @@ class Store:
         """One atomic change: state and its audit entries commit together or not at all. SQLite's
         errors leave as StoreBusy or StoreError, the change rolled back."""
         with db.translated(self.path):
-            self.conn.execute("BEGIN IMMEDIATE")
+            db.begin_immediate(self.conn)
             try:
                 yield self.conn
             except BaseException:
                 self.conn.rollback()
+                self._after_commit.clear()
                 raise
             self.conn.commit()
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the current transaction commits (never if it rolls back); the
+        same callback asked for twice in one transaction runs once."""
+        if callback not in self._after_commit:
+            self._after_commit.append(callback)
 
     # outbox
 

@@ -1,0 +1,71 @@
+"""Waking a running node when another process gave it work, instead of waiting for its next poll.
+
+`exchange submit`, `done`, the HTTP API's threads and the node's own work put envelopes in the
+outbox, in the node's database; the daemon's loop would find them at its next pass, up to a
+fetch's wait later (50 ms, half the latency of a transfer). After the transaction that enqueued
+commits, the writer sends one datagram to the node's wake address; the daemon's listener makes
+the consumer's wait end at once, and the pass that follows publishes.
+
+The address is a Linux abstract UNIX socket named after the node's state folder (no file, so no
+path-length limit and nothing left behind by a crash). A wake carries nothing and may be lost or
+sent by anyone on the host: the worst it does is an early pass, and the poll remains the backstop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("exchange.wake")
+
+
+def address(state_dir: Path) -> bytes:
+    """The abstract socket name of the node whose state lives in ``state_dir``."""
+    digest = hashlib.sha256(str(state_dir.resolve()).encode("utf-8")).hexdigest()[:32]
+    return b"\0exchange-wake-" + digest.encode("ascii")
+
+
+def wake(state_dir: Path) -> None:
+    """Tell the node of ``state_dir`` it has work; nothing happens when no node runs there."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.setblocking(False)
+        sender.sendto(b"!", address(state_dir))
+
+
+class Listener:
+    """The daemon's side: calls ``on_wake`` for each datagram, on a thread of its own."""
+
+    def __init__(self, state_dir: Path, on_wake: Callable[[], None]) -> None:
+        self.on_wake = on_wake
+        self._socket: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self._socket.bind(address(state_dir))
+        except OSError as exc:  # another process holds it (a second daemon?): poll only
+            log.warning("wake.unavailable", error=str(exc))
+            self._socket.close()
+            self._socket = None
+            return
+        self._thread = threading.Thread(target=self._run, name="wake", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sock = self._socket
+        while sock is not None:
+            try:
+                sock.recv(64)
+            except OSError:
+                return
+            self.on_wake()
+
+    def close(self) -> None:
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

@@ -1,0 +1,72 @@
+"""A running node is woken when another process puts work in its outbox (exchange/node/wake.py):
+the transaction that enqueues sends one datagram to the node's wake address once it commits, and
+never when it rolls back."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exchange.demo import samples
+from exchange.node import wake
+from exchange.node.config import NodeConfig
+from exchange.node.context import NodeContext
+from exchange.node.workflow import submit
+from tests.agencies import BIRTH, COMMUNE
+from tests.node_cluster import Cluster
+
+
+@pytest.fixture
+def commune(tmp_path: Path) -> Iterator[NodeContext]:
+    cluster = Cluster(tmp_path)
+    cluster.init(str(COMMUNE))
+    with NodeContext.open(NodeConfig.load(cluster.config(str(COMMUNE)))) as ctx:
+        yield ctx
+
+
+def listening(state_dir: Path) -> tuple[wake.Listener, threading.Event]:
+    woken = threading.Event()
+    return wake.Listener(state_dir, woken.set), woken
+
+
+def test_a_wake_with_nobody_listening_is_nothing(tmp_path: Path) -> None:
+    wake.wake(tmp_path)  # no node runs there: no error, nothing waits
+
+
+def test_a_submission_wakes_the_node_once_committed(commune: NodeContext) -> None:
+    listener, woken = listening(commune.config.state_dir)
+    try:
+        submit(commune, samples.to_bytes(samples.sample_dossier(samples.SampleSpec(COMMUNE, BIRTH, size_kb=2))))
+        assert woken.wait(10)
+    finally:
+        listener.close()
+
+
+def test_a_rolled_back_transaction_wakes_nobody(commune: NodeContext) -> None:
+    calls: list[str] = []
+
+    def enqueue_then_fail() -> None:
+        with commune.store.transaction():
+            commune.store.after_commit(lambda: calls.append("woken"))
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        enqueue_then_fail()
+    with commune.store.transaction():
+        pass
+    assert calls == []
+
+
+def test_another_node_state_folder_is_another_address(tmp_path: Path) -> None:
+    assert wake.address(tmp_path / "a") != wake.address(tmp_path / "b")
+    listener, woken = listening(tmp_path / "a")
+    try:
+        wake.wake(tmp_path / "b")
+        assert not woken.wait(0.5)
+        wake.wake(tmp_path / "a")
+        assert woken.wait(10)
+    finally:
+        listener.close()
