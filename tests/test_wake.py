@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from exchange.adapters.embedded import EmbeddedTransport
 from exchange.demo import samples
 from exchange.node import wake
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.workflow import submit
-from tests.agencies import BIRTH, COMMUNE
+from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE
 from tests.node_cluster import Cluster
+from tests.transport_helpers import message
 
 
 @pytest.fixture
@@ -70,3 +72,25 @@ def test_another_node_state_folder_is_another_address(tmp_path: Path) -> None:
         assert woken.wait(10)
     finally:
         listener.close()
+
+
+def test_an_embedded_publish_wakes_the_queue_consumer(tmp_path: Path) -> None:
+    """On the embedded transport a message published to a queue wakes whoever waits on that queue
+    (its consumer, in another process), not the consumers of other queues."""
+    with EmbeddedTransport(tmp_path / "transport.db") as transport:
+        transport.declare(POLICE)
+        transport.declare(INSURANCE)
+        police, police_woken = listening_at(transport._wake_key(str(POLICE)))
+        insurance, insurance_woken = listening_at(transport._wake_key(str(INSURANCE)))
+        try:
+            transport.publish(message(POLICE))
+            assert police_woken.wait(10)
+            assert not insurance_woken.wait(0.5)
+        finally:
+            police.close()
+            insurance.close()
+
+
+def listening_at(key: str) -> tuple[wake.Listener, threading.Event]:
+    woken = threading.Event()
+    return wake.Listener(key, woken.set), woken

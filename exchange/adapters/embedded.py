@@ -24,6 +24,7 @@ from pathlib import Path
 
 from exchange.codes import AgencyCode
 from exchange.errors import StaleDelivery, TransportError, TransportUnavailable, Unroutable
+from exchange.node import wake
 from exchange.node.transport import DEFAULT_PREFETCH, Closing, DeadLetter, Delivery, Message, TransportHealth
 
 LEASE_SECONDS = 30.0
@@ -143,6 +144,13 @@ class EmbeddedTransport(Closing):
                 "INSERT INTO messages (queue, message_id, body, headers, available_at) VALUES (?, ?, ?, ?, ?)",
                 [(str(m.recipient), m.message_id, m.body, json.dumps(dict(m.headers)), now + delay)
                  for m in messages])
+        if not delay:
+            for queue in {str(m.recipient) for m in messages}:
+                wake.wake(self._wake_key(queue))
+
+    def _wake_key(self, queue: str) -> str:
+        """Where a queue's consumer waits to be told of a new message (node/wake.py)."""
+        return f"{self.path.resolve()}#{queue}"
 
     def consume(self, agency: AgencyCode, prefetch: int = DEFAULT_PREFETCH) -> EmbeddedConsumer:
         self.declare(agency)
@@ -195,6 +203,7 @@ class EmbeddedConsumer(Closing):
         self.epoch = int(time.time() * 1000)
         self.closed = False
         self._interrupted = threading.Event()
+        self._wakes = wake.Listener(transport._wake_key(queue), self.interrupt)
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
@@ -277,6 +286,7 @@ class EmbeddedConsumer(Closing):
         if self.closed:
             return
         self.closed = True
+        self._wakes.close()
         try:
             with self.transport._write() as conn:
                 conn.execute("UPDATE messages SET lease_until = NULL, consumer = NULL WHERE consumer = ?",

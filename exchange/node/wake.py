@@ -9,6 +9,8 @@ the consumer's wait end at once, and the pass that follows publishes.
 The address is a Linux abstract UNIX socket named after the node's state folder (no file, so no
 path-length limit and nothing left behind by a crash). A wake carries nothing and may be lost or
 sent by anyone on the host: the worst it does is an early pass, and the poll remains the backstop.
+The embedded transport uses the same means to wake a queue's consumer when a message is
+published to it (its key: the transport's file and the queue).
 """
 
 from __future__ import annotations
@@ -25,29 +27,30 @@ import structlog
 log = structlog.get_logger("exchange.wake")
 
 
-def address(state_dir: Path) -> bytes:
-    """The abstract socket name of the node whose state lives in ``state_dir``."""
-    digest = hashlib.sha256(str(state_dir.resolve()).encode("utf-8")).hexdigest()[:32]
+def address(where: Path | str) -> bytes:
+    """The abstract socket name for ``where``: a node's state folder, or any other key."""
+    key = str(where.resolve()) if isinstance(where, Path) else where
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
     return b"\0exchange-wake-" + digest.encode("ascii")
 
 
-def wake(state_dir: Path) -> None:
-    """Tell the node of ``state_dir`` it has work; nothing happens when no node runs there."""
+def wake(where: Path | str) -> None:
+    """Tell whoever listens at ``where`` there is work; nothing happens when nobody does."""
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         sender.setblocking(False)
-        sender.sendto(b"!", address(state_dir))
+        sender.sendto(b"!", address(where))
 
 
 class Listener:
-    """The daemon's side: calls ``on_wake`` for each datagram, on a thread of its own."""
+    """The waiting side: calls ``on_wake`` for each datagram, on a thread of its own."""
 
-    def __init__(self, state_dir: Path, on_wake: Callable[[], None]) -> None:
+    def __init__(self, where: Path | str, on_wake: Callable[[], None]) -> None:
         self.on_wake = on_wake
         self._socket: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            self._socket.bind(address(state_dir))
-        except OSError as exc:  # another process holds it (a second daemon?): poll only
-            log.warning("wake.unavailable", error=str(exc))
+            self._socket.bind(address(where))
+        except OSError as exc:  # another process or consumer holds it: that one is woken, this polls
+            log.info("wake.unavailable", error=str(exc))
             self._socket.close()
             self._socket = None
             return
@@ -58,8 +61,10 @@ class Listener:
         sock = self._socket
         while sock is not None:
             try:
-                sock.recv(64)
+                data = sock.recv(64)
             except OSError:
+                return
+            if not data or self._socket is None:  # shut down by close(): every wake has a byte
                 return
             self.on_wake()
 
