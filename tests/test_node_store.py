@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +183,24 @@ def test_a_command_waiting_on_a_locked_database_says_so(commune: NodeContext, mo
     assert "is locked by another process" in err
     assert str(commune.config.database) in err
     assert "Traceback" not in err
+
+
+def test_opening_another_connection_keeps_this_process_locks(tmp_path: Path) -> None:
+    """A second Store on the same file (a thread's own, as the delivery thread and the HTTP API
+    have) must not drop the first one's POSIX locks: closing any descriptor of a file drops every
+    lock the process holds on it. Seen: another process's connection, believing itself the last,
+    then deleted the WAL under the node, and the database was malformed."""
+    path = tmp_path / "node.db"
+    first = Store(path)
+    with first.transaction():
+        first.conn.execute("CREATE TABLE IF NOT EXISTS probe (x)")
+        first.conn.execute("INSERT INTO probe VALUES (1)")
+    second = Store(path)
+    try:
+        subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                        "c.execute('SELECT COUNT(*) FROM probe').fetchall(); c.close()", str(path)], check=True)
+        assert path.with_name("node.db-wal").exists()
+        assert first.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        second.close()
+        first.close()

@@ -61,12 +61,14 @@ def private(path: Path) -> None:
     """The database readable by its owner only (0600), whatever the umask: created so, or made so.
     SQLite gives its -wal and -shm files the database's mode; those already there are fixed too."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
-        try:
-            if os.fstat(fd).st_mode & 0o077:
-                os.fchmod(fd, PRIVATE_MODE)
-        finally:
-            os.close(fd)
+        # Never open (and so close) a descriptor of a database file that exists: closing any
+        # descriptor of a file drops every POSIX lock this process holds on it, SQLite's included,
+        # and another connection of this process may be in the middle of a transaction.
+        if not path.exists():
+            with contextlib.suppress(FileExistsError):  # another process made it just now
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_MODE))
+        if path.stat().st_mode & 0o077:
+            path.chmod(PRIVATE_MODE)
         for suffix in ("-wal", "-shm"):
             companion = path.with_name(path.name + suffix)
             with contextlib.suppress(FileNotFoundError):
