@@ -34,7 +34,7 @@ from exchange.audit.entries import Event
 from exchange.errors import StaleDelivery, StoreError, TransportError, TransportUnavailable
 from exchange.node import configuration, reload, slips, wake
 from exchange.node.context import NodeContext
-from exchange.node.delivery import Deliverer
+from exchange.node.delivery import Deliverer, DeliveryWorker
 from exchange.node.dispatcher import Dispatcher
 from exchange.node.doors import Door
 from exchange.node.faults import fault
@@ -83,6 +83,7 @@ class Daemon:
         self._loop_at = time.monotonic()
         self._heartbeat_at = 0.0
         self._wakes: wake.Listener | None = None
+        self._delivery: DeliveryWorker | None = None
         self.metrics.watch(self.healthy, lambda: self.transport_health().connected)
         self.crl = reload.CrlWatch(ctx)
         self.crl.gauge(self.metrics.registry)
@@ -109,6 +110,7 @@ class Daemon:
         for door in self.doors:
             door.check(self.ctx.config)
         self.deliverer.recover()
+        self._delivery = DeliveryWorker(Deliverer(self.ctx.for_thread(), self.metrics, self.doors), HOUSEKEEPING_S)
         if sealed := self.ctx.store.seal_plaintext_rows():
             log.info("store.sealed_at_rest", rows=sealed)
         self.bundles.poll(force=True)  # a bundle whose time came while the node was down
@@ -160,6 +162,14 @@ class Daemon:
         sent = self.dispatcher.dispatch_or_raise()
         if self.inbound(consumer, 0.0 if sent else wait):
             self.dispatcher.dispatch_or_raise()
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """What was taken in goes to the agency system: on the delivery thread once the node runs
+        (``run``), here when the loop is turned by hand."""
+        if self._delivery is not None:
+            self._delivery.poke()
+        else:
             self.deliverer.deliver()
 
     def _woken(self) -> None:
@@ -209,7 +219,7 @@ class Daemon:
     def _housekeeping(self) -> None:
         for door in self.doors:
             self._poll(door)
-        self.deliverer.deliver()
+        self._deliver()
         slips.publish(self.ctx)
         self.crl.poll()
         self.bundles.poll()
@@ -255,6 +265,9 @@ class Daemon:
         if self.link.up:
             self._transport_work(self._drain)
         self._drop_consumer()
+        if self._delivery is not None:
+            self._delivery.close()
+            self._delivery = None
         self.deliverer.close()
         with self.ctx.store.transaction():
             self.ctx.record(self.ctx.entry(Event.NODE_STOPPED))
