@@ -72,13 +72,21 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=120)
 
 
+def numbered(n: int) -> dict[str, object]:
+    """The n-th dossier's sequence and reception day: a desk numbers at most 9,999 a day, so
+    long runs go back a day for each 9,999."""
+    day, sequence = divmod(n - 1, 9999)
+    received = dt.datetime.now(dt.UTC) - dt.timedelta(days=day) if day else None
+    return {"sequence": sequence + 1, "received_at": received}
+
+
 def submit_many(root: Path, first: int, count: int, rate: float | None = None) -> None:
     ctx = NodeContext.open(NodeConfig.load(root / "nodes" / COMMUNE / "node.toml"))
     try:
         start_time = time.perf_counter()
         for i in range(count):
             spec = samples.SampleSpec(AgencyCode(COMMUNE), ProcedureCode(PROCEDURE), size_kb=10,
-                                      sequence=first + i)
+                                      **numbered(first + i))
             submit(ctx, samples.to_bytes(samples.sample_dossier(spec)))
             if rate:
                 time.sleep(max(0.0, start_time + (i + 1) / rate - time.perf_counter()))
