@@ -183,6 +183,7 @@ def test_an_agency_logs_in_with_its_certificate_and_reads_only_its_own_queue(
         admin.publish(message(mine))
         own = restricted.consume(mine)
         assert len(drain(own, 1)) == 1
+        assert restricted.dead_letter_count(mine) == 0  # the metrics' count needs no more rights
         with pytest.raises(AccessRefused):
             restricted.consume(theirs)
         with pytest.raises(AccessRefused):

@@ -158,8 +158,10 @@ def test_dead_letter_keeps_the_reason_and_can_be_replayed(transport: Transport, 
     transport.publish(sent)
     consumer = transport.consume(agency)
     (got,) = drain(consumer, 1)
+    assert transport.dead_letter_count(agency) == 0
     consumer.dead_letter(got, "bad-signature: Signature verification failed")
     assert consumer.fetch(1, 1.0) == []
+    assert transport.dead_letter_count(agency) == 1
     (letter,) = transport.dead_letters(agency)
     assert letter.message.message_id == sent.message_id
     assert letter.reason.startswith("bad-signature")
@@ -169,6 +171,7 @@ def test_dead_letter_keeps_the_reason_and_can_be_replayed(transport: Transport, 
     assert back.message.body == sent.body
     consumer.ack([back])
     assert transport.dead_letters(agency) == []
+    assert transport.dead_letter_count(agency) == 0
 
 
 def test_prefetch_window_is_respected(transport: Transport, agency: AgencyCode) -> None:

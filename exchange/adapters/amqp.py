@@ -640,6 +640,12 @@ class AmqpTransport(Closing):
             frame = channel.queue_declare(queue_name(agency), passive=True)
         return int(frame.method.message_count)
 
+    def dead_letter_count(self, agency: AgencyCode) -> int:
+        """The dead-letter queue's depth by a passive declare: nothing is read or requeued."""
+        with self._admin() as channel:
+            frame = channel.queue_declare(dead_queue_name(agency), passive=True)
+        return int(frame.method.message_count)
+
     # Consuming and closing ---------------------------------------------------------------
 
     def consume(self, agency: AgencyCode, prefetch: int = DEFAULT_PREFETCH) -> AmqpConsumer:

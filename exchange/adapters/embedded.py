@@ -156,6 +156,11 @@ class EmbeddedTransport(Closing):
         self.declare(agency)
         return EmbeddedConsumer(self, str(agency), prefetch)
 
+    def dead_letter_count(self, agency: AgencyCode) -> int:
+        with self._read() as conn:
+            row = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE queue = ?", (str(agency),)).fetchone()
+        return int(row[0])
+
     def dead_letters(self, agency: AgencyCode) -> list[DeadLetter]:
         with self._read() as conn:
             rows = conn.execute("SELECT seq, message_id, body, headers, reason FROM dead_letters "

@@ -168,7 +168,7 @@ class Metrics:
         """Count the dead letters the transport holds for this node (NaN if it cannot say now)."""
         self._dead_counted_at = time.monotonic()
         try:
-            held: float = len(transport.dead_letters(agency))
+            held: float = transport.dead_letter_count(agency)
         except TransportError as exc:
             log.warning("metrics.dead_letters_unknown", error=str(exc))
             held = math.nan

@@ -149,6 +149,10 @@ class Transport(Protocol):
         """The agency's dead letters, oldest first, without removing them."""
         ...
 
+    def dead_letter_count(self, agency: AgencyCode) -> int:
+        """How many dead letters the agency's queue holds, without reading them (for metrics)."""
+        ...
+
     def replay(self, agency: AgencyCode, key: str) -> Message:
         """Put one dead letter back on the agency's queue; returns it."""
         ...
