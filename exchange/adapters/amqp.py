@@ -169,6 +169,13 @@ class _Batch:
         if self.remaining <= 0:
             self.done.set()
 
+    def fail(self, error: TransportError) -> None:
+        """Every message at once: the batch was never handed to a channel."""
+        if self.error is None:
+            self.error = error
+        self.remaining = 0
+        self.done.set()
+
 
 def _tls_refusal(exc: BaseException) -> TransportError | None:
     """The TLS refusal somewhere in ``exc`` (pika wraps the handshake's error in its own, in
@@ -319,6 +326,9 @@ class AmqpTransport(Closing):
         self._channel: Channel | None = None
         self._next_tag = 1
         self._pending: dict[int, tuple[_Batch, str]] = {}
+        self._unsent: set[_Batch] = set()
+        """Batches handed to the I/O loop that it has not published yet: a connection lost before
+        it runs them must fail them, or their callers wait the whole publish timeout."""
         self._by_id: dict[str, _Batch] = {}
         self._consumers: list[AmqpConsumer] = []
         self._thread = threading.Thread(target=self._run, name="amqp-io", daemon=True)
@@ -460,6 +470,7 @@ class AmqpTransport(Closing):
             if not self._closing:
                 self._last_error = reason
         self._fail_pending(TransportUnavailable(f"connection lost before the broker confirmed: {reason!r}"))
+        self._fail_unsent(TransportUnavailable(f"connection lost before the messages were published: {reason!r}"))
         for consumer in list(self._consumers):
             consumer._reset()
         if not self._closing:
@@ -473,6 +484,12 @@ class AmqpTransport(Closing):
         if not self._closing and conn is not None and conn.is_open:
             self._ready.clear()
             conn.channel(on_open_callback=self._on_channel)
+
+    def _fail_unsent(self, error: TransportError) -> None:
+        with self._lock:
+            unsent, self._unsent = self._unsent, set()
+        for batch in unsent:
+            batch.fail(error)
 
     def _fail_pending(self, error: TransportError) -> None:
         pending, self._pending, self._by_id = self._pending, {}, {}
@@ -533,13 +550,27 @@ class AmqpTransport(Closing):
         if delay > 0:
             exchange = self._delay_exchange(delay, {str(m.recipient) for m in messages})
         batch = _Batch(len(messages))
-        self._call_soon(lambda: self._send(exchange, messages, batch))
+        with self._lock:
+            self._unsent.add(batch)
+            epoch = self._epoch
+        try:
+            self._call_soon(lambda: self._send(exchange, messages, batch))
+        except TransportUnavailable:
+            with self._lock:
+                self._unsent.discard(batch)
+            raise
+        if self._epoch != epoch or not self._ready.is_set():  # lost around the hand-over: its loop
+            self._fail_unsent(TransportUnavailable("connection lost before the messages were published"))
         if not batch.done.wait(self.settings.publish_timeout):
             raise TransportUnavailable(f"no confirm from the broker within {self.settings.publish_timeout:.0f}s")
         if batch.error is not None:
             raise batch.error
 
     def _send(self, exchange: str, messages: Sequence[Message], batch: _Batch) -> None:
+        with self._lock:
+            if batch not in self._unsent:  # failed already: its caller will publish it again
+                return
+            self._unsent.discard(batch)
         channel = self._channel
         for message in messages:
             if channel is None or not channel.is_open:
