@@ -26,7 +26,7 @@ from exchange.node import health
 from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.daemon import Daemon
-from exchange.node.delivery import Deliverer
+from exchange.node.delivery import Deliverer, DeliveryWorker
 from exchange.node.dispatcher import Dispatcher
 from exchange.node.metrics import Metrics
 from exchange.node.transport import TransportHealth
@@ -368,3 +368,30 @@ def test_the_loop_rides_out_its_own_database_held(monkeypatch: pytest.MonkeyPatc
             runner.join(30)
             notify.close()
     assert exits == [0]
+
+
+def test_the_delivery_thread_outlives_a_fault(pair: tuple[NodeContext, NodeContext, EmbeddedTransport]) -> None:
+    """Fault injection: the first delivery on the delivery thread fails with an unexpected error;
+    the thread logs it and delivers at its next try, instead of ending deliveries for good."""
+    commune, police, transport = pair
+    submit(commune, birth_dossier(1))
+    Dispatcher(commune, transport, Metrics()).dispatch()
+    with transport.consume(AgencyCode(POLICE)) as consumer:
+        assert Daemon(police, transport).inbound(consumer, 2.0)
+    deliverer = Deliverer(police.for_thread(), Metrics())
+    real, calls = deliverer.deliver, []
+
+    def failing_once(limit: int = 256) -> int:
+        calls.append(limit)
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return real(limit)
+
+    deliverer.deliver = failing_once  # type: ignore[method-assign]
+    worker = DeliveryWorker(deliverer, poll_s=0.05)
+    try:
+        worker.poke()
+        wait_until(lambda: bool(list(deliverer.folder.glob("*.xml"))), 30, "the delivery after the fault")
+    finally:
+        worker.close()
+    assert len(calls) >= 2

@@ -133,6 +133,9 @@ class DeliveryWorker:
             except (StoreError, OSError) as exc:  # the database or the folder failed: tried again
                 log.error("delivery.failed", error=str(exc))
                 self._stop.wait(self.poll_s)
+            except Exception as exc:  # noqa: BLE001 - a fault here must not end deliveries for good
+                log.error("delivery.failed", error=repr(exc), exc_info=exc)
+                self._stop.wait(self.poll_s)
 
     def close(self) -> None:
         """Finish the delivery in hand (its files, its commit, its renames), then stop."""
