@@ -204,3 +204,22 @@ def test_opening_another_connection_keeps_this_process_locks(tmp_path: Path) -> 
     finally:
         second.close()
         first.close()
+
+
+def test_the_gauges_questions_use_an_index(tmp_path: Path) -> None:
+    """The overdue summary and the webhook backlog, asked every few seconds, search an index
+    instead of scanning every step and webhook ever recorded (schema version 5)."""
+    store = Store(tmp_path / "node.db")
+    try:
+        plans = {
+            "overdue": store.conn.execute(
+                "EXPLAIN QUERY PLAN SELECT COUNT(DISTINCT dossier), MIN(due) FROM steps "
+                "WHERE state = ? AND due IS NOT NULL AND due < ?", ("ready", "2026-12-01")).fetchall(),
+            "webhooks": store.conn.execute(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM webhooks WHERE state = ?", ("pending",)).fetchall(),
+        }
+        for name, plan in plans.items():
+            details = " ".join(str(row[-1]) for row in plan)
+            assert "INDEX" in details, f"{name}: {details}"
+    finally:
+        store.close()

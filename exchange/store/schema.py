@@ -160,6 +160,10 @@ MIGRATIONS: tuple[str, ...] = (
     # from the configuration bundle's directory, and learnt from their verified envelopes.
     "CREATE TABLE IF NOT EXISTS peer_certificates (agency TEXT PRIMARY KEY, certificate BLOB NOT NULL, "
     "not_after REAL NOT NULL, learnt_at REAL NOT NULL);",
+    # 5: the questions the housekeeping and the heartbeat ask every few seconds (overdue steps, the
+    # webhook backlog) answered from an index, not a scan of every step and webhook ever recorded.
+    "CREATE INDEX IF NOT EXISTS steps_by_state_due ON steps (state, due);\n"
+    "CREATE INDEX IF NOT EXISTS webhooks_by_state ON webhooks (state);",
 )
 VERSION = len(MIGRATIONS)
 
