@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from lxml import etree
@@ -20,8 +21,13 @@ from exchange.envelope import pki
 from exchange.envelope.model import Header, Kind
 from exchange.envelope.sealing import Opener, Signer
 from exchange.envelope.trust import TrustStore
+from exchange.node.config import NodeConfig
+from exchange.node.context import NodeContext
 from tests.agencies import BIRTH, COMMUNE, POLICE
+from tests.node_cluster import Cluster
 from tests.rabbit_node import RabbitNode, RabbitNodeError, private_node
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -91,23 +97,40 @@ def require_tool(name: str) -> str:
 
 
 @pytest.fixture
+def commune(tmp_path: Path) -> Iterator[NodeContext]:
+    """The commune's node, set up in the test's folder, as a context in this process."""
+    district = Cluster(tmp_path)
+    district.init(str(COMMUNE))
+    with NodeContext.open(NodeConfig.load(district.config(str(COMMUNE)))) as ctx:
+        yield ctx
+
+
+@pytest.fixture
 def past() -> Callable[[int], dt.datetime]:
     def days_ago(days: int) -> dt.datetime:
         return dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
     return days_ago
 
 
+@contextlib.contextmanager
+def started(what: str, broker: contextlib.AbstractContextManager[T]) -> Iterator[T]:
+    """A private broker (node, cluster) a test needs, always stopped after it; when this machine
+    cannot start one, the test fails in CI and is skipped elsewhere."""
+    with contextlib.ExitStack() as stack:
+        try:
+            running = stack.enter_context(broker)
+        except (RabbitNodeError, OSError, subprocess.SubprocessError) as exc:
+            if os.environ.get("CI"):
+                pytest.fail(f"cannot start {what}: {exc}")
+            pytest.skip(f"cannot start {what}: {exc}")
+        yield running
+
+
 @pytest.fixture(scope="session")
 def private_rabbit_session() -> Iterator[RabbitNode]:
     """One private RabbitMQ node (tests/rabbit_node.py) for the whole session, started on first
     use (about 6 s), always stopped and removed at the end. Tests take ``private_rabbit``."""
-    with contextlib.ExitStack() as stack:
-        try:
-            node = stack.enter_context(private_node())
-        except (RabbitNodeError, OSError, subprocess.SubprocessError) as exc:
-            if os.environ.get("CI"):
-                pytest.fail(f"cannot start a private RabbitMQ node: {exc}")
-            pytest.skip(f"cannot start a private RabbitMQ node: {exc}")
+    with started("a private RabbitMQ node", private_node()) as node:
         yield node
 
 

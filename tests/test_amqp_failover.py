@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from exchange.adapters.amqp import AmqpTransport
 from exchange.errors import ConfigError
 from exchange.node.config import NodeConfig
+from tests.conftest import started
 from tests.node_cluster import COMMUNE, INSURANCE, POLICE, Cluster, events_named, wait_until
 from tests.rabbit_cluster import list_brokers
 from tests.rabbit_node import RabbitNode, private_node
@@ -26,7 +27,7 @@ NODES = (COMMUNE, POLICE, INSURANCE)
 @pytest.fixture(scope="module")
 def second_rabbit() -> Iterator[RabbitNode]:
     """A second private node, independent of ``private_rabbit`` (no cluster): the standby broker."""
-    with private_node() as node:
+    with started("a second private RabbitMQ node", private_node()) as node:
         yield node
 
 

@@ -6,10 +6,8 @@ a wrong host name are refused with a clear error; an agency logs in with its age
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +21,9 @@ from exchange.envelope import pki
 from exchange.errors import AccessRefused, BrokerUntrusted, ConfigError
 from exchange.node.config import NodeConfig
 from tests.agencies import COMMUNE, INSURANCE, POLICE
+from tests.conftest import started
 from tests.node_cluster import Cluster, events_named, wait_until
-from tests.rabbit_node import WRONG_HOST, RabbitNode, RabbitNodeError, Tls, free_port, private_node
+from tests.rabbit_node import WRONG_HOST, RabbitNode, Tls, free_port, private_node
 from tests.test_amqp import permissions_for
 from tests.test_transport_contract import (  # noqa: F401 - the contract's fixtures and tests, run here over amqps
     agency,
@@ -56,14 +55,8 @@ def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> pki.CertificateAuthority
 
 @pytest.fixture(scope="module")
 def tls_node(tls_ca: pki.CertificateAuthority) -> Iterator[RabbitNode]:
-    try:
-        with private_node(Tls(tls_ca, external=True)) as node:
-            yield node
-            return
-    except (RabbitNodeError, OSError, subprocess.SubprocessError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot start a private RabbitMQ node with TLS: {exc}")
-        pytest.skip(f"cannot start a private RabbitMQ node with TLS: {exc}")
+    with started("a private RabbitMQ node with TLS", private_node(Tls(tls_ca, external=True))) as node:
+        yield node
 
 
 @pytest.fixture

@@ -4,9 +4,6 @@ and deliver nothing twice while broker nodes are SIGKILLed one after the other."
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +11,9 @@ import pytest
 
 from exchange.adapters.amqp import AmqpTransport, dead_queue_name, queue_name
 from tests.cluster_loss import ClusterLoss, Loss
+from tests.conftest import started
 from tests.node_cluster import events_named
 from tests.rabbit_cluster import RabbitCluster, private_cluster
-from tests.rabbit_node import RabbitNodeError
 from tests.soak import NODES, Plan
 from tests.transport_helpers import fresh_agency
 
@@ -29,13 +26,7 @@ then the second (which they failed over to) killed while the first is back."""
 @pytest.fixture(scope="module")
 def rabbits() -> Iterator[RabbitCluster]:
     """One private three-node cluster for the module (about 15 s to start), always stopped."""
-    with contextlib.ExitStack() as stack:
-        try:
-            cluster = stack.enter_context(private_cluster())
-        except (RabbitNodeError, OSError, subprocess.SubprocessError) as exc:
-            if os.environ.get("CI"):
-                pytest.fail(f"cannot start a private RabbitMQ cluster: {exc}")
-            pytest.skip(f"cannot start a private RabbitMQ cluster: {exc}")
+    with started("a private RabbitMQ cluster", private_cluster()) as cluster:
         yield cluster
 
 

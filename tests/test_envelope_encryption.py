@@ -10,7 +10,9 @@ import base64
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jwcrypto import jwe, jwk
@@ -18,7 +20,6 @@ from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 from signxml.signer import XMLSigner
 
-from exchange.cli import main
 from exchange.codes import AgencyCode
 from exchange.envelope import pki
 from exchange.envelope.encryption import ALG, ENC, Recipient, RecipientCertificate
@@ -28,6 +29,7 @@ from exchange.errors import ConfigError, DigestMismatch, NotForThisRecipient, Un
 from exchange.xml.names import DOSSIER_NS, q
 from tests.agencies import COMMUNE, INSURANCE, POLICE
 from tests.conftest import Pki, make_dossier, require_tool, transfer_header
+from tests.test_cli import run
 
 ATTACKER = INSURANCE
 """A genuine agency of the province, with a valid certificate, that turns against the others."""
@@ -62,6 +64,25 @@ def jwe_of(data: bytes) -> str:
     return parts(data)[0].findtext(q("JWE")) or ""
 
 
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64u(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def rewrite_protected_header(payload: etree._Element, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Change the JWE's protected header in place (the rest of the compact form kept)."""
+    token = payload.find(q("JWE"))
+    assert token is not None
+    assert token.text
+    first, rest = token.text.split(".", 1)
+    header = json.loads(unb64u(first))
+    edit(header)
+    token.text = b64u(json.dumps(header).encode()) + "." + rest
+
+
 @pytest.fixture(scope="module")
 def encrypted(pki_env: Pki) -> tuple[etree._Element, bytes]:
     """A 10 KiB transfer from the commune, encrypted to the police, and its plaintext dossier."""
@@ -86,12 +107,11 @@ def test_round_trip(pki_env: Pki, size_kb: int) -> None:
 def test_protected_header_names_recipient_and_sender(encrypted: tuple[etree._Element, bytes],
                                                      pki_env: Pki) -> None:
     """kid is the recipient certificate's SHA-256, apu/apv the sender's and recipient's codes."""
-    first = jwe_of(encrypted[1]).split(".")[0]
-    header = json.loads(base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)))
+    header = json.loads(unb64u(jwe_of(encrypted[1]).split(".")[0]))
     assert (header["alg"], header["enc"]) == (ALG, ENC)
     assert header["kid"] == to(pki_env, POLICE).fingerprint
-    assert base64.urlsafe_b64decode(header["apu"] + "==").decode() == str(COMMUNE)
-    assert base64.urlsafe_b64decode(header["apv"] + "==").decode() == str(POLICE)
+    assert unb64u(header["apu"]).decode() == str(COMMUNE)
+    assert unb64u(header["apv"]).decode() == str(POLICE)
 
 
 @pytest.mark.tools
@@ -177,13 +197,7 @@ def test_rewritten_protected_header_does_not_decrypt(encrypted: tuple[etree._Ele
     the protected header is the AEAD's additional data and apu enters the key derivation."""
     dossier, data = encrypted
     payload, digest = parts(data)
-    token = payload.find(q("JWE"))
-    assert token is not None
-    assert token.text
-    first, rest = token.text.split(".", 1)
-    header = json.loads(base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)))
-    header["apu"] = base64.urlsafe_b64encode(str(ATTACKER).encode()).rstrip(b"=").decode()
-    token.text = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode() + "." + rest
+    rewrite_protected_header(payload, lambda header: header.update(apu=b64u(str(ATTACKER).encode())))
     forged = sign(pki_env.signer(ATTACKER), envelope_element(transfer_header(dossier, sender=ATTACKER),
                                                              payload, digest))
     pki_env.opener(keyless=True).open(forged)  # the addressing agrees: only the key can tell
@@ -218,9 +232,8 @@ def test_we_decrypt_what_jwcrypto_encrypts(pki_env: Pki) -> None:
     """A JWE made by jwcrypto with our protected header, signed into an envelope, opens to the dossier."""
     dossier = make_dossier()
     police = to(pki_env, POLICE)
-    b64 = lambda text: base64.urlsafe_b64encode(str(text).encode()).rstrip(b"=").decode()  # noqa: E731
     token = jwe.JWE(canonical(dossier), protected=json.dumps(
-        {"alg": ALG, "enc": ENC, "kid": police.fingerprint, "apu": b64(COMMUNE), "apv": b64(POLICE)}))
+        {"alg": ALG, "enc": ENC, "kid": police.fingerprint, "apu": b64u(str(COMMUNE).encode()), "apv": b64u(str(POLICE).encode())}))
     token.add_recipient(jwk.JWK.from_pyca(police.cert.public_key()))
     payload, digest = parts(pki_env.signer(COMMUNE).seal(transfer_header(dossier), dossier, encrypt_for=police))
     text = payload.find(q("JWE"))
@@ -235,13 +248,7 @@ def test_ephemeral_key_off_the_curve_is_refused(encrypted: tuple[etree._Element,
     """An epk that is not a P-256 point (the invalid-curve attack on ECDH) is refused, not used."""
     dossier, data = encrypted
     payload, digest = parts(data)
-    token = payload.find(q("JWE"))
-    assert token is not None
-    assert token.text
-    first, rest = token.text.split(".", 1)
-    header = json.loads(base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)))
-    header["epk"]["y"] = base64.urlsafe_b64encode((1).to_bytes(32, "big")).rstrip(b"=").decode()
-    token.text = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode() + "." + rest
+    rewrite_protected_header(payload, lambda header: header["epk"].update(y=b64u((1).to_bytes(32, "big"))))
     forged = sign(pki_env.signer(COMMUNE), envelope_element(transfer_header(dossier), payload, digest))
     with pytest.raises(Undecryptable, match="ValueError"):
         pki_env.opener(recipient=recipient(pki_env, POLICE)).open(forged)
@@ -266,12 +273,6 @@ def test_seal_refuses_certificate_of_another_agency(pki_env: Pki) -> None:
 
 
 # The command line: seal --encrypt-for, verify without a key, open with the key.
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.fixture
 def world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:

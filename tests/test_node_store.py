@@ -7,7 +7,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from exchange.adapters.dropfolder import DropFolder
 from exchange.codes import AgencyCode, DossierCode
 from exchange.demo import samples
 from exchange.errors import AlreadySubmitted, StepNotReady, UnknownDossier
-from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.status import view
 from exchange.node.workflow import complete, submit
@@ -24,20 +22,11 @@ from exchange.store import schema
 from exchange.store.node import Store
 from exchange.store.states import DossierState, StepState
 from tests.agencies import BIRTH, COMMUNE, POLICE
-from tests.node_cluster import Cluster
 
 
 def dossier_bytes(sequence: int) -> bytes:
     spec = samples.SampleSpec(COMMUNE, BIRTH, size_kb=2, sequence=sequence)
     return samples.to_bytes(samples.sample_dossier(spec))
-
-
-@pytest.fixture
-def commune(tmp_path: Path) -> Iterator[NodeContext]:
-    district = Cluster(tmp_path)
-    district.init(str(COMMUNE))
-    with NodeContext.open(NodeConfig.load(district.config(str(COMMUNE)))) as ctx:
-        yield ctx
 
 
 def test_a_new_database_is_at_the_latest_schema_version(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ import pytest
 
 from exchange.adapters.amqp import EXCHANGE, AmqpTransport, queue_name
 from exchange.codes import AgencyCode
+from tests.conftest import started
 from tests.node_cluster import COMMUNE, POLICE, Cluster, cli, events_named, wait_until
 from tests.rabbit_node import RabbitNode, private_node
 
@@ -58,8 +59,8 @@ def shovels_running(broker: RabbitNode) -> bool:
 def brokers() -> Iterator[tuple[RabbitNode, RabbitNode]]:
     """(the province's broker, the far side's): two private nodes with the shovel plugin."""
     with contextlib.ExitStack() as stack:
-        province = stack.enter_context(private_node(plugins=SHOVEL_PLUGINS))
-        national = stack.enter_context(private_node(plugins=SHOVEL_PLUGINS))
+        province = stack.enter_context(started("a private RabbitMQ node", private_node(plugins=SHOVEL_PLUGINS)))
+        national = stack.enter_context(started("a private RabbitMQ node", private_node(plugins=SHOVEL_PLUGINS)))
         yield province, national
 
 

@@ -5,7 +5,6 @@ never when it rolls back."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,25 +12,16 @@ import pytest
 from exchange.adapters.embedded import EmbeddedTransport
 from exchange.demo import samples
 from exchange.node import wake
-from exchange.node.config import NodeConfig
 from exchange.node.context import NodeContext
 from exchange.node.workflow import submit
 from tests.agencies import BIRTH, COMMUNE, INSURANCE, POLICE
-from tests.node_cluster import Cluster
 from tests.transport_helpers import message
 
 
-@pytest.fixture
-def commune(tmp_path: Path) -> Iterator[NodeContext]:
-    cluster = Cluster(tmp_path)
-    cluster.init(str(COMMUNE))
-    with NodeContext.open(NodeConfig.load(cluster.config(str(COMMUNE)))) as ctx:
-        yield ctx
-
-
-def listening(state_dir: Path) -> tuple[wake.Listener, threading.Event]:
+def listening(where: Path | str) -> tuple[wake.Listener, threading.Event]:
+    """A listener at ``where`` (a node's state folder, or another key) and the event it sets."""
     woken = threading.Event()
-    return wake.Listener(state_dir, woken.set), woken
+    return wake.Listener(where, woken.set), woken
 
 
 def test_a_wake_with_nobody_listening_is_nothing(tmp_path: Path) -> None:
@@ -80,8 +70,8 @@ def test_an_embedded_publish_wakes_the_queue_consumer(tmp_path: Path) -> None:
     with EmbeddedTransport(tmp_path / "transport.db") as transport:
         transport.declare(POLICE)
         transport.declare(INSURANCE)
-        police, police_woken = listening_at(transport._wake_key(str(POLICE)))
-        insurance, insurance_woken = listening_at(transport._wake_key(str(INSURANCE)))
+        police, police_woken = listening(transport._wake_key(str(POLICE)))
+        insurance, insurance_woken = listening(transport._wake_key(str(INSURANCE)))
         try:
             transport.publish(message(POLICE))
             assert police_woken.wait(10)
@@ -89,8 +79,3 @@ def test_an_embedded_publish_wakes_the_queue_consumer(tmp_path: Path) -> None:
         finally:
             police.close()
             insurance.close()
-
-
-def listening_at(key: str) -> tuple[wake.Listener, threading.Event]:
-    woken = threading.Event()
-    return wake.Listener(key, woken.set), woken

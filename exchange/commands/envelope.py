@@ -77,12 +77,8 @@ def _seal(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    opener = Opener(TrustStore.load(args.trust, args.crl), keyless=True)
-    try:
-        env = opener.open(read_input(args.file), source=str(args.file))
-    except InvalidEnvelope as exc:
-        print(f"refused: {exc.reason_code}: {exc.message}", file=sys.stderr)
-        _unchecked_revocation(args)
+    env = _opened(args, Opener(TrustStore.load(args.trust, args.crl), keyless=True))
+    if env is None:
         return 1
     print(summary(env))
     _unchecked_revocation(args)
@@ -91,17 +87,24 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _open(args: argparse.Namespace) -> int:
     opener = Opener(TrustStore.load(args.trust, args.crl), recipient=Recipient.load(args.cert, args.key))
-    try:
-        env = opener.open(read_input(args.file), source=str(args.file))
-    except InvalidEnvelope as exc:
-        print(f"refused: {exc.reason_code}: {exc.message}", file=sys.stderr)
-        _unchecked_revocation(args)
+    env = _opened(args, opener)
+    if env is None:
         return 1
     write_atomic(args.out, etree.tostring(env.payload, xml_declaration=True, encoding="UTF-8"), mode=0o600)
     print(summary(env))
     print(f"  wrote     {args.out}")
     _unchecked_revocation(args)
     return 0
+
+
+def _opened(args: argparse.Namespace, opener: Opener) -> VerifiedEnvelope | None:
+    """The envelope of ``args.file`` opened, or None once its refusal is printed with its reason code."""
+    try:
+        return opener.open(read_input(args.file), source=str(args.file))
+    except InvalidEnvelope as exc:
+        print(f"refused: {exc.reason_code}: {exc.message}", file=sys.stderr)
+        _unchecked_revocation(args)
+        return None
 
 
 def _unchecked_revocation(args: argparse.Namespace) -> None:
