@@ -25,7 +25,14 @@ def listening(where: Path | str) -> tuple[wake.Listener, threading.Event]:
 
 
 def test_a_wake_with_nobody_listening_is_nothing(tmp_path: Path) -> None:
-    wake.wake(tmp_path)  # no node runs there: no error, nothing waits
+    """No node runs there: the wake says nobody heard it, and neither fails nor waits."""
+    assert wake.wake(tmp_path) is False
+    listener, woken = listening(tmp_path)
+    try:
+        assert wake.wake(tmp_path) is True
+        assert woken.wait(10)
+    finally:
+        listener.close()
 
 
 def test_a_submission_wakes_the_node_once_committed(commune: NodeContext) -> None:

@@ -667,14 +667,15 @@ class AmqpTransport(Closing):
         return found
 
     def depth(self, agency: AgencyCode) -> int:
-        with self._admin() as channel:
-            frame = channel.queue_declare(queue_name(agency), passive=True)
-        return int(frame.method.message_count)
+        return self._message_count(queue_name(agency))
 
     def dead_letter_count(self, agency: AgencyCode) -> int:
-        """The dead-letter queue's depth by a passive declare: nothing is read or requeued."""
+        return self._message_count(dead_queue_name(agency))
+
+    def _message_count(self, queue: str) -> int:
+        """A queue's depth by a passive declare: nothing is read or requeued."""
         with self._admin() as channel:
-            frame = channel.queue_declare(dead_queue_name(agency), passive=True)
+            frame = channel.queue_declare(queue, passive=True)
         return int(frame.method.message_count)
 
     # Consuming and closing ---------------------------------------------------------------

@@ -34,11 +34,16 @@ def address(where: Path | str) -> bytes:
     return b"\0exchange-wake-" + digest.encode("ascii")
 
 
-def wake(where: Path | str) -> None:
-    """Tell whoever listens at ``where`` there is work; nothing happens when nobody does."""
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+def wake(where: Path | str) -> bool:
+    """Tell whoever listens at ``where`` there is work; whether anybody did (nothing happens, and
+    nothing fails, when nobody does)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         sender.setblocking(False)
-        sender.sendto(b"!", address(where))
+        try:
+            sender.sendto(b"!", address(where))
+        except OSError:  # nobody listens there, or its queue is full: it has work to find anyway
+            return False
+    return True
 
 
 class Listener:
