@@ -5,6 +5,7 @@ withdrawn) from the origin, once."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +218,26 @@ def test_a_notice_that_overtakes_its_transfer(trio: Trio) -> None:
     assert step_state(insurance, code, "insurance") is StepState.CANCELLED
     assert insurance.store.dossier_payload(str(code))
     assert delivered_once(commune, police, insurance)
+
+
+def test_every_question_about_one_dossier_uses_its_key(trio: Trio) -> None:
+    """Each statement a dossier's whole life asks about that dossier searches by its key, not by
+    an index on state (which holds every dossier the node ever had: a search that grows with its
+    history). Judged by SQLite's own plan of each statement as run, unanalysed as a node runs."""
+    commune, police, insurance, transport = trio
+    statements: set[str] = set()
+    for ctx in (commune, police, insurance):
+        ctx.store.conn.set_trace_callback(statements.add)
+    code = submitted(trio)
+    complete(police, code, "residence")
+    complete(insurance, code, "insurance")
+    settle(transport, commune, police, insurance)
+    complete(commune, code, "return")
+    settle(transport, commune, police, insurance)
+    for ctx in (commune, police, insurance):
+        ctx.store.conn.set_trace_callback(None)
+    keyed = [sql for sql in statements if re.search(r"\bWHERE dossier = ", sql)]
+    assert len(keyed) >= 3
+    for sql in keyed:
+        plan = " ".join(str(row[-1]) for row in commune.store.conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "(dossier=" in plan, f"{sql}\n  -> {plan}"

@@ -369,7 +369,10 @@ class Store:
 
     def done_steps(self, dossier: str) -> dict[str, str]:
         """Each done step of a dossier and when it was done (ISO text)."""
-        rows = self.conn.execute("SELECT step, done_at FROM steps WHERE dossier = ? AND state = ?",
+        # ``+state``: not a term an index may serve. Without it SQLite searches steps_by_state_due
+        # for every done step of every dossier (a scan that grows with the node's history)
+        # rather than the dossier's few steps by its key.
+        rows = self.conn.execute("SELECT step, done_at FROM steps WHERE dossier = ? AND +state = ?",
                                  (dossier, StepState.DONE))
         return {step: at for step, at in rows}
 

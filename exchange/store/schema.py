@@ -164,6 +164,9 @@ MIGRATIONS: tuple[str, ...] = (
     # webhook backlog) answered from an index, not a scan of every step and webhook ever recorded.
     "CREATE INDEX IF NOT EXISTS steps_by_state_due ON steps (state, due);\n"
     "CREATE INDEX IF NOT EXISTS webhooks_by_state ON webhooks (state);",
+    # 6: a dossier's statuses found by its code (a status is read on every transfer's end and
+    # status page), not by scanning every status the node ever received.
+    "CREATE INDEX IF NOT EXISTS statuses_by_dossier ON statuses (dossier);",
 )
 VERSION = len(MIGRATIONS)
 
