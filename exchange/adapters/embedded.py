@@ -26,6 +26,7 @@ from exchange.codes import AgencyCode
 from exchange.errors import StaleDelivery, TransportError, TransportUnavailable, Unroutable
 from exchange.node import wake
 from exchange.node.transport import DEFAULT_PREFETCH, Closing, DeadLetter, Delivery, Message, TransportHealth
+from exchange.store.db import begin_immediate
 
 LEASE_SECONDS = 30.0
 """How long a fetched message stays invisible to other consumers without an ack or a renewal."""
@@ -108,11 +109,12 @@ class EmbeddedTransport(Closing):
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock up front so that concurrent
-        processes queue on SQLite's busy timeout instead of failing on a lock upgrade. Whatever
-        fails, the COMMIT included, rolls back and leaves as the project's own error."""
+        processes queue for it (in fine steps: ``db.begin_immediate``) instead of failing on a
+        lock upgrade. Whatever fails, the COMMIT included, rolls back and leaves as the project's
+        own error."""
         with self._lock, translated(self.path):
             conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn, self.busy_timeout)
             try:
                 yield conn
                 conn.execute("COMMIT")

@@ -33,8 +33,9 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def begin_immediate(conn: sqlite3.Connection) -> None:
-    """Take the database's write lock, as soon as the writer holding it lets go.
+def begin_immediate(conn: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    """Take the database's write lock, as soon as the writer holding it lets go, waiting at most
+    ``timeout`` seconds (the connection's busy timeout, set back after).
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries, so a node
     waiting behind a desk's 3 ms commit lost up to 30 ms a transfer (benchmarks/e2e.py at 100/s:
@@ -42,7 +43,7 @@ def begin_immediate(conn: sqlite3.Connection) -> None:
     most, for the same overall bound; the handler stays on for every other statement."""
     conn.execute("PRAGMA busy_timeout=0")
     try:
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        deadline = time.monotonic() + timeout
         pause = LOCK_POLL_MIN_S
         while True:
             try:
@@ -54,7 +55,7 @@ def begin_immediate(conn: sqlite3.Connection) -> None:
             time.sleep(pause)
             pause = min(pause * 2, LOCK_POLL_MAX_S)
     finally:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
 
 
 def private(path: Path) -> None:
