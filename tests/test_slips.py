@@ -4,6 +4,7 @@ step is late, each as XML and printable HTML, delivered once; ``done --new-date`
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -104,7 +105,7 @@ def test_a_slip_whose_transaction_rolled_back_is_never_delivered(trio: Trio) -> 
         crash()
     assert slips.publish(commune) == 0
     assert f"phieu-hen-{other}.xml" not in slip_files(commune)
-    assert (slips.folder(commune) / slips.PENDING / f"phieu-hen-{other}.xml").exists()
+    assert list((slips.folder(commune) / slips.PENDING).glob(f"phieu-hen-{other}.xml{slips.COPY}*"))
 
 
 def test_a_late_step_gives_the_applicant_an_apology_slip_at_both_nodes(
@@ -177,11 +178,56 @@ def test_publishing_a_slip_another_process_published_first_is_no_error(
                                                    dt.date.today(), "Cần thêm thời gian", commune.agency))
     committed = slips._committed
 
-    def committed_then_taken(ctx: NodeContext, name: str) -> bool:
-        found = committed(ctx, name)
-        (slips.folder(ctx) / slips.PENDING / name).replace(slips.folder(ctx) / name)  # the other process won
+    def committed_then_taken(ctx: NodeContext, name: str, copy: str) -> bool:
+        found = committed(ctx, name, copy)
+        pending = slips.folder(ctx) / slips.PENDING / f"{name}{slips.COPY}{copy}"
+        pending.replace(slips.folder(ctx) / name)  # the other process won
         return found
 
     monkeypatch.setattr(slips, "_committed", committed_then_taken)
     assert slips.publish(commune) == 0
     assert all((slips.folder(commune) / name).exists() for name in names)
+
+
+def test_only_the_copy_whose_delivery_committed_is_published(trio: Trio) -> None:
+    """Two copies of one slip written aside (a repeated or racing issue): the one whose delivery
+    entry committed is published, the other stays pending, whatever it says."""
+    commune = trio[0]
+    code = submit_sample(commune)
+    root = safexml.parse(commune.store.dossier_payload(str(code)) or b"")
+    slip = slips.apology(commune, code, root, dt.datetime.now(dt.UTC), "residence", dt.date.today(),
+                         "Lý do thật", commune.agency)
+    with commune.store.transaction():
+        names = slips.issue(commune, slip)
+    loser = slips.prepare(commune, replace(slip, reason="Bản không được ghi nhận"))
+    assert slips.publish(commune) == 2
+    published = (slips.folder(commune) / names[0]).read_text("utf-8")
+    assert "Lý do thật" in published
+    assert "Bản không được ghi nhận" not in published
+    assert (slips.folder(commune) / slips.PENDING / f"{names[0]}{slips.COPY}{loser.copy}").exists()
+
+
+def test_a_submission_writes_its_slip_before_taking_the_write_lock(
+        trio: Trio, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The appointment slip's files (two fsyncs) are written while another writer, the running
+    node, can still take the database's write lock: the lock is held only for the records."""
+    commune = trio[0]
+    other = sqlite3.connect(commune.config.database, timeout=0)
+    free: list[bool] = []
+    write = slips.write_atomic
+
+    def probing(path: Path, data: bytes, **kwargs: int) -> None:
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            free.append(True)
+        except sqlite3.OperationalError:
+            free.append(False)
+        write(path, data, **kwargs)
+
+    monkeypatch.setattr(slips, "write_atomic", probing)
+    try:
+        submit_sample(commune)
+    finally:
+        other.close()
+    assert free == [True, True]

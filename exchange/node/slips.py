@@ -3,20 +3,24 @@ dossier is received, and the apology slip (phiếu xin lỗi và hẹn lại ng�
 is late. Each slip is one XML document and one printable HTML page in ``slips/`` under the
 delivery folder.
 
-Exactly once, across a crash: ``issue`` runs inside the transaction that records what the slip is
-about (the dossier taken in, the late step done, the apology received). It writes both files,
-fsynced, into ``slips/.pending/`` and appends a ``delivered`` audit entry (``via: slip``) naming
-them, which commits with that change or not at all. ``publish``, called after the commit and at
-every housekeeping round of the daemon, renames into ``slips/`` each pending file whose entry
-committed; a pending file left by a rolled-back transaction is removed once it is old. A file is
-renamed at most once (the rename consumes its pending copy), and its name is fixed by the dossier
-(and step), so a repeated issue can only overwrite the same pending copy.
+Exactly once, across a crash: ``prepare`` writes both files, fsynced, into ``slips/.pending/``
+as copies named by a random token; ``record``, inside the transaction that records what the slip
+is about (the dossier taken in, the late step done, the apology received), appends a
+``delivered`` audit entry (``via: slip``) naming each file and its copy, which commits with that
+change or not at all. ``issue`` does both inside the caller's transaction; ``submit`` prepares
+before it takes the database's write lock, so that two fsyncs do not hold every other writer
+(the running node among them) waiting. ``publish``, called after the commit and at every
+housekeeping round of the daemon, renames into ``slips/`` each pending copy whose entry
+committed; a copy left by a rolled-back transaction, or by an issue that lost a race, is
+removed once it is old. A file is renamed at most once (the rename consumes its pending copy),
+and only the copy its committed entry names.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import html
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,9 +90,11 @@ class Slip:
 
 # What a slip says -------------------------------------------------------------------------
 
-def appointment(ctx: NodeContext, code: DossierCode, dossier: etree._Element, received_at: dt.datetime) -> Slip:
-    """The appointment slip of a dossier this node's desk received."""
-    procedure = _procedure(ctx, code)
+def appointment(ctx: NodeContext, code: DossierCode, dossier: etree._Element, received_at: dt.datetime,
+                procedure: ProcedureCode | None = None) -> Slip:
+    """The appointment slip of a dossier this node's desk received (``procedure``: of a dossier
+    not recorded yet)."""
+    procedure = procedure or _procedure(ctx, code)
     return Slip("appointment", str(code), str(procedure), ctx.rules.procedure(procedure).name,
                 applicant_of(dossier), received_at, ctx.rules.due_date(procedure, received_at),
                 _agency_name(ctx, ctx.agency))
@@ -244,24 +250,48 @@ def folder(ctx: NodeContext) -> Path:
     return ctx.config.delivery_dir / FOLDER
 
 
-def issue(ctx: NodeContext, slip: Slip) -> list[str]:
-    """In the caller's transaction: write the slip's files aside and record their delivery."""
+COPY = "~"
+"""Between a slip file's name and its pending copy's token."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A slip's files written aside, durable, each under its copy's token, waiting for ``record``."""
+
+    slip: Slip
+    names: tuple[str, ...]
+    copy: str
+
+
+def prepare(ctx: NodeContext, slip: Slip) -> Prepared:
+    """Write the slip's files aside (fsynced), outside any transaction if the caller wishes."""
     tz = ctx.rules.calendar.timezone
     pending = folder(ctx) / PENDING
     _private_dir(folder(ctx))
     _private_dir(pending)
+    copy = secrets.token_hex(8)
     names = []
     for suffix, data in ((".xml", to_xml(slip, tz)), (".html", to_html(slip, tz))):
         name = slip.stem + suffix
-        write_atomic(pending / name, data, mode=PRIVATE_MODE)
+        write_atomic(pending / f"{name}{COPY}{copy}", data, mode=PRIVATE_MODE)
         names.append(name)
-    ctx.record(*(_entry(ctx, slip, name) for name in names))
-    return names
+    return Prepared(slip, tuple(names), copy)
 
 
-def _entry(ctx: NodeContext, slip: Slip, name: str) -> Entry:
+def record(ctx: NodeContext, prepared: Prepared) -> list[str]:
+    """In the caller's transaction: the delivery of the prepared copies; returns the file names."""
+    ctx.record(*(_entry(ctx, prepared.slip, name, prepared.copy) for name in prepared.names))
+    return list(prepared.names)
+
+
+def issue(ctx: NodeContext, slip: Slip) -> list[str]:
+    """In the caller's transaction: write the slip's files aside and record their delivery."""
+    return record(ctx, prepare(ctx, slip))
+
+
+def _entry(ctx: NodeContext, slip: Slip, name: str, copy: str) -> Entry:
     return ctx.entry(Event.DELIVERED, dossier=slip.dossier, procedure=slip.procedure, step=slip.step,
-                     detail={"via": "slip", "slip": slip.kind, "file": f"{FOLDER}/{name}"})
+                     detail={"via": "slip", "slip": slip.kind, "file": f"{FOLDER}/{name}", "copy": copy})
 
 
 def publish(ctx: NodeContext) -> int:
@@ -273,9 +303,10 @@ def publish(ctx: NodeContext) -> int:
     for path in sorted(pending.iterdir()):
         # The command that issued a slip and the running node's housekeeping both publish: the
         # one that comes second finds the pending file gone, which is the same result.
+        name, _, copy = path.name.partition(COPY)
         try:
-            if _committed(ctx, path.name):
-                path.replace(folder(ctx) / path.name)
+            if _committed(ctx, name, copy):
+                path.replace(folder(ctx) / name)
                 renamed += 1
             elif time.time() - path.stat().st_mtime > STALE_SECONDS:
                 path.unlink()
@@ -284,11 +315,14 @@ def publish(ctx: NodeContext) -> int:
     return renamed
 
 
-def _committed(ctx: NodeContext, name: str) -> bool:
+def _committed(ctx: NodeContext, name: str, copy: str) -> bool:
+    """Whether the delivery of this copy of ``name`` committed (a copy written before copies had
+    tokens, ``copy`` empty, by its name alone)."""
     wanted = f"{FOLDER}/{name}"
     for _, data in ctx.audit.dossier_entries(_dossier_of(name)):
         _, entry = Entry.decode(data)
-        if entry.event is Event.DELIVERED and entry.detail.get("file") == wanted:
+        if entry.event is Event.DELIVERED and entry.detail.get("file") == wanted \
+                and entry.detail.get("copy", "") == copy:
             return True
     return False
 
