@@ -3,6 +3,7 @@ one definition of overdue shared by the command line and the HTTP API."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -210,5 +211,30 @@ def test_the_gauges_questions_use_an_index(tmp_path: Path) -> None:
         for name, plan in plans.items():
             details = " ".join(str(row[-1]) for row in plan)
             assert "INDEX" in details, f"{name}: {details}"
+    finally:
+        store.close()
+
+
+def test_a_certificate_learnt_in_a_rolled_back_transaction_is_learnt_again(tmp_path: Path) -> None:
+    """The store remembers which peer certificates it kept only once they commit: one learnt in a
+    transaction that rolled back is written again the next time it is seen."""
+    store = Store(tmp_path / "node.db")
+    der = b"a peer certificate's DER"
+    fingerprint = hashlib.sha256(der).hexdigest()
+
+    def learn_then_fail() -> None:
+        with store.transaction():
+            store.learn_certificate("000.30.10.H49", der, 4e9)
+            raise RuntimeError("rolled back")
+
+    try:
+        with pytest.raises(RuntimeError):
+            learn_then_fail()
+        assert not store.learnt_certificate("000.30.10.H49", fingerprint)
+        assert store.peer_certificate("000.30.10.H49", 0) is None
+        with store.transaction():
+            store.learn_certificate("000.30.10.H49", der, 4e9)
+        assert store.learnt_certificate("000.30.10.H49", fingerprint)
+        assert store.peer_certificate("000.30.10.H49", 0) == der
     finally:
         store.close()

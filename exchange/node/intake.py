@@ -150,9 +150,10 @@ def _learn_certificate(ctx: NodeContext, env: VerifiedEnvelope) -> None:
     """The sender's certificate, which the trust store just accepted: what this node encrypts the
     dossiers it sends that agency to (a renewed one replaces it)."""
     cert = env.signer_certificate
-    if cert is not None:
-        ctx.store.learn_certificate(str(env.header.sender), cert.public_bytes(serialization.Encoding.DER),
-                                    cert.not_valid_after_utc.timestamp())
+    sender = str(env.header.sender)
+    if cert is not None and not ctx.store.learnt_certificate(sender, env.signer_fingerprint):
+        ctx.store.learn_certificate(sender, cert.public_bytes(serialization.Encoding.DER),
+                                    cert.not_valid_after_utc.timestamp(), env.signer_fingerprint)
 
 
 def _routed(header: Header) -> tuple[DossierCode, ProcedureCode, str]:
@@ -253,9 +254,9 @@ def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope, at: dt.datetime | No
     payload = document(merged)
     if held is not None:
         ctx.store.replace_payload(str(code), payload)
-    else:
-        info = dossiers.DossierInfo.of(env.payload)
-        ctx.store.add_dossier(DossierRow(str(code), str(procedure), str(code.agency), utc(info.received_at),
+    else:  # ``at`` was read from this payload (``_received_at``): not read twice
+        received = at if at is not None else dossiers.DossierInfo.of(env.payload).received_at
+        ctx.store.add_dossier(DossierRow(str(code), str(procedure), str(code.agency), utc(received),
                                          DossierState.PROCESSING), payload)
     route = ctx.rules.route(procedure, code.agency, at)
     finished = next((hop.at for hop in reversed(header.trace) if hop.agency == header.sender), header.created)

@@ -6,6 +6,8 @@ the audit entries that record it (``Store.transaction``)."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -123,6 +125,7 @@ class Store:
         self.path = path
         self.cipher = cipher
         self._after_commit: list[Callable[[], None]] = []
+        self._learnt: set[tuple[str, str]] = set()
         """With a storage key, the payload columns are encrypted at rest (``store/cipher.py``)."""
         with db.translated(path):
             self.conn: sqlite3.Connection = db.connect(path)
@@ -233,8 +236,16 @@ class Store:
         return self.conn.execute("UPDATE outbox SET next_attempt = 0 WHERE state = ? AND last_error LIKE ?",
                                  (OutboxState.PENDING, f"{CONFIG_MISMATCH}:%")).rowcount
 
-    def learn_certificate(self, agency: str, der: bytes, not_after: float) -> None:
-        """A peer's certificate (verified by the caller): kept unless a later-expiring one is known."""
+    def learnt_certificate(self, agency: str, fingerprint: str) -> bool:
+        """Whether this store already kept (and committed) that certificate of ``agency``: a peer
+        signs thousands of envelopes with one, and each would otherwise be written again."""
+        return (agency, fingerprint) in self._learnt
+
+    def learn_certificate(self, agency: str, der: bytes, not_after: float, fingerprint: str | None = None) -> None:
+        """A peer's certificate (verified by the caller): kept unless a later-expiring one is known.
+        ``fingerprint``: its SHA-256 (hex), when the caller has it already."""
+        learnt = (agency, fingerprint or hashlib.sha256(der).hexdigest())
+        self.after_commit(functools.partial(self._learnt.add, learnt))
         self.conn.execute("INSERT INTO peer_certificates (agency, certificate, not_after, learnt_at) "
                           "VALUES (?, ?, ?, ?) ON CONFLICT (agency) DO UPDATE SET certificate = excluded.certificate, "
                           "not_after = excluded.not_after, learnt_at = excluded.learnt_at "
