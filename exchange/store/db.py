@@ -33,14 +33,17 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def begin_immediate(conn: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
+def begin_immediate(conn: sqlite3.Connection, timeout: float | None = None) -> None:
     """Take the database's write lock, as soon as the writer holding it lets go, waiting at most
-    ``timeout`` seconds (the connection's busy timeout, set back after).
+    ``timeout`` seconds (default: the node database's busy timeout), which is also the busy
+    timeout the connection is set back to.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries, so a node
     waiting behind a desk's 3 ms commit lost up to 30 ms a transfer (benchmarks/e2e.py at 100/s:
     half the commune's loop was that sleep). Here the tries are 0.2 ms apart at first, 2 ms at
     most, for the same overall bound; the handler stays on for every other statement."""
+    if timeout is None:
+        timeout = BUSY_TIMEOUT_MS / 1000
     conn.execute("PRAGMA busy_timeout=0")
     try:
         deadline = time.monotonic() + timeout
