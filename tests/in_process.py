@@ -36,6 +36,13 @@ def trio(cluster: Cluster) -> Iterator[Trio]:
         yield commune, police, insurance, transport
 
 
+def publish(ctx: NodeContext, transport: EmbeddedTransport) -> None:
+    """Everything due in the node's outbox, published now."""
+    dispatcher = Dispatcher(ctx, transport, Metrics())
+    while dispatcher.dispatch():
+        pass
+
+
 def settle(transport: EmbeddedTransport, *nodes: NodeContext, rounds: int = 4, wait: float = 0.05) -> None:
     """The daemon's loop by hand, every backoff already over: each node publishes (retransmitting
     what waits for a receipt), takes in, delivers and publishes its slips, a few times over."""

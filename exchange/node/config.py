@@ -82,6 +82,15 @@ class NodeConfig:
     checkpoint_every_seconds: float = 60.0
     metrics_port: int = 0
     log_format: str = "auto"
+    verifiers: int | None = None
+    """``[node] verifiers``: worker processes that verify incoming envelopes while the loop records
+    (0: the loop verifies alone); by default one when the host has more than one core."""
+
+    @property
+    def verifier_processes(self) -> int:
+        if self.verifiers is not None:
+            return self.verifiers
+        return 1 if (os.cpu_count() or 1) > 1 else 0
 
     @property
     def database(self) -> Path:
@@ -139,7 +148,7 @@ class NodeConfig:
 
 _LAYOUT: dict[str, tuple[str, str]] = {
     "agency": ("node", "agency"), "state_dir": ("node", "state_dir"), "log_format": ("node", "log_format"),
-    "metrics_port": ("node", "metrics_port"),
+    "metrics_port": ("node", "metrics_port"), "verifiers": ("node", "verifiers"),
     "ca": ("pki", "ca"), "crl": ("pki", "crl"), "cert": ("pki", "cert"), "key": ("pki", "key"),
     "checkpoint_key": ("audit", "checkpoint_key"),
     "checkpoint_every_entries": ("audit", "checkpoint_every_entries"),
@@ -190,15 +199,27 @@ def _build(path: Path, merged: dict[str, Any]) -> NodeConfig:
         raise ConfigError(f"{path}: missing {', '.join(missing)}")
     try:
         values["agency"] = AgencyCode(str(values["agency"]))
-        for name in ("checkpoint_every_entries", "metrics_port", "http_port", "http_max_connections"):
-            if name in values:
-                values[name] = int(values[name])
-        if "checkpoint_every_seconds" in values:
-            values["checkpoint_every_seconds"] = float(values["checkpoint_every_seconds"])
-    except (InvalidCode, ValueError) as exc:
+    except InvalidCode as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    for name, kind in (("checkpoint_every_entries", int), ("metrics_port", int), ("http_port", int),
+                       ("http_max_connections", int), ("verifiers", int), ("checkpoint_every_seconds", float)):
+        if name in values:
+            try:
+                values[name] = kind(values[name])
+            except ValueError:
+                section, key = _LAYOUT[name]
+                raise ConfigError(f"{path}: [{section}] {key} is {values[name]!r}; expected a number") from None
     if "brokers" in values:
         values["brokers"] = _broker_urls(path, values["brokers"])
+    _check_choices(path, values)
+    return _with_bundle(NodeConfig(**values))
+
+
+def _check_choices(path: Path, values: dict[str, Any]) -> None:
+    """The settings that take one of a few values, or a count."""
+    if values.get("verifiers", 0) < 0:
+        raise ConfigError(f"{path}: [node] verifiers is {values['verifiers']}; expected 0 (the loop verifies "
+                          "alone) or a number of worker processes")
     if values.get("queue_type", "quorum") not in QUEUE_TYPES:
         raise ConfigError(f"{path}: [transport] queue_type is {values['queue_type']!r}; expected one of "
                           f"{', '.join(QUEUE_TYPES)}")
@@ -208,7 +229,6 @@ def _build(path: Path, merged: dict[str, Any]) -> NodeConfig:
     if values.get("encrypt", "when-known") not in ENCRYPT_CHOICES:
         raise ConfigError(f"{path}: [privacy] encrypt is {values['encrypt']!r}; expected one of "
                           f"{', '.join(ENCRYPT_CHOICES)}")
-    return _with_bundle(NodeConfig(**values))
 
 
 def _broker_urls(path: Path, value: Any) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 import structlog
@@ -43,6 +44,7 @@ from exchange.node.intake import Handled, receive_batch, refuse_internal
 from exchange.node.metrics import Metrics
 from exchange.node.systemd import notify
 from exchange.node.transport import Consumer, Delivery, Transport, TransportHealth
+from exchange.node.verifiers import Batch, VerifierPool
 from exchange.store.states import Outcome
 
 log = structlog.get_logger(__name__)
@@ -84,6 +86,9 @@ class Daemon:
         self._heartbeat_at = 0.0
         self._wakes: wake.Listener | None = None
         self._delivery: DeliveryWorker | None = None
+        self.verifiers: VerifierPool | None = None
+        self._ahead: Window | None = None
+        """The next window, fetched and in the verifiers' hands while the loop records this one."""
         self.metrics.watch(self.healthy, lambda: self.transport_health().connected)
         self.crl = reload.CrlWatch(ctx)
         self.crl.gauge(self.metrics.registry)
@@ -110,6 +115,7 @@ class Daemon:
         for door in self.doors:
             door.check(self.ctx.config)
         self.deliverer.recover()
+        self.verifiers = self._verifier_pool()
         self._delivery = DeliveryWorker(Deliverer(self.ctx.for_thread(), self.metrics, self.doors), HOUSEKEEPING_S)
         if sealed := self.ctx.store.seal_plaintext_rows():
             log.info("store.sealed_at_rest", rows=sealed)
@@ -202,7 +208,7 @@ class Daemon:
 
     def _drop_consumer(self) -> None:
         consumer, self.consumer = self.consumer, None
-        self._unacked, self._refused = [], []
+        self._unacked, self._refused, self._ahead = [], [], None
         if consumer is not None:
             with contextlib.suppress(TransportError):
                 consumer.close()
@@ -265,6 +271,9 @@ class Daemon:
         if self.link.up:
             self._transport_work(self._drain)
         self._drop_consumer()
+        if self.verifiers is not None:
+            self.verifiers.close()
+            self.verifiers = None
         if self._delivery is not None:
             self._delivery.close()
             self._delivery = None
@@ -307,13 +316,20 @@ class Daemon:
     # inbound
 
     def inbound(self, consumer: Consumer, wait: float) -> bool:
-        """Take in one window: record it in one transaction, then ack it; returns whether any came."""
-        deliveries = consumer.fetch(self.window, wait)
+        """Take in one window: record it in one transaction, then ack it; returns whether any came.
+        With verifier processes, the next window is fetched and handed to them first, so that
+        they verify it while this one is recorded."""
+        window, self._ahead = self._ahead or Window(consumer.fetch(self.window, wait)), None
+        deliveries = window.deliveries
         if not deliveries:
             return False
+        self._verify_ahead(consumer)
+        verdicts = window.batch.verdicts(self.ctx.opener) if window.batch is not None else None
+        self._count_verified(verdicts, len(deliveries))
         try:
             try:
-                results = receive_batch(self.ctx, [(d.message.message_id, d.message.body) for d in deliveries])
+                results = receive_batch(self.ctx, [(d.message.message_id, d.message.body) for d in deliveries],
+                                        verdicts)
             except StoreError:
                 raise
             except Exception:  # noqa: BLE001 - one poison message must not stop the node: isolate it
@@ -332,6 +348,31 @@ class Daemon:
                 self._unacked.append(delivery)
         self._settle(consumer)
         return True
+
+    def _verify_ahead(self, consumer: Consumer) -> None:
+        """Fetch the next window now and hand it to the verifier processes, if there are any."""
+        if self.verifiers is None:
+            return
+        if not self.verifiers.serves(self.ctx.opener):  # reloaded: the trust, CRL or key changed
+            self.verifiers.close()
+            self.verifiers = self._verifier_pool()
+            if self.verifiers is None:
+                return
+        deliveries = consumer.fetch(self.window, 0.0)
+        if deliveries:
+            self._ahead = Window(deliveries, self.verifiers.submit(
+                [(f"message {d.message.message_id}", d.message.body) for d in deliveries]))
+
+    def _verifier_pool(self) -> VerifierPool | None:
+        config = self.ctx.config
+        return VerifierPool.start(self.ctx.opener, config.cert, config.key, config.verifier_processes)
+
+    def _count_verified(self, verdicts: Sequence[object] | None, size: int) -> None:
+        by_workers = sum(verdict is not None for verdict in verdicts) if verdicts else 0
+        if by_workers:
+            self.metrics.verified.labels("workers").inc(by_workers)
+        if size - by_workers:
+            self.metrics.verified.labels("loop").inc(size - by_workers)
 
     def _settle(self, consumer: Consumer) -> None:
         """Ack what was recorded and dead-letter what was refused. If the transport fails, the
@@ -365,6 +406,14 @@ class Daemon:
             self.ctx.checkpointer.maybe()
         except Exception as exc:  # noqa: BLE001 - a checkpoint must never stop traffic
             log.error("audit.checkpoint_error", error=repr(exc))
+
+
+@dataclass(frozen=True)
+class Window:
+    """Deliveries fetched together, and the verifier processes' work on them if they have it."""
+
+    deliveries: list[Delivery]
+    batch: Batch | None = None
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -53,6 +54,7 @@ from exchange.errors import (
 from exchange.node import configuration, slips
 from exchange.node.config import active_bundle_version
 from exchange.node.context import NodeContext
+from exchange.node.verifiers import Verdict
 from exchange.node.workflow import (
     end_dossier,
     enqueue,
@@ -94,20 +96,22 @@ def document(element: etree._Element) -> bytes:
     return bytes(etree.tostring(element, encoding="UTF-8", xml_declaration=True))
 
 
-def receive_batch(ctx: NodeContext, bodies: list[tuple[str, bytes]]) -> list[Handled]:
+def receive_batch(ctx: NodeContext, bodies: list[tuple[str, bytes]],
+                  verdicts: Sequence[Verdict] | None = None) -> list[Handled]:
     """Verify, authorize, de-duplicate and record a window of envelopes in one transaction; queue one
-    receipt per sender covering all its envelopes of the window."""
+    receipt per sender covering all its envelopes of the window. ``verdicts``: what worker
+    processes found of each envelope (``node.verifiers``), where they judged it."""
     acks: Acks = defaultdict(list)
     results = []
     with ctx.store.transaction():
-        for message_id, body in bodies:
-            results.append(_receive_one(ctx, message_id, body, acks))
+        for (message_id, body), verdict in zip(bodies, verdicts or [None] * len(bodies), strict=True):
+            results.append(_receive_one(ctx, message_id, body, acks, verdict))
         for sender, items in acks.items():
             _send_receipt(ctx, sender, items)
     return results
 
 
-def _receive_one(ctx: NodeContext, message_id: str, body: bytes, acks: Acks) -> Handled:
+def _receive_one(ctx: NodeContext, message_id: str, body: bytes, acks: Acks, verdict: Verdict = None) -> Handled:
     # The very bytes recorded under this id were verified when first taken in: their receipt
     # again, without paying for verification. Other bytes under a known id are verified (and
     # refused, or taken in, on their own merits) below.
@@ -116,7 +120,7 @@ def _receive_one(ctx: NodeContext, message_id: str, body: bytes, acks: Acks) -> 
         _resend_receipt(ctx, recorded[1])
         return Handled(Outcome.DUPLICATE)
     try:
-        env = ctx.opener.open(body, source=f"message {message_id}")
+        env = _open(ctx, message_id, body, verdict)
         if env.header.recipient != ctx.agency:
             raise NotAuthorized(f"the envelope is addressed to {env.header.recipient}, not to this node")
     except InvalidEnvelope as exc:
@@ -144,6 +148,16 @@ def _receive_one(ctx: NodeContext, message_id: str, body: bytes, acks: Acks) -> 
         _take_status(ctx, env)
     acks[env.header.sender].append(Ack(env.header.message_id, env.envelope_digest, ReceiptOutcome.ACCEPTED))
     return Handled(Outcome.ACCEPTED)
+
+
+def _open(ctx: NodeContext, message_id: str, body: bytes, verdict: Verdict) -> VerifiedEnvelope:
+    """The envelope verified: by a worker (its verdict), or here."""
+    source = f"message {message_id}"
+    if isinstance(verdict, InvalidEnvelope):
+        raise verdict
+    if verdict is not None:
+        return verdict.admit(ctx.opener, source)
+    return ctx.opener.open(body, source=source)
 
 
 def _learn_certificate(ctx: NodeContext, env: VerifiedEnvelope) -> None:

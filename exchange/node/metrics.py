@@ -99,6 +99,10 @@ class Metrics:
         self.retransmitted = Counter("exchange_retransmissions", "Envelopes published again", registry=r)
         self.dead = Counter("exchange_dead_lettered", "Transfers given up after the retry bound", registry=r)
         self.delivered = Counter("exchange_delivered", "Files handed to the agency system", registry=r)
+        self.verified = Counter("exchange_envelopes_verified", "Envelopes taken in, by where they were verified "
+                                "(workers: the verifier processes; loop: the node's loop)", ["by"], registry=r)
+        for by in ("workers", "loop"):
+            self.verified.labels(by)
         for outcome in Outcome:  # every series exists from the start: a rate over it is 0, not "no data"
             self.received.labels(outcome.value)
         for kind in Kind:
