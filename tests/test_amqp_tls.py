@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pika.exceptions as px
 import pytest
 
-from exchange.adapters import open_transport
+from exchange.adapters import amqp, open_transport
 from exchange.adapters.amqp import AmqpTransport
 from exchange.codes import AgencyCode
 from exchange.envelope import pki
@@ -205,6 +206,31 @@ def test_an_agency_certificate_from_another_ca_is_refused_by_the_broker(
     pki.issue_agency(rogue, mine, tmp_path / "id")
     with pytest.raises(AccessRefused, match="client certificate"):
         AmqpTransport(tls_node.tls_url_for(), ca_file=tls_node.ca_file, external=True,
+                      cert_file=tmp_path / "id" / pki.AGENCY_CERT, key_file=tmp_path / "id" / pki.AGENCY_KEY)
+
+
+def test_a_refusal_pika_heard_only_as_the_connections_end_is_still_named(
+        tls_node: RabbitNode, certificate_user: tuple[AgencyCode, AgencyCode], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: over TLS 1.3 the broker refuses a client certificate after the handshake,
+    and pika, writing, may see only an SSL EOF (seen in CI: the refusal was then taken for an
+    outage and the transport waited it out). A fresh handshake and one read name the refusal."""
+    mine, _ = certificate_user
+    rogue = pki.init_ca(tmp_path / "rogue", "Rogue CA")
+    pki.issue_agency(rogue, mine, tmp_path / "id")
+    eof = px.IncompatibleProtocolError("StreamLostError: ('Stream connection lost: SSLEOFError(8, \\'EOF "
+                                       "occurred in violation of protocol (_ssl.c:2427)\\')',)")
+
+    def alert_unheard(*args: object, **kwargs: object) -> None:
+        raise px.AMQPConnectionError(eof)
+
+    def select_alert_unheard(self: AmqpTransport, params: object, lost: list[BaseException]) -> None:
+        lost.append(eof)
+
+    monkeypatch.setattr(amqp.pika, "BlockingConnection", alert_unheard)
+    monkeypatch.setattr(AmqpTransport, "_connection", select_alert_unheard)
+    with pytest.raises(AccessRefused, match="client certificate"):
+        AmqpTransport(tls_node.tls_url_for(), ca_file=tls_node.ca_file, external=True, connect_timeout=5,
                       cert_file=tmp_path / "id" / pki.AGENCY_CERT, key_file=tmp_path / "id" / pki.AGENCY_KEY)
 
 

@@ -56,6 +56,7 @@ import bisect
 import contextlib
 import datetime as dt
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -106,6 +107,8 @@ DELAY_BUCKETS_MS = (1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 60_000, 120_000
 HEARTBEAT_S = 30
 BLOCKED_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10.0
+AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+"""What a client sends first: AMQP 0-9-1."""
 PUBLISH_TIMEOUT_S = 30.0
 RECONNECT_FOR_S = 600.0
 """Each outage's retry budget: reconnection failures are warnings for this long, then errors
@@ -194,6 +197,25 @@ def _tls_refusal(exc: BaseException) -> TransportError | None:
                       error.__cause__, error.__context__):
             if isinstance(inner, BaseException) and inner not in seen and len(seen) < 20:
                 seen.append(inner)
+    return None
+
+
+def _probe_tls(params: pika.URLParameters, timeout: float) -> TransportError | None:
+    """The TLS refusal behind a connection that failed without naming one, if there is one.
+
+    Over TLS 1.3 a broker judges the client certificate after the handshake and answers with an
+    alert; pika, already writing the protocol header, may see only the connection's end (an
+    SSL EOF on its send) and never read the alert. A fresh handshake and one read hear it."""
+    options = params.ssl_options
+    assert options is not None
+    try:
+        with socket.create_connection((params.host, params.port), timeout) as raw, \
+                options.context.wrap_socket(raw, server_hostname=options.server_hostname) as tls:
+            tls.settimeout(timeout)
+            tls.sendall(AMQP_HEADER)
+            tls.recv(1)
+    except OSError as exc:  # ssl.SSLError among them
+        return _tls_refusal(exc)
     return None
 
 
@@ -414,6 +436,8 @@ class AmqpTransport(Closing):
                 self._preferred = (index + 1) % len(self.candidates)
                 return
             refusal = _tls_refusal(lost[-1]) if lost else None
+            if refusal is None and self.candidates[index].ssl_options is not None:
+                refusal = _probe_tls(self.candidates[index], self.settings.connect_timeout)
             if refusal is not None:
                 raise refusal
             if len(self.candidates) > 1:
@@ -604,12 +628,26 @@ class AmqpTransport(Closing):
     @contextlib.contextmanager
     def _admin(self) -> Iterator[BlockingChannel]:
         with translated():
-            conn = pika.BlockingConnection([self.candidates[i] for i in self._in_order()])
+            conn = self._blocking_connection()
             try:
                 yield conn.channel()
             finally:
                 if conn.is_open:
                     conn.close()
+
+    def _blocking_connection(self) -> pika.BlockingConnection:
+        """A short connection to the first broker that answers; a TLS refusal named as one even
+        when pika heard only the connection's end (``_probe_tls``)."""
+        candidates = [self.candidates[i] for i in self._in_order()]
+        try:
+            return pika.BlockingConnection(candidates)
+        except px.AMQPConnectionError as exc:
+            for params in candidates:
+                refusal = None if _tls_refusal(exc) or params.ssl_options is None else \
+                    _probe_tls(params, self.settings.connect_timeout)
+                if refusal is not None:
+                    raise refusal from exc
+            raise
 
     def declare(self, agency: AgencyCode) -> None:
         """Declare now (TransportUnavailable at once while disconnected), and again on every reconnect."""
