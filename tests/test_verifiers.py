@@ -188,14 +188,45 @@ def trio(tmp_path: Path) -> Iterator[Trio]:
         yield nodes
 
 
-def test_a_node_takes_windows_in_with_its_verifiers(trio: Trio) -> None:
-    """The police's loop, with a verifier process, takes 150 transfers in windows of 16 (each next
-    window verified while one is recorded): every one accepted once, most verified by the worker."""
-    commune, police, _, transport = trio
-    for sequence in range(1, 151):
+def submitted(trio: Trio, count: int) -> None:
+    commune, _, _, transport = trio
+    for sequence in range(1, count + 1):
         spec = samples.SampleSpec(COMMUNE, BIRTH, size_kb=2, sequence=sequence)
         submit(commune, samples.to_bytes(samples.sample_dossier(spec)))
     in_process.publish(commune, transport)
+
+
+def test_a_verifier_killed_under_load_costs_nothing(trio: Trio) -> None:
+    """Fault injection: the verifier process is SIGKILLed after the first windows; the loop
+    verifies the rest itself, and every transfer is accepted once."""
+    _, police, _, transport = trio
+    submitted(trio, 80)
+    daemon = Daemon(police, transport, window=8)
+    daemon.verifiers = VerifierPool.start(police.opener, police.config.cert, police.config.key, 1)
+    assert daemon.verifiers is not None
+    try:
+        assert daemon.verifiers.wait_ready(START_S)
+        with transport.consume(police.agency) as consumer:
+            for _ in range(3):
+                assert daemon.inbound(consumer, 0.05)
+            for pid in daemon.verifiers._executor._processes:
+                os.kill(pid, signal.SIGKILL)
+            while daemon.inbound(consumer, 0.05):
+                pass
+    finally:
+        daemon.verifiers.close()
+    assert daemon.metrics.received.labels("accepted")._value.get() == 80
+    assert daemon.metrics.verified.labels("workers")._value.get() >= 8
+    assert daemon.metrics.verified.labels("loop")._value.get() >= 40
+    assert len(police.store.dossiers()) == 80
+    assert transport.depth(police.agency) == 0
+
+
+def test_a_node_takes_windows_in_with_its_verifiers(trio: Trio) -> None:
+    """The police's loop, with a verifier process, takes 150 transfers in windows of 16 (each next
+    window verified while one is recorded): every one accepted once, most verified by the worker."""
+    _, police, _, transport = trio
+    submitted(trio, 150)
     daemon = Daemon(police, transport, window=16)
     daemon.verifiers = VerifierPool.start(police.opener, police.config.cert, police.config.key, 1)
     assert daemon.verifiers is not None

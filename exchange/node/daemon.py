@@ -358,7 +358,10 @@ class Daemon:
             self.verifiers = self._verifier_pool()
             if self.verifiers is None:
                 return
-        deliveries = consumer.fetch(self.window, 0.0)
+        try:
+            deliveries = consumer.fetch(self.window, 0.0)
+        except TransportError:  # the loop's own next fetch meets it; this window is recorded first
+            return
         if deliveries:
             self._ahead = Window(deliveries, self.verifiers.submit(
                 [(f"message {d.message.message_id}", d.message.body) for d in deliveries]))

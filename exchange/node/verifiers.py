@@ -188,8 +188,13 @@ class Batch:
         or verifies with an opener that is no longer ``opener``."""
         try:
             verdicts = [verdict for part in self.parts for verdict in part.result()]
-        except (concurrent.futures.BrokenExecutor, concurrent.futures.CancelledError) as exc:
+        except concurrent.futures.CancelledError:  # the pool was replaced meanwhile
+            return [None] * self.size
+        except concurrent.futures.BrokenExecutor as exc:
             self.pool._fail(exc)
+            return [None] * self.size
+        except Exception as exc:  # noqa: BLE001 - a batch the workers could not return: the loop verifies it
+            log.error("verifiers.batch_failed", error=repr(exc))
             return [None] * self.size
         return verdicts if self.pool.serves(opener) else [None] * self.size
 
