@@ -5,8 +5,9 @@
 The commune desk and the district police of benchmarks/e2e.py run as daemons while the desk submits
 ``--chunk`` dossiers at a time (10 KiB, procedure 1.004194) and both drain them, over and over until
 ``--transfers`` transfers are receipted. After each chunk: the transfers so far, the rate of that
-chunk, and each daemon's resident memory (VmRSS) and open descriptors. A leak shows as a slope; a
-flat run shows the first chunks' growth (caches, the audit tree's memo) and then nothing.
+chunk, and each daemon's resident memory (VmRSS; its verifier processes' apart), open descriptors
+and database size. A leak shows as a slope; a flat run shows the first chunks' growth (caches,
+the audit tree's memo) and then nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +35,25 @@ def rss_and_fds(pid: int) -> tuple[int, int]:
     return rss, len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
+def children_rss(pid: int) -> int:
+    """Resident memory (KiB) of a process's children: a node's verifier processes."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += rss_and_fds(int(child))[0]
+            except FileNotFoundError:
+                continue  # gone meanwhile
+    return total
+
+
+def figures(root: Path, agency: str, pid: int) -> str:
+    rss, fds = rss_and_fds(pid)
+    database = (root / "nodes" / agency / "state" / "node.db").stat().st_size
+    return (f"{agency[-9:]} {rss / 1024:6.1f} MiB (+{children_rss(pid) / 1024:5.1f} workers) {fds:3d} fds "
+            f"db {database / 2**20:6.0f} MiB")
+
+
 def run(broker: str, transfers: int, chunk: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -52,9 +72,8 @@ def run(broker: str, transfers: int, chunk: int) -> None:
                     time.sleep(0.05)
                 done += chunk
                 rate = chunk / (time.perf_counter() - begin)
-                figures = "  ".join(f"{agency[-9:]} {rss / 1024:6.1f} MiB {fds:3d} fds"
-                                    for agency, (rss, fds) in ((a, rss_and_fds(p.pid)) for a, p in processes.items()))
-                print(f"  {done:9,} transfers  {rate:5.0f}/s  {figures}", flush=True)
+                shown = "  ".join(figures(root, agency, process.pid) for agency, process in processes.items())
+                print(f"  {done:9,} transfers  {rate:5.0f}/s  {shown}", flush=True)
         finally:
             for process in processes.values():
                 stop(process)
