@@ -49,6 +49,12 @@ class DossierInfo:
         )
 
 
+def received_at(root: etree._Element) -> dt.datetime:
+    """When the desk received a dossier (ValueError if it does not say): all a transfer's routing
+    needs of it, read without the rest of ``DossierInfo``."""
+    return parse_datetime(root.findtext(d("ReceivedAt")) or "")
+
+
 def load(data: bytes, source: str = "dossier") -> tuple[etree._Element, DossierInfo]:
     """Parse, validate and check a dossier; InvalidDossier lists every problem with its line."""
     try:

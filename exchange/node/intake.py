@@ -238,7 +238,7 @@ def _received_at(ctx: NodeContext, env: VerifiedEnvelope) -> dt.datetime | None:
         return clock.parse(held.received_at)
     if env.header.kind is Kind.TRANSFER:
         try:
-            return dossiers.DossierInfo.of(env.payload).received_at
+            return dossiers.received_at(env.payload)
         except ValueError:
             return None
     return None
@@ -269,7 +269,7 @@ def _take_transfer(ctx: NodeContext, env: VerifiedEnvelope, at: dt.datetime | No
     if held is not None:
         ctx.store.replace_payload(str(code), payload)
     else:  # ``at`` was read from this payload (``_received_at``): not read twice
-        received = at if at is not None else dossiers.DossierInfo.of(env.payload).received_at
+        received = at if at is not None else dossiers.received_at(env.payload)
         ctx.store.add_dossier(DossierRow(str(code), str(procedure), str(code.agency), utc(received),
                                          DossierState.PROCESSING), payload)
     route = ctx.rules.route(procedure, code.agency, at)
