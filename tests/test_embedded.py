@@ -5,6 +5,7 @@ The faults are injected with a wrapper around the real connection; everything el
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,3 +152,20 @@ def test_a_closed_transport_and_its_consumer_are_unavailable(tmp_path: Path) -> 
         transport.publish(message(COMMUNE))
     with pytest.raises(TransportUnavailable, match="closed"):
         consumer.fetch(1, 0.0)
+
+
+@pytest.mark.parametrize("renewing", [True, False])
+def test_a_consumer_that_keeps_fetching_keeps_its_leases(tmp_path: Path, renewing: bool) -> None:
+    """A consumer still fetching renews what it holds once half its lease is gone, so another
+    consumer does not get it; one that stopped fetching (the control) loses it when the lease ends."""
+    with EmbeddedTransport(tmp_path / "t.db", lease_seconds=2.0) as transport:
+        transport.declare(POLICE)
+        transport.publish(message(POLICE))
+        first, second = transport.consume(POLICE), transport.consume(POLICE)
+        held = first.fetch(1, 0)
+        assert len(held) == 1
+        time.sleep(1.2)
+        if renewing:
+            assert first.fetch(1, 0) == []
+        time.sleep(1.2)
+        assert len(second.fetch(1, 0)) == (0 if renewing else 1)

@@ -233,9 +233,10 @@ class EmbeddedConsumer(Closing):
         now = time.time()
         until = now + self.transport.lease_seconds
         with self.transport._write() as conn:
-            # Renew what this consumer still holds: a slow batch must not be handed to another.
-            conn.execute("UPDATE messages SET lease_until = ? WHERE consumer = ? AND lease_until > ?",
-                         (until, self.name, now))
+            # Renew what this consumer still holds once half its lease is gone: a slow batch must
+            # not be handed to another (renewing at every fetch rewrote every held row each time).
+            conn.execute("UPDATE messages SET lease_until = ? WHERE consumer = ? AND lease_until > ? "
+                         "AND lease_until < ?", (until, self.name, now, now + self.transport.lease_seconds / 2))
             held = conn.execute("SELECT COUNT(*) FROM messages WHERE consumer = ? AND lease_until > ?",
                                 (self.name, now)).fetchone()[0]
             room = min(max_messages, self.prefetch - int(held))
