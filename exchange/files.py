@@ -28,6 +28,15 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, sync: bool = Tru
         raise
 
 
+def sync_dir(path: Path) -> None:
+    """Make the names of the files in ``path`` durable (creations, renames): fsync the directory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret (a private key) with mode 0600 from its first byte on disk."""
     write_atomic(path, data, mode=PRIVATE_MODE)

@@ -46,6 +46,18 @@ def submitted(trio: Trio) -> DossierCode:
     return code
 
 
+def completed(trio: Trio) -> DossierCode:
+    """A birth dossier taken the whole route: each step done, the result returned at the commune."""
+    commune, police, insurance, transport = trio
+    code = submitted(trio)
+    complete(police, code, "residence")
+    complete(insurance, code, "insurance")
+    settle(transport, commune, police, insurance)
+    complete(commune, code, "return")
+    settle(transport, commune, police, insurance)
+    return code
+
+
 def state(ctx: NodeContext, code: DossierCode) -> DossierState:
     row = ctx.store.dossier(str(code))
     assert row is not None
@@ -129,12 +141,7 @@ def test_withdrawal_after_the_police_finished(trio: Trio) -> None:
 def test_completion_reaches_every_participant(trio: Trio) -> None:
     """When the commune returns the result, the police and the insurance learn the dossier is completed."""
     commune, police, insurance, transport = trio
-    code = submitted(trio)
-    complete(police, code, "residence")
-    complete(insurance, code, "insurance")
-    settle(transport, commune, police, insurance)
-    complete(commune, code, "return")
-    settle(transport, commune, police, insurance)
+    code = completed(trio)
     assert [state(ctx, code) for ctx in (commune, police, insurance)] == [DossierState.COMPLETED] * 3
     assert final_notices(police, code) == [("completed", None)]
     assert final_notices(insurance, code) == [("completed", None)]
@@ -228,12 +235,7 @@ def test_every_question_about_one_dossier_uses_its_key(trio: Trio) -> None:
     statements: set[str] = set()
     for ctx in (commune, police, insurance):
         ctx.store.conn.set_trace_callback(statements.add)
-    code = submitted(trio)
-    complete(police, code, "residence")
-    complete(insurance, code, "insurance")
-    settle(transport, commune, police, insurance)
-    complete(commune, code, "return")
-    settle(transport, commune, police, insurance)
+    completed(trio)
     for ctx in (commune, police, insurance):
         ctx.store.conn.set_trace_callback(None)
     keyed = [sql for sql in statements if re.search(r"\bWHERE dossier = ", sql)]

@@ -11,12 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
+from exchange.adapters.embedded import EmbeddedConsumer
 from exchange.demo import samples
 from exchange.envelope import pki
 from exchange.envelope.encryption import Recipient, RecipientCertificate
@@ -196,25 +198,34 @@ def submitted(trio: Trio, count: int) -> None:
     in_process.publish(commune, transport)
 
 
-def test_a_verifier_killed_under_load_costs_nothing(trio: Trio) -> None:
-    """Fault injection: the verifier process is SIGKILLed after the first windows; the loop
-    verifies the rest itself, and every transfer is accepted once."""
+@contextmanager
+def verifying(trio: Trio, window: int) -> Iterator[tuple[Daemon, EmbeddedConsumer]]:
+    """The police's loop, turned by hand, with one verifier process ready, and its consumer."""
     _, police, _, transport = trio
-    submitted(trio, 80)
-    daemon = Daemon(police, transport, window=8)
+    daemon = Daemon(police, transport, window=window)
     daemon.verifiers = VerifierPool.start(police.opener, police.config.cert, police.config.key, 1)
     assert daemon.verifiers is not None
     try:
         assert daemon.verifiers.wait_ready(START_S)
         with transport.consume(police.agency) as consumer:
-            for _ in range(3):
-                assert daemon.inbound(consumer, 0.05)
-            for pid in daemon.verifiers._executor._processes:
-                os.kill(pid, signal.SIGKILL)
-            while daemon.inbound(consumer, 0.05):
-                pass
+            yield daemon, consumer
     finally:
         daemon.verifiers.close()
+
+
+def test_a_verifier_killed_under_load_costs_nothing(trio: Trio) -> None:
+    """Fault injection: the verifier process is SIGKILLed after the first windows; the loop
+    verifies the rest itself, and every transfer is accepted once."""
+    _, police, _, transport = trio
+    submitted(trio, 80)
+    with verifying(trio, window=8) as (daemon, consumer):
+        for _ in range(3):
+            assert daemon.inbound(consumer, 0.05)
+        assert daemon.verifiers is not None
+        for pid in daemon.verifiers._executor._processes:
+            os.kill(pid, signal.SIGKILL)
+        while daemon.inbound(consumer, 0.05):
+            pass
     assert daemon.metrics.received.labels("accepted")._value.get() == 80
     assert daemon.metrics.verified.labels("workers")._value.get() >= 8
     assert daemon.metrics.verified.labels("loop")._value.get() >= 40
@@ -227,16 +238,9 @@ def test_a_node_takes_windows_in_with_its_verifiers(trio: Trio) -> None:
     window verified while one is recorded): every one accepted once, most verified by the worker."""
     _, police, _, transport = trio
     submitted(trio, 150)
-    daemon = Daemon(police, transport, window=16)
-    daemon.verifiers = VerifierPool.start(police.opener, police.config.cert, police.config.key, 1)
-    assert daemon.verifiers is not None
-    try:
-        assert daemon.verifiers.wait_ready(START_S)
-        with transport.consume(police.agency) as consumer:
-            while daemon.inbound(consumer, 0.05):
-                pass
-    finally:
-        daemon.verifiers.close()
+    with verifying(trio, window=16) as (daemon, consumer):
+        while daemon.inbound(consumer, 0.05):
+            pass
     received = daemon.metrics.received.labels("accepted")._value.get()
     by_workers = daemon.metrics.verified.labels("workers")._value.get()
     assert received == 150

@@ -200,14 +200,17 @@ def _tls_refusal(exc: BaseException) -> TransportError | None:
     return None
 
 
-def _probe_tls(params: pika.URLParameters, timeout: float) -> TransportError | None:
-    """The TLS refusal behind a connection that failed without naming one, if there is one.
+def _refusal(error: BaseException, params: pika.URLParameters, timeout: float) -> TransportError | None:
+    """The TLS refusal behind a failed connection to ``params``: named in ``error``, or else, over
+    TLS, heard by a fresh handshake and one read.
 
     Over TLS 1.3 a broker judges the client certificate after the handshake and answers with an
     alert; pika, already writing the protocol header, may see only the connection's end (an
-    SSL EOF on its send) and never read the alert. A fresh handshake and one read hear it."""
+    SSL EOF on its send) and never read the alert."""
+    named = _tls_refusal(error)
+    if named is not None or params.ssl_options is None:
+        return named
     options = params.ssl_options
-    assert options is not None
     try:
         with socket.create_connection((params.host, params.port), timeout) as raw, \
                 options.context.wrap_socket(raw, server_hostname=options.server_hostname) as tls:
@@ -435,9 +438,7 @@ class AmqpTransport(Closing):
             if self._established:
                 self._preferred = (index + 1) % len(self.candidates)
                 return
-            refusal = _tls_refusal(lost[-1]) if lost else None
-            if refusal is None and self.candidates[index].ssl_options is not None:
-                refusal = _probe_tls(self.candidates[index], self.settings.connect_timeout)
+            refusal = _refusal(lost[-1], self.candidates[index], self.settings.connect_timeout) if lost else None
             if refusal is not None:
                 raise refusal
             if len(self.candidates) > 1:
@@ -637,14 +638,13 @@ class AmqpTransport(Closing):
 
     def _blocking_connection(self) -> pika.BlockingConnection:
         """A short connection to the first broker that answers; a TLS refusal named as one even
-        when pika heard only the connection's end (``_probe_tls``)."""
+        when pika heard only the connection's end (``_refusal``)."""
         candidates = [self.candidates[i] for i in self._in_order()]
         try:
             return pika.BlockingConnection(candidates)
         except px.AMQPConnectionError as exc:
             for params in candidates:
-                refusal = None if _tls_refusal(exc) or params.ssl_options is None else \
-                    _probe_tls(params, self.settings.connect_timeout)
+                refusal = _refusal(exc, params, self.settings.connect_timeout)
                 if refusal is not None:
                     raise refusal from exc
             raise

@@ -20,7 +20,7 @@ import structlog
 
 from exchange.audit.entries import Event
 from exchange.errors import StoreError
-from exchange.files import PRIVATE_MODE
+from exchange.files import PRIVATE_MODE, sync_dir
 from exchange.node.context import NodeContext
 from exchange.node.doors import Door
 from exchange.node.faults import fault
@@ -58,7 +58,7 @@ class Deliverer:
         _private_dir(pending)
         names = [file_name(record) for record in records]
         self._write(pending, names, records)
-        _sync_dir(pending)  # and their names, before their delivery is recorded
+        sync_dir(pending)  # and their names, before their delivery is recorded
         with self.ctx.store.transaction():
             for name, record in zip(names, records, strict=True):
                 self._record(record, name)
@@ -67,7 +67,7 @@ class Deliverer:
         fault("after-deliver-commit")
         for name in names:
             (pending / name).replace(self.folder / name)
-        _sync_dir(self.folder)
+        sync_dir(self.folder)
         self.metrics.delivered.inc(len(names))
         return len(names)
 
@@ -102,7 +102,7 @@ class Deliverer:
                 path.replace(self.folder / path.name)
                 renamed += 1
         if renamed:
-            _sync_dir(self.folder)
+            sync_dir(self.folder)
         return renamed
 
 
@@ -171,15 +171,6 @@ def _write_durable(path: Path, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync_dir(path: Path) -> None:
-    """Make the files' names durable (creations, renames): fsync the directory that holds them."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -31,7 +31,7 @@ from exchange import clock
 from exchange.audit.entries import Entry, Event
 from exchange.codes import AgencyCode, DossierCode, ProcedureCode
 from exchange.errors import ExchangeError, InvalidInput, UnknownDossier
-from exchange.files import PRIVATE_MODE, write_atomic
+from exchange.files import PRIVATE_MODE, sync_dir, write_atomic
 from exchange.node.context import NodeContext
 from exchange.xml import safexml
 from exchange.xml.names import DOSSIER_NS, STATUS_NS, q
@@ -275,6 +275,7 @@ def prepare(ctx: NodeContext, slip: Slip) -> Prepared:
         name = slip.stem + suffix
         write_atomic(pending / f"{name}{COPY}{copy}", data, mode=PRIVATE_MODE)
         names.append(name)
+    sync_dir(pending)  # the copies' names too, before their delivery can be recorded
     return Prepared(slip, tuple(names), copy)
 
 

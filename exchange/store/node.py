@@ -124,9 +124,10 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.cipher = cipher
+        """With a storage key, the payload columns are encrypted at rest (``store/cipher.py``)."""
         self._after_commit: list[Callable[[], None]] = []
         self._learnt: set[tuple[str, str]] = set()
-        """With a storage key, the payload columns are encrypted at rest (``store/cipher.py``)."""
+        """The (agency, fingerprint) of the peer certificates this store kept, once committed."""
         with db.translated(path):
             self.conn: sqlite3.Connection = db.connect(path)
             schema.migrate(self.conn)
